@@ -1,0 +1,244 @@
+"""Request and result types shared by every backend.
+
+Everything a backend takes or returns is one of these validated models, so the two sides of a
+comparison are fed, and report, exactly the same things.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Modality = Literal["text", "image", "audio"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+# --------------------------------------------------------------------------- request parts
+
+
+class TextPart(_Model):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ImagePart(_Model):
+    """An image given as a file path, encoded bytes (PNG, JPEG, ...) or an HxWxC uint8 array."""
+
+    type: Literal["image"] = "image"
+    path: Path | None = None
+    data: bytes | None = None
+    array: np.ndarray | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ImagePart":
+        given = [n for n in ("path", "data", "array") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"an image part needs exactly one of path, data or array (got {given or 'none'})")
+        if self.array is not None:
+            a = self.array
+            if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or a.dtype != np.uint8:
+                raise ValueError(f"image array must be HxWxC uint8 with C in 1, 3, 4; got shape {a.shape} {a.dtype}")
+        return self
+
+    def to_rgb_array(self) -> np.ndarray:
+        """The image as an HxWx3 uint8 array (decoded with Pillow)."""
+        from PIL import Image, UnidentifiedImageError
+
+        if self.array is not None:
+            a = self.array
+            if a.shape[-1] == 1:
+                a = np.repeat(a, 3, axis=-1)
+            return np.ascontiguousarray(a[..., :3])
+        import io
+
+        src = str(self.path) if self.path is not None else "<image bytes>"
+        try:
+            if self.path is not None:
+                with Image.open(self.path) as im:
+                    return np.asarray(im.convert("RGB"))
+            with Image.open(io.BytesIO(self.data)) as im:  # type: ignore[arg-type]
+                return np.asarray(im.convert("RGB"))
+        except FileNotFoundError:
+            from ._errors import InputError
+
+            raise InputError(f"image file not found: {src}; check the path in the request") from None
+        except (UnidentifiedImageError, OSError) as e:
+            from ._errors import InputError
+
+            raise InputError(f"cannot read image {src}: {e}; give a PNG or JPEG file") from None
+
+
+class AudioPart(_Model):
+    """Audio given as a file path (WAV, FLAC, ...) or mono float samples with their rate in Hz."""
+
+    type: Literal["audio"] = "audio"
+    path: Path | None = None
+    samples: np.ndarray | None = None
+    rate: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _path_or_samples(self) -> "AudioPart":
+        if (self.path is None) == (self.samples is None):
+            raise ValueError("an audio part needs exactly one of path or samples")
+        if self.samples is not None and self.rate is None:
+            raise ValueError("audio samples need their sample rate (rate=..., in Hz)")
+        return self
+
+
+Part = Annotated[Union[TextPart, ImagePart, AudioPart], Field(discriminator="type")]
+
+
+class Message(_Model):
+    role: Literal["system", "user", "assistant"]
+    content: list[Part]
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [TextPart(text=v)]
+        return v
+
+
+class Request(_Model):
+    """One chat prompt: a list of messages whose parts are text, images or audio."""
+
+    messages: list[Message] = Field(min_length=1)
+    id: str | None = None
+
+    @classmethod
+    def from_text(cls, text: str, *, id: str | None = None, system: str | None = None) -> "Request":
+        msgs = [Message(role="system", content=system)] if system else []
+        msgs.append(Message(role="user", content=text))
+        return cls(messages=msgs, id=id)
+
+    @model_validator(mode="after")
+    def _roles(self) -> "Request":
+        roles = [m.role for m in self.messages if m.role != "system"]
+        if any(m.role == "system" for m in self.messages[1:]):
+            raise ValueError("a system message may only come first")
+        for i, r in enumerate(roles):
+            want = "user" if i % 2 == 0 else "assistant"
+            if r != want:
+                raise ValueError(f"roles must alternate user/assistant starting with user; message {i} is {r}")
+        if not roles or roles[-1] != "user":
+            raise ValueError("the last message must come from the user")
+        return self
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        return frozenset(p.type for m in self.messages for p in m.content)
+
+    @property
+    def images(self) -> list[ImagePart]:
+        return [p for m in self.messages for p in m.content if isinstance(p, ImagePart)]
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+class SamplingParams(_Model):
+    """One explicit sampling configuration, shared by both sides of a comparison.
+
+    temperature 0 means greedy. `logprobs` is the number of top alternatives returned per
+    generated token (0: only the chosen token's log-prob).
+    """
+
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_k: int | None = Field(default=None, ge=1)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=32, ge=1)
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int = Field(default=0, ge=0, le=20)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SamplingParams":
+        if self.greedy and (self.top_k is not None or self.top_p is not None):
+            raise ValueError("top_k/top_p need temperature > 0 (temperature 0 is greedy)")
+        if self.top_k is not None and self.top_p is not None:
+            raise ValueError("give top_k or top_p, not both (the gemma sampler applies one method)")
+        return self
+
+
+# --------------------------------------------------------------------------- results
+
+TopLogprobs = list[tuple[int, float]]
+
+
+class Timings(_Model):
+    """Wall-clock timings of one request, in seconds.
+
+    `ttft_s` and `token_times_s` are only known where the backend streams (vLLM). For a batched
+    backend (JAX) `e2e_s` is the batch's time and `compile_s` the part of it spent compiling.
+    """
+
+    e2e_s: float
+    ttft_s: float | None = None
+    token_times_s: list[float] | None = None
+    compile_s: float = 0.0
+    batch_size: int = 1
+
+
+class Generation(_Model):
+    request_id: str | None = None
+    prompt_ids: list[int]
+    token_ids: list[int]
+    text: str
+    logprobs: list[float] | None = None
+    top_logprobs: list[TopLogprobs] | None = None
+    finish_reason: Literal["stop", "length"]
+    timings: Timings
+
+
+class TokenScores(_Model):
+    """Teacher-forced log-probs of given continuation tokens after a prompt."""
+
+    request_id: str | None = None
+    prompt_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]
+    top_logprobs: list[TopLogprobs] | None = None
+
+
+class MemorySnapshot(_Model):
+    """Memory of one backend at one moment, in bytes (None where the backend cannot know)."""
+
+    backend: str
+    device: Literal["cpu", "gpu", "tpu"]
+    timestamp: float = Field(default_factory=time.time)
+    rss_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    live_array_bytes: int | None = None
+    device_bytes_in_use: int | None = None
+    device_peak_bytes: int | None = None
+    kv_cache_usage: float | None = None
+
+
+class Capabilities(_Model):
+    """What a backend can do for a given model; `unsupported` says why a modality is missing."""
+
+    modalities: frozenset[Modality]
+    logprobs: bool = True
+    scoring: bool = True
+    streaming: bool = False
+    max_top_logprobs: int = 20
+    unsupported: dict[str, str] = Field(default_factory=dict)
+
+    def check(self, request: Request, backend: str) -> None:
+        from ._errors import UnsupportedError
+
+        for m in sorted(request.modalities - self.modalities):
+            why = self.unsupported.get(m, "the model takes no such input")
+            raise UnsupportedError(f"{backend}: request {request.id or ''} has {m} input, which is unsupported: {why}")

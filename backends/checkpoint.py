@@ -1,0 +1,136 @@
+"""gemma-format model directories and deterministic Orbax checkpoints.
+
+A gemma-format model directory, as `paritybench models build` and `paritybench convert --to gemma`
+write it:
+
+    paritybench-model.json   the architecture (`backends.arch.ModelCard`)
+    tokenizer.model          SentencePiece model read by `gm.text.Gemma3Tokenizer`
+    params/                  Orbax checkpoint of the gemma library's nested params
+                             (`gm.ckpts.load_params` reads it)
+
+Checkpoints are written without OCDBT (one zarr array per parameter, named by its path) and
+with the two bits of run-specific metadata fixed (Orbax's timestamps and the commit marker's
+absolute path), so writing the same params twice gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ._errors import ModelError
+from .arch import ModelCard
+
+CARD = "paritybench-model.json"
+TOKENIZER = "tokenizer.model"
+PARAMS = "params"
+
+
+def save_params(params: Any, path: Path) -> None:
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    if path.exists():
+        shutil.rmtree(path)
+    ckpt = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=False, use_zarr3=False))
+    ckpt.save(path, params)
+    ckpt.close()
+    meta = path / "_CHECKPOINT_METADATA"
+    if meta.exists():
+        m = json.loads(meta.read_text())
+        for k in list(m):
+            if k.endswith("timestamp_nsecs"):
+                m[k] = 0
+        meta.write_text(json.dumps(m, sort_keys=True))
+    marker = path / "commit_success.txt"
+    if marker.exists():
+        marker.write_text("Checkpoint commit was successful\n")
+
+
+def load_params(path: Path | str) -> Any:
+    """Load gemma params from an Orbax checkpoint (local folder, or gs:// with gcsfs)."""
+    from gemma import gm
+
+    s = str(path)
+    if "://" not in s and not Path(s).is_dir():
+        raise ModelError(f"checkpoint folder not found: {s}; build it (paritybench models build ...) or pass the right path")
+    try:
+        return gm.ckpts.load_params(s)
+    except FileNotFoundError as e:
+        raise ModelError(f"cannot read the Orbax checkpoint in {s}: {e}") from None
+    except ValueError as e:
+        raise ModelError(f"{s} is not a readable Orbax checkpoint of gemma params: {str(e).splitlines()[0]}") from None
+
+
+def write_model_dir(out: Path, card: ModelCard, params: Any, tokenizer_model: Path | bytes) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CARD).write_text(card.model_dump_json(indent=2) + "\n")
+    tok = out / TOKENIZER
+    if isinstance(tokenizer_model, bytes):
+        tok.write_bytes(tokenizer_model)
+    elif Path(tokenizer_model).resolve() != tok.resolve():
+        shutil.copyfile(tokenizer_model, tok)
+    save_params(params, out / PARAMS)
+    return out
+
+
+def read_card(model_dir: Path) -> ModelCard:
+    model_dir = Path(model_dir)
+    p = model_dir / CARD
+    if not model_dir.is_dir():
+        raise ModelError(f"model folder not found: {model_dir}")
+    if not p.is_file():
+        raise ModelError(
+            f"{model_dir} has no {CARD}: not a gemma-format model folder. For a Hugging Face folder run "
+            f"`paritybench convert --to gemma {model_dir} DST` first"
+        )
+    try:
+        return ModelCard.model_validate_json(p.read_text())
+    except Exception as e:  # pydantic's message names the field
+        raise ModelError(f"{p}: invalid model card: {str(e).splitlines()[0]} ({_first_error(e)})") from None
+
+
+def _first_error(e: Exception) -> str:
+    errs = getattr(e, "errors", None)
+    if callable(errs):
+        first = errs()[0]
+        return f"field {'.'.join(str(x) for x in first['loc'])}: {first['msg']}"
+    return str(e)
+
+
+def tree_digest(params: Any) -> str:
+    """A hash of all parameter names, shapes, dtypes and bytes (to compare checkpoints)."""
+    import hashlib
+
+    import jax
+    import numpy as np
+
+    h = hashlib.sha256()
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        a = np.asarray(x)
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(str(a.shape).encode() + str(a.dtype).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def atomic_dir(final: Path) -> Path:
+    """A sibling staging folder; `commit_dir` renames it into place."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    final = Path(final)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)

@@ -1,0 +1,135 @@
+"""Embedded tiny Gemma 3 models, built locally from a fixed seed (no downloads).
+
+`build("tiny-gemma3")` writes, into the cache folder (or `out`):
+
+    paritybench-model.json, tokenizer.model, params/   gemma-format model (JAX backend)
+    hf/                                                 the same weights as a Hugging Face folder
+                                                        (vLLM backend, transformers)
+
+Parameters come from the gemma library's own classes (`model.init` with seed 0). Its
+initialisers leave every RMSNorm scale at 0 and every SigLIP LayerNorm/bias at 1/0; those get
+seeded noise so the `1 + scale` convention and the affine terms are exercised by parity checks.
+The embedding (and the image projection) is multiplied by `sharpen` so next-token
+distributions are peaked rather than flat, as in trained models. Rebuilding gives identical bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from . import checkpoint as _ckpt
+from . import convert as _convert
+from . import tokenizer as _tok
+from .arch import GemmaArch, ModelCard, VisionArch
+
+# Bump when the recipe changes, so caches built by older code are rebuilt.
+RECIPE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyRecipe:
+    arch: GemmaArch
+    seed: int = 0
+    vocab_pieces: int = 1024
+    full_vocab: bool = False
+    sharpen: float = 20.0
+
+
+_TEXT = GemmaArch(
+    vocab_size=1024, embed_dim=64, hidden_dim=128, num_heads=4, head_dim=32, num_kv_heads=2,
+    layer_types=("sliding",) * 5 + ("full",), sliding_window=8, query_pre_attn_scalar=32,
+    rope_global_scale=8.0, max_position_embeddings=4096, dtype="float32",
+)
+# head_dim 32: vLLM's CPU attention supports 32, 64, 80, ... (not 16). num_kv_heads != num_heads
+# keeps the q_einsum + kv_einsum layout of the released 4B/12B/27B. Window 8 matters on short prompts.
+
+RECIPES: dict[str, TinyRecipe] = {
+    "tiny-gemma3": TinyRecipe(arch=_TEXT),
+    "tiny-gemma3-vision": TinyRecipe(
+        arch=_TEXT.model_copy(update=dict(
+            vocab_size=_tok.FULL_VOCAB, sliding_window=32, image_token_id=_tok.FULL_VOCAB - 1,
+            vision=VisionArch(image_size=64, patch_size=8, width=64, depth=2, num_heads=2, mlp_dim=128,
+                              mm_tokens_per_image=16),
+        )),
+        full_vocab=True,
+    ),
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PARITYBENCH_CACHE", Path.home() / ".cache" / "paritybench"))
+
+
+def recipe_key(name: str) -> str:
+    r = RECIPES[name]
+    blob = json.dumps({"v": RECIPE_VERSION, "arch": r.arch.model_dump(mode="json"), "seed": r.seed,
+                       "pieces": r.vocab_pieces, "full": r.full_vocab, "sharpen": r.sharpen,
+                       "corpus": hashlib.sha256(_tok.CORPUS.read_bytes()).hexdigest()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def default_dir(name: str) -> Path:
+    return cache_root() / "models" / f"{name}-{recipe_key(name)}"
+
+
+def ensure(name: str) -> Path:
+    """The tiny model's folder, built on first use."""
+    d = default_dir(name)
+    if not (d / ".complete").is_file():
+        build(name, d)
+    return d
+
+
+def init_params(arch: GemmaArch, *, seed: int, sharpen: float) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from .models import gemma_model_class
+
+    model = gemma_model_class(arch)(dtype=jnp.float32 if arch.dtype == "float32" else jnp.bfloat16)
+    kw = {}
+    if arch.vision is not None:
+        s = arch.vision.image_size
+        kw["images"] = jnp.zeros((1, 1, s, s, 3), jnp.uint8)
+        tokens = jnp.asarray([[2, 255999, 3]], jnp.int32)
+    else:
+        tokens = jnp.zeros((1, 4), jnp.int32)
+    params = model.init(jax.random.key(seed), tokens=tokens, **kw)["params"]
+    key = jax.random.key(seed + 1)
+    flat, tree = jax.tree_util.tree_flatten_with_path(params)
+    out = []
+    for i, (path, x) in enumerate(flat):
+        name = "/".join(str(getattr(p, "key", p)) for p in path)
+        k = jax.random.fold_in(key, i)
+        if name.endswith("scale") and "siglip_encoder" not in name:  # Gemma RMSNorm: 1 + scale
+            x = jax.random.normal(k, x.shape, x.dtype) * 0.1
+        elif "siglip_encoder" in name and (name.endswith("scale") or name.endswith("bias")):
+            x = x + 0.1 * jax.random.normal(k, x.shape, x.dtype)
+        if name in ("embedder/input_embedding", "embedder/mm_input_projection/w"):
+            x = x * sharpen
+        out.append(np.asarray(x))
+    return jax.tree_util.tree_unflatten(tree, out)
+
+
+def build(name: str, out: Path | None = None) -> Path:
+    """Build tiny model `name` into `out` (default: the cache folder); returns the folder."""
+    if name not in RECIPES:
+        from ._errors import InputError
+
+        raise InputError(f"no tiny model {name!r}; tiny models: {', '.join(RECIPES)}")
+    r = RECIPES[name]
+    final = Path(out) if out is not None else default_dir(name)
+    tmp = _ckpt.atomic_dir(final)
+    spm = _tok.train_tiny(r.vocab_pieces, full=r.full_vocab)
+    params = init_params(r.arch, seed=r.seed, sharpen=r.sharpen)
+    card = ModelCard(name=name, arch=r.arch, source=f"paritybench tiny recipe v{RECIPE_VERSION}, seed {r.seed}")
+    _ckpt.write_model_dir(tmp, card, params, spm)
+    _convert.write_hf_dir(tmp / "hf", params, r.arch, tmp / _ckpt.TOKENIZER)
+    (tmp / ".complete").write_text(recipe_key(name) + "\n")
+    _ckpt.commit_dir(tmp, final)
+    return final
