@@ -36,7 +36,7 @@ class TinyRecipe:
     seed: int = 0
     vocab_pieces: int = 1024
     full_vocab: bool = False
-    sharpen: float = 20.0
+    sharpen: float = 6.0
 
 
 _TEXT = GemmaArch(

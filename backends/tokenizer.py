@@ -159,3 +159,31 @@ def write_hf_tokenizer(spm_path: Path, out_dir: Path, arch: "_arch.GemmaArch") -
         if isinstance(tc.get(key), list):
             tc[key] = [t for t in tc[key] if t not in NEWLINES]
     p.write_text(json.dumps(tc, indent=2, sort_keys=True) + "\n")
+
+
+def render_chat(request) -> str:
+    """The Gemma 3 chat prompt for `request` as text, without BOS (the tokenizer adds it).
+
+    The same logic as `CHAT_TEMPLATE` (which the Hugging Face folder carries for vLLM), so both
+    backends see the same prompt; the prompt-token parity check verifies it on every run.
+    """
+    from ._types import ImagePart, TextPart
+
+    msgs = list(request.messages)
+    prefix = ""
+    if msgs[0].role == "system":
+        first = msgs[0].content[0]
+        prefix = (first.text if isinstance(first, TextPart) else "") + "\n\n"
+        msgs = msgs[1:]
+    out = []
+    for i, m in enumerate(msgs):
+        role = "model" if m.role == "assistant" else m.role
+        out.append(f"<start_of_turn>{role}\n" + (prefix if i == 0 else ""))
+        for part in m.content:
+            if isinstance(part, ImagePart):
+                out.append("<start_of_image>")
+            elif isinstance(part, TextPart):
+                out.append(part.text.strip())
+        out.append("<end_of_turn>\n")
+    out.append("<start_of_turn>model\n")
+    return "".join(out)

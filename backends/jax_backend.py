@@ -1,0 +1,487 @@
+"""The JAX backend: Google DeepMind's `gemma` library, in process.
+
+Generation uses `gm.text.Sampler` (batched; greedy, temperature, top-k, top-p; seeded).
+The sampler returns no log-probs, so per-token log-probs and top-k alternatives come from one
+teacher-forced `model.apply` over prompt + generated tokens (with explicit positions and a causal
+mask: the gemma Transformer would otherwise treat token id 0 as padding). `score` is the same
+forward pass over given continuation ids.
+
+Compile time is measured apart from steady-state time through JAX's monitoring events.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import hashlib
+import os
+import resource
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import checkpoint as _ckpt
+from . import models as _models
+from . import tokenizer as _tok
+from ._errors import InputError, ModelError
+from ._types import Capabilities, Generation, MemorySnapshot, Request, SamplingParams, Timings, TokenScores
+from .arch import END_OF_TURN, EOS, START_OF_IMAGE, GemmaArch
+
+TOP_K_MAX = 20
+_PAD_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+
+
+# ------------------------------------------------------------------------- compile accounting
+
+
+class _CompileStats:
+    """Process-wide count and seconds of XLA compilations (JAX monitoring events)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, event: str, duration: float, **_: Any) -> None:
+        if event.startswith("/jax/core/compile/"):
+            with self._lock:
+                self.seconds += duration
+                if event.endswith("backend_compile_duration"):
+                    self.count += 1
+
+
+@functools.lru_cache(maxsize=1)
+def compile_stats() -> _CompileStats:
+    import jax
+
+    stats = _CompileStats()
+    jax.monitoring.register_event_duration_secs_listener(stats)
+    return stats
+
+
+def _bucket(n: int, buckets: Sequence[int] = _PAD_BUCKETS) -> int:
+    for b in buckets:
+        if n <= b:
+            return b
+    return n
+
+
+# ------------------------------------------------------------------------- the backend
+
+
+class JaxBackend:
+    """`Backend` on the gemma library. See `backends.get("jax", ...)` for the options."""
+
+    name = "jax"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        dtype: str | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        tokenizer: str | os.PathLike | None = None,
+        cache_length: int | None = None,
+        max_batch_size: int = 64,
+        text_only: bool = False,
+    ) -> None:
+        import jax
+        import jax.numpy as jnp
+        from gemma import gm
+
+        compile_stats()
+        t0 = time.perf_counter()
+        self.model = str(model)
+        self.spec: _models.ModelSpec | None = None
+        self.arch: GemmaArch | None = None
+        self.max_batch_size = max_batch_size
+        self._cache_length = cache_length
+        self._samplers: dict[tuple, Any] = {}
+
+        if _models.is_path(model):
+            model_dir = self._local_dir(Path(model))
+            ckpt_path, tok_path = model_dir / _ckpt.PARAMS, model_dir / _ckpt.TOKENIZER
+        else:
+            self.spec = _models.get_spec(str(model))
+            if self.spec.tiny:
+                from . import tiny
+
+                model_dir = tiny.ensure(self.spec.name)
+                ckpt_path, tok_path = model_dir / _ckpt.PARAMS, model_dir / _ckpt.TOKENIZER
+            else:
+                model_dir = None
+                ckpt_path, tok_path = self._real_sources(checkpoint, tokenizer)
+        if model_dir is not None:
+            self.arch = _ckpt.read_card(model_dir).arch
+            if checkpoint is not None:
+                ckpt_path = Path(checkpoint)
+            if tokenizer is not None:
+                tok_path = Path(tokenizer)
+
+        self.dtype = dtype or (self.arch.dtype if self.arch else "bfloat16")
+        jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(self.dtype)
+        if jdtype is None:
+            raise InputError(f"dtype {self.dtype!r} is not supported by the JAX backend; use float32 or bfloat16")
+        if self.arch is not None:
+            self._model = _models.gemma_model_class(self.arch)(dtype=jdtype)
+        else:
+            self._model = _models.real_model(self.spec, text_only=text_only)
+            self._model = type(self._model)(**{**_model_kwargs(self._model), "dtype": jdtype})
+        self._tokenizer = self._load_tokenizer(tok_path)
+        self._check_tokenizer_fits(tok_path)
+        self._params = _cast_params(_ckpt.load_params(ckpt_path), jdtype)
+        self.load_s = time.perf_counter() - t0
+        self.capabilities = self._capabilities(text_only)
+        self._forward_fn = self._make_forward()
+
+    # ---------------------------------------------------------------- loading
+
+    @staticmethod
+    def _local_dir(path: Path) -> Path:
+        if not path.exists():
+            raise ModelError(f"model folder not found: {path}")
+        if (path / _ckpt.CARD).is_file():
+            return path
+        if (path / "config.json").is_file():  # a Hugging Face folder: convert once into the cache
+            from . import convert, tiny
+
+            h = hashlib.sha256()
+            for f in sorted(path.iterdir()):
+                if f.is_file():
+                    st = f.stat()
+                    h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+            dst = tiny.cache_root() / "converted" / f"{path.name}-{h.hexdigest()[:12]}"
+            if not (dst / _ckpt.CARD).is_file():
+                tmp = _ckpt.atomic_dir(dst)
+                convert.hf_dir_to_gemma(path, tmp, name=path.name)
+                _ckpt.commit_dir(tmp, dst)
+            return dst
+        raise ModelError(f"{path} is neither a gemma-format model folder ({_ckpt.CARD}) nor a Hugging Face folder (config.json)")
+
+    def _real_sources(self, checkpoint, tokenizer) -> tuple[Any, Any]:
+        """Checkpoint and tokenizer of a real model: explicit paths, else Kaggle, else gs://."""
+        spec = self.spec
+        assert spec is not None
+        if checkpoint is None and spec.kaggle_handle and os.environ.get("PARITYBENCH_NO_KAGGLE") != "1":
+            ck, tok = _models.download_kaggle(spec.kaggle_handle)
+            return ck, (tokenizer or tok)
+        return (checkpoint or spec.checkpoint), tokenizer
+
+    def _load_tokenizer(self, path: Any):
+        from gemma import gm
+
+        cls = gm.text.Gemma3nTokenizer if (self.spec and self.spec.tokenizer == "gemma3n") else gm.text.Gemma3Tokenizer
+        if path is None:
+            return cls()
+        if "://" not in str(path) and not Path(path).is_file():
+            raise ModelError(f"tokenizer file not found: {path}; pass tokenizer=/path/to/tokenizer.model")
+        return cls(path=str(path))
+
+    def _check_tokenizer_fits(self, path: Any) -> None:
+        """The tokenizer must index into the embedding and keep Gemma's special-token layout."""
+        num_embed = self.arch.vocab_size if self.arch else getattr(self._model.config, "num_embed", None)
+        try:
+            n = self._tokenizer.vocab_size
+            pieces = [self._tokenizer.tokens[i] for i in (0, 1, 2, 105, 106)] if n > 106 else []
+        except Exception as e:  # unreadable model file
+            raise ModelError(f"cannot read tokenizer {path}: {str(e).splitlines()[0]}") from None
+        if num_embed is not None and n > num_embed:
+            raise ModelError(
+                f"tokenizer {path} has {n} pieces but the model's embedding has {num_embed} rows: "
+                "this tokenizer does not belong to this model"
+            )
+        want = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
+        if pieces != want:
+            raise ModelError(
+                f"tokenizer {path} does not have Gemma's special tokens at ids 0, 1, 2, 105, 106 "
+                f"(found {pieces}); use the model's own tokenizer.model"
+            )
+
+    def _capabilities(self, text_only: bool) -> Capabilities:
+        has_vision = self._model.config.vision_encoder is not None if hasattr(self._model.config, "vision_encoder") else False
+        if self.spec is not None:
+            mods = set(self.spec.jax_modalities)
+            why = dict(self.spec.unsupported.get("jax", {}))
+        else:
+            mods = {"text", "image"} if has_vision else {"text"}
+            why = {"audio": _models.NO_AUDIO_GEMMA3}
+        if not has_vision and "image" in mods:
+            mods.discard("image")
+            why["image"] = "loaded text-only (text_only=True)" if text_only else "the model has no vision encoder"
+        if "image" not in mods:
+            why.setdefault("image", "the model has no vision encoder")
+        return Capabilities(modalities=frozenset(mods), streaming=False, max_top_logprobs=TOP_K_MAX, unsupported=why)
+
+    # ---------------------------------------------------------------- prompts
+
+    def _text_ids(self, request: Request) -> list[int]:
+        return [int(t) for t in self._tokenizer.encode(_tok.render_chat(request), add_bos=True)]
+
+    def _images(self, request: Request) -> np.ndarray | None:
+        imgs = [p.to_rgb_array() for p in request.images]
+        if not imgs:
+            return None
+        shapes = {i.shape for i in imgs}
+        if len(shapes) > 1:
+            raise InputError(
+                f"request {request.id or ''}: the gemma sampler needs all images of one request to have the same "
+                f"size (got {sorted(shapes)}); resize them first"
+            )
+        return np.stack(imgs)
+
+    def prompt_ids(self, request: Request) -> list[int]:
+        """Prompt ids as the model sees them: BOS, chat template, and for each image
+        "\\n\\n" <start_of_image> soft tokens <end_of_image> "\\n\\n" (soft tokens shown as the
+        checkpoint's image token id)."""
+        self.capabilities.check(request, self.name)
+        ids = self._text_ids(request)
+        n_img = len(request.images)
+        if n_img == 0:
+            return ids
+        import jax.numpy as jnp
+        from gemma.gm.vision import _token_utils
+
+        expanded = _token_utils.add_extra_tokens_for_images(
+            jnp.asarray([ids], jnp.int32), max_num_images=n_img,
+            num_tokens_per_image=self._model.config.vision_encoder.num_mm_tokens_per_image,
+        )
+        soft = self.arch.hf_image_token_id if self.arch else 262144
+        return [soft if t == _token_utils.SOFT_TOKEN_PLACEHOLDER else int(t) for t in np.asarray(expanded)[0]]
+
+    # ---------------------------------------------------------------- generation
+
+    def _sampler(self, max_out: int, cache_length: int):
+        from gemma import gm
+
+        key = (max_out, cache_length)
+        if key not in self._samplers:
+            self._samplers[key] = gm.text.Sampler(
+                model=self._model, params=self._params, tokenizer=self._tokenizer,
+                cache_length=cache_length, max_out_length=max_out, pad_length=_PAD_BUCKETS,
+            )
+        return self._samplers[key]
+
+    @staticmethod
+    def _method(s: SamplingParams):
+        from gemma import gm
+
+        if s.greedy:
+            return gm.text.Greedy()
+        if s.top_k is not None:
+            return gm.text.TopkSampling(k=s.top_k, temperature=s.temperature)
+        if s.top_p is not None:
+            return gm.text.TopPSampling(p=s.top_p, temperature=s.temperature)
+        return gm.text.RandomSampling(temperature=s.temperature)
+
+    def generate(self, requests: Sequence[Request], sampling: SamplingParams) -> list[Generation]:
+        import jax
+
+        for r in requests:
+            self.capabilities.check(r, self.name)
+        if sampling.logprobs > TOP_K_MAX:
+            raise InputError(f"logprobs={sampling.logprobs}: the JAX backend returns at most {TOP_K_MAX} alternatives")
+        prepared = [(r, self._text_ids(r), self._images(r)) for r in requests]
+        # The sampler batches prompts whose images have the same shapes; group by that.
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, _, im) in enumerate(prepared):
+            groups.setdefault(None if im is None else im.shape, []).append(i)
+        results: list[Generation | None] = [None] * len(requests)
+        max_out = _bucket(sampling.max_tokens, (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192))
+        seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
+        for shape, idx in groups.items():
+            for start in range(0, len(idx), self.max_batch_size):
+                chunk = idx[start:start + self.max_batch_size]
+                prompts = [_tok.render_chat(prepared[i][0]) for i in chunk]
+                images = None if shape is None else np.stack([prepared[i][2] for i in chunk])
+                n_mm = 0 if shape is None else shape[0] * (self._model.config.vision_encoder.num_mm_tokens_per_image + 3)
+                longest = max(len(prepared[i][1]) for i in chunk) + n_mm
+                cache_length = self._cache_length or _bucket(_bucket(longest) + max_out, _PAD_BUCKETS[3:])
+                sampler = self._sampler(max_out, cache_length)
+                c0, t0 = compile_stats().seconds, time.perf_counter()
+                out = sampler.sample(prompts, images=images, max_new_tokens=sampling.max_tokens,
+                                     sampling=self._method(sampling), rng=seed, return_state=True)
+                tokens = np.asarray(jax.block_until_ready(out.state.predicted_tokens))
+                dt, dc = time.perf_counter() - t0, compile_stats().seconds - c0
+                for row, i in enumerate(chunk):
+                    results[i] = self._finish(prepared[i][0], prepared[i][1], tokens[row], sampling,
+                                              Timings(e2e_s=dt, compile_s=min(dc, dt), batch_size=len(chunk)))
+        gens = [g for g in results if g is not None]
+        self._attach_logprobs(requests, gens, sampling.logprobs)
+        return gens
+
+    def _finish(self, request: Request, prompt_ids: list[int], row: np.ndarray, s: SamplingParams,
+                timings: Timings) -> Generation:
+        ids: list[int] = []
+        finish = "length"
+        for t in row[: s.max_tokens].tolist():
+            ids.append(int(t))
+            if t in (EOS, END_OF_TURN):
+                finish = "stop"
+                break
+        text = self._decode(ids)
+        if s.stop:
+            ids, text, hit = _apply_stop_strings(ids, s.stop, self._decode)
+            if hit:
+                finish = "stop"
+        return Generation(request_id=request.id, prompt_ids=self.prompt_ids(request), token_ids=ids, text=text,
+                          finish_reason=finish, timings=timings)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode([i for i in ids if i not in (EOS, END_OF_TURN)])
+
+    def _attach_logprobs(self, requests: Sequence[Request], gens: list[Generation], top: int) -> None:
+        scores = self.score(requests, [g.token_ids for g in gens], top_logprobs=top)
+        for k, (g, sc) in enumerate(zip(gens, scores)):
+            gens[k] = g.model_copy(update={"logprobs": sc.logprobs, "top_logprobs": sc.top_logprobs})
+
+    # ---------------------------------------------------------------- scoring
+
+    def _make_forward(self):
+        import jax
+        import jax.numpy as jnp
+
+        model = self._model
+
+        @jax.jit
+        def forward(params, tokens, targets, images=None):
+            from gemma.gm.utils import _attention_mask, _types
+
+            B, L = tokens.shape
+            if images is None:
+                Lmm, bidir = L, None
+            else:
+                inp = _types.Input(text=tokens, images=images, config=model.config.input_config)
+                tmm = inp.tokens_with_mm
+                Lmm, bidir = tmm.shape[1], tmm == -2
+            mask = _attention_mask.make_causal_bidirectional_attention_mask(
+                jnp.ones((B, Lmm), bool), bidirectional_mask=bidir)
+            positions = jnp.broadcast_to(jnp.arange(Lmm)[None], (B, Lmm))
+            out = model.apply({"params": params}, tokens=tokens, images=images, positions=positions,
+                              attention_mask=mask)
+            logp = jax.nn.log_softmax(out.logits.astype(jnp.float32), axis=-1)  # (B, L, V) text positions
+            chosen = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+            top_v, top_i = jax.lax.top_k(logp, TOP_K_MAX)
+            return chosen, top_v, top_i
+
+        return forward
+
+    def score(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], *,
+              top_logprobs: int = 0) -> list[TokenScores]:
+        import jax.numpy as jnp
+
+        if len(requests) != len(continuation_ids):
+            raise InputError(f"score: {len(requests)} requests but {len(continuation_ids)} continuations")
+        if top_logprobs > TOP_K_MAX:
+            raise InputError(f"top_logprobs={top_logprobs}: the JAX backend returns at most {TOP_K_MAX}")
+        vocab = self.arch.vocab_size if self.arch else self._model.config.num_embed
+        out: list[TokenScores | None] = [None] * len(requests)
+        text_only: list[int] = []
+        for i, (r, cont) in enumerate(zip(requests, continuation_ids)):
+            self.capabilities.check(r, self.name)
+            bad = [t for t in cont if not 0 <= int(t) < vocab]
+            if bad:
+                raise InputError(f"score: request {r.id or i} has continuation ids outside the vocabulary (0..{vocab - 1}): {bad[:5]}")
+            if r.images:
+                out[i] = self._score_batch([r], [cont], top_logprobs, images=self._images(r)[None])[0]
+            else:
+                text_only.append(i)
+        for start in range(0, len(text_only), self.max_batch_size):
+            chunk = text_only[start:start + self.max_batch_size]
+            for i, sc in zip(chunk, self._score_batch([requests[i] for i in chunk],
+                                                      [continuation_ids[i] for i in chunk], top_logprobs)):
+                out[i] = sc
+        del jnp
+        return [s for s in out if s is not None]
+
+    def _score_batch(self, reqs: Sequence[Request], conts: Sequence[Sequence[int]], top: int,
+                     images: np.ndarray | None = None) -> list[TokenScores]:
+        import jax.numpy as jnp
+
+        prompts = [self._text_ids(r) for r in reqs]
+        seqs = [p + [int(t) for t in c] for p, c in zip(prompts, conts)]
+        L = _bucket(max(len(s) for s in seqs))
+        tokens = np.zeros((len(seqs), L), np.int32)
+        targets = np.zeros((len(seqs), L), np.int32)
+        for b, s in enumerate(seqs):
+            tokens[b, : len(s)] = s
+            targets[b, : len(s) - 1] = s[1:]
+        chosen, top_v, top_i = self._forward_fn(self._params, jnp.asarray(tokens), jnp.asarray(targets),
+                                                None if images is None else jnp.asarray(images))
+        chosen, top_v, top_i = np.asarray(chosen), np.asarray(top_v), np.asarray(top_i)
+        res = []
+        for b, (r, p, c) in enumerate(zip(reqs, prompts, conts)):
+            pos = range(len(p) - 1, len(p) - 1 + len(c))
+            tops = None
+            if top > 0:
+                tops = [[(int(top_i[b, j, k]), float(top_v[b, j, k])) for k in range(top)] for j in pos]
+            res.append(TokenScores(request_id=r.id, prompt_ids=self.prompt_ids(r), token_ids=[int(t) for t in c],
+                                   logprobs=[float(chosen[b, j]) for j in pos], top_logprobs=tops))
+        return res
+
+    # ---------------------------------------------------------------- memory and lifetime
+
+    def memory(self) -> MemorySnapshot:
+        import jax
+        import psutil
+
+        dev = jax.devices()[0]
+        kind = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}.get(dev.platform, "cpu")
+        stats = dev.memory_stats() if kind != "cpu" else None
+        live = sum(a.nbytes for a in jax.live_arrays())
+        return MemorySnapshot(
+            backend=self.name, device=kind,
+            rss_bytes=psutil.Process().memory_info().rss,
+            peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            live_array_bytes=live,
+            device_bytes_in_use=(stats or {}).get("bytes_in_use"),
+            device_peak_bytes=(stats or {}).get("peak_bytes_in_use"),
+        )
+
+    def close(self) -> None:
+        import jax
+
+        self._samplers.clear()
+        self._params = None
+        jax.clear_caches()
+        gc.collect()
+
+    def __enter__(self) -> "JaxBackend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _cast_params(params: Any, dtype: Any) -> Any:
+    """Text weights in the compute dtype; the vision tower and image projection stay float32,
+    as the gemma library keeps them."""
+    import jax
+    import jax.numpy as jnp
+
+    def cast(path, x):
+        name = jax.tree_util.keystr(path)
+        keep = "vision_encoder" in name or "mm_" in name
+        return jnp.asarray(x, jnp.float32 if keep else dtype)
+
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
+def _model_kwargs(model: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+            if f.init and f.name not in ("parent", "name")}
+
+
+def _apply_stop_strings(ids: list[int], stops: Sequence[str], decode) -> tuple[list[int], str, bool]:
+    """Cut at the first stop string, as vLLM does: the text excludes it, the ids end with the
+    token that completed it."""
+    for k in range(1, len(ids) + 1):
+        text = decode(ids[:k])
+        hits = [text.find(s) for s in stops if s and s in text]
+        if hits:
+            return ids[:k], text[: min(hits)], True
+    return ids, decode(ids), False
