@@ -76,8 +76,17 @@ def default_dir(name: str) -> Path:
     return cache_root() / "models" / f"{name}-{recipe_key(name)}"
 
 
+def _check(name: str) -> None:
+    if name not in RECIPES:
+        from ._errors import InputError
+
+        raise InputError(f"no tiny model {name!r}; tiny models: {', '.join(RECIPES)} "
+                         "(real models: paritybench models list)")
+
+
 def ensure(name: str) -> Path:
     """The tiny model's folder, built on first use."""
+    _check(name)
     d = default_dir(name)
     if not (d / ".complete").is_file():
         build(name, d)
@@ -118,10 +127,7 @@ def init_params(arch: GemmaArch, *, seed: int, sharpen: float) -> dict:
 
 def build(name: str, out: Path | None = None) -> Path:
     """Build tiny model `name` into `out` (default: the cache folder); returns the folder."""
-    if name not in RECIPES:
-        from ._errors import InputError
-
-        raise InputError(f"no tiny model {name!r}; tiny models: {', '.join(RECIPES)}")
+    _check(name)
     r = RECIPES[name]
     final = Path(out) if out is not None else default_dir(name)
     tmp = _ckpt.atomic_dir(final)

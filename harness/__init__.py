@@ -1,0 +1,1 @@
+"""paritybench harness: suites, runs, metrics, reports and the `paritybench` CLI."""

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny models are built once per machine (cache) and backends once per session."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("PARITYBENCH_NO_KAGGLE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_text_dir():
+    from backends import tiny
+
+    return tiny.ensure("tiny-gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_vision_dir():
+    from backends import tiny
+
+    return tiny.ensure("tiny-gemma3-vision")
+
+
+@pytest.fixture(scope="session")
+def jax_text(tiny_text_dir):
+    import backends
+
+    b = backends.get("jax", model="tiny-gemma3")
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="session")
+def jax_vision(tiny_vision_dir):
+    import backends
+
+    b = backends.get("jax", model="tiny-gemma3-vision")
+    yield b
+    b.close()
+
+
+def image(seed: int, size: int = 64) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)

@@ -1,0 +1,101 @@
+"""The JAX backend on the embedded tiny models (real gemma library, CPU)."""
+
+import numpy as np
+import pytest
+
+import backends
+from backends import ImagePart, Request, SamplingParams, UnsupportedError
+from conftest import image
+
+PROMPTS = ["What is the capital of France?", "Count to ten: one, two,", "Hello there", "Привет, как дела?"]
+
+
+def test_batch_of_four_greedy_with_logprobs(jax_text):
+    reqs = [Request.from_text(p, id=str(i)) for i, p in enumerate(PROMPTS)]
+    gens = jax_text.generate(reqs, SamplingParams(max_tokens=12, logprobs=5))
+    assert [g.request_id for g in gens] == ["0", "1", "2", "3"]
+    for g in gens:
+        assert 1 <= len(g.token_ids) <= 12
+        assert len(g.logprobs) == len(g.token_ids) == len(g.top_logprobs)
+        # greedy: the chosen token is the argmax of the returned distribution, and its logprob is the top one
+        assert [t[0][0] for t in g.top_logprobs] == g.token_ids
+        assert np.allclose([t[0][1] for t in g.top_logprobs], g.logprobs, atol=1e-6)
+        assert all(lp <= 0 for lp in g.logprobs)
+        assert g.timings.batch_size == 4
+    assert len({tuple(g.token_ids) for g in gens}) > 1, "different prompts should give different outputs"
+
+
+def test_same_seed_same_output_and_sampling_methods(jax_text):
+    reqs = [Request.from_text(p) for p in PROMPTS]
+    for s in (SamplingParams(temperature=1.0, seed=7, max_tokens=10),
+              SamplingParams(temperature=0.8, top_k=5, seed=7, max_tokens=10),
+              SamplingParams(temperature=0.9, top_p=0.9, seed=7, max_tokens=10)):
+        a, b = jax_text.generate(reqs, s), jax_text.generate(reqs, s)
+        assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    c = jax_text.generate(reqs, SamplingParams(temperature=1.0, seed=8, max_tokens=10))
+    a = jax_text.generate(reqs, SamplingParams(temperature=1.0, seed=7, max_tokens=10))
+    assert [g.token_ids for g in a] != [g.token_ids for g in c]
+
+
+def test_score_matches_generation_logprobs(jax_text):
+    reqs = [Request.from_text(p) for p in PROMPTS[:2]]
+    gens = jax_text.generate(reqs, SamplingParams(max_tokens=8))
+    scores = jax_text.score(reqs, [g.token_ids for g in gens], top_logprobs=3)
+    for g, s in zip(gens, scores):
+        assert s.token_ids == g.token_ids
+        assert np.allclose(s.logprobs, g.logprobs, atol=1e-6)
+        assert len(s.top_logprobs[0]) == 3
+    # scoring arbitrary (non-greedy) ids works too and gives lower log-probs than the argmax
+    other = jax_text.score(reqs[:1], [[500, 501, 502]])[0]
+    assert len(other.logprobs) == 3
+
+
+def test_prompt_ids_have_bos_and_chat_template(jax_text):
+    ids = jax_text.prompt_ids(Request.from_text("Hello"))
+    # <bos><start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n
+    assert ids[:2] == [2, 105] and ids[-1] == 107 and ids.count(105) == 2 and ids.count(106) == 1
+
+
+def test_stop_strings_cut_text(jax_text):
+    req = [Request.from_text(PROMPTS[0])]
+    full = jax_text.generate(req, SamplingParams(max_tokens=12))[0]
+    stop = full.text[3:5]
+    if not stop.strip():
+        pytest.skip("greedy output has no printable stop string")
+    cut = jax_text.generate(req, SamplingParams(max_tokens=12, stop=(stop,)))[0]
+    assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.find(stop)]
+
+
+def test_memory_snapshot(jax_text):
+    m = jax_text.memory()
+    assert m.device == "cpu" and m.rss_bytes > 100 * 2**20 and m.live_array_bytes > 0
+
+
+def test_compile_is_reported_apart(jax_text):
+    reqs = [Request.from_text(p) for p in PROMPTS]
+    s = SamplingParams(max_tokens=20)
+    jax_text.generate(reqs, s)
+    again = jax_text.generate(reqs, s)
+    assert again[0].timings.compile_s < 0.05 * again[0].timings.e2e_s + 0.01
+
+
+def test_image_prompt_depends_on_image(jax_vision):
+    def req(seed):
+        return Request(messages=[{"role": "user", "content": [ImagePart(array=image(seed)),
+                                                               {"type": "text", "text": "Describe the image."}]}])
+
+    a, b = jax_vision.generate([req(1), req(2)], SamplingParams(max_tokens=6, logprobs=1))
+    assert a.logprobs != b.logprobs
+    ids = jax_vision.prompt_ids(req(1))
+    assert ids.count(262143) == 16 and 255999 in ids and 256000 in ids  # 16 soft tokens between boi/eoi
+
+
+def test_image_to_text_only_model_is_refused(jax_text):
+    req = Request(messages=[{"role": "user", "content": [ImagePart(array=image(1)), {"type": "text", "text": "x"}]}])
+    with pytest.raises(UnsupportedError, match="image input, which is unsupported: tiny-gemma3 is a text-only"):
+        jax_text.generate([req], SamplingParams(max_tokens=4))
+
+
+def test_backend_honours_protocol(jax_text):
+    assert isinstance(jax_text, backends.Backend)
+    assert jax_text.capabilities.modalities == {"text"}

@@ -1,0 +1,86 @@
+"""Tiny model builds, registry entries (abstract shapes, no downloads), GemmaArch <-> configs."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from backends import REGISTRY, InputError, get_spec, models, tiny
+from backends.arch import GemmaArch
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-gemma3-vision"])
+def test_rebuild_is_byte_identical(tmp_path, name):
+    a = _digest(tiny.build(name, tmp_path / "a"))
+    b = _digest(tiny.build(name, tmp_path / "b"))
+    assert a == b
+    assert "params/_METADATA" in a and "hf/model.safetensors" in a and "hf/tokenizer.json" in a
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(InputError, match="unknown model 'gemma-9'.*tiny-gemma3, tiny-gemma3-vision, gemma-3n-E2B-it"):
+        get_spec("gemma-9")
+
+
+# Published Hugging Face config values of the real checkpoints (google/gemma-3-*-it).
+HF_FACTS = {
+    "gemma-3-1b-it": dict(hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
+                          num_key_value_heads=1, head_dim=256, sliding_window=512, query_pre_attn_scalar=256,
+                          vocab_size=262144),
+    "gemma-3-4b-it": dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8,
+                          num_key_value_heads=4, head_dim=256, sliding_window=1024, query_pre_attn_scalar=256,
+                          vocab_size=262208),
+    "gemma-3-12b-it": dict(hidden_size=3840, intermediate_size=15360, num_hidden_layers=48, num_attention_heads=16,
+                           num_key_value_heads=8, head_dim=256, sliding_window=1024, query_pre_attn_scalar=256,
+                           vocab_size=262208),
+    "gemma-3-27b-it": dict(hidden_size=5376, intermediate_size=21504, num_hidden_layers=62, num_attention_heads=32,
+                           num_key_value_heads=16, head_dim=128, sliding_window=1024, query_pre_attn_scalar=168,
+                           vocab_size=262208),
+}
+# Parameter counts (billions, including the vision tower where there is one).
+SIZES = {"gemma-3-1b-it": (0.95, 1.05), "gemma-3-4b-it": (3.8, 4.4), "gemma-3-12b-it": (11.5, 12.5),
+         "gemma-3-27b-it": (26.5, 27.8), "gemma-3n-E2B-it": (4.0, 6.0), "gemma-3n-E4B-it": (6.0, 8.5)}
+
+
+@pytest.mark.parametrize("name", [n for n in REGISTRY if not REGISTRY[n].tiny])
+def test_real_registry_entries_build_abstractly(name):
+    import numpy as np
+
+    spec = get_spec(name)
+    model = models.real_model(spec)
+    shapes = models.abstract_params(model)
+    import jax
+
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) / 1e9
+    lo, hi = SIZES[name]
+    assert lo <= n <= hi, f"{name}: {n:.2f}B parameters"
+    if name in HF_FACTS:
+        arch = GemmaArch.from_gemma_config(model.config, max_position_embeddings=spec.max_model_len)
+        cfg = arch.to_hf_config()
+        text = cfg.get("text_config", cfg)
+        for k, v in HF_FACTS[name].items():
+            assert text[k] == v, (name, k, text[k], v)
+        assert text["rope_parameters"]["full_attention"].get("factor", 1.0) == (1.0 if name.endswith("1b-it") else 8.0)
+        assert ("vision_config" in cfg) == ("image" in spec.jax_modalities)
+        if "vision_config" in cfg:
+            assert cfg["image_token_index"] == 262144 and cfg["vision_config"]["image_size"] == 896
+        # and back: the HF config reproduces the same architecture
+        assert GemmaArch.from_hf_config(cfg) == arch.model_copy(update={"dtype": "bfloat16"})
+    else:  # Gemma 3n: text-only on JAX in gemma 3.3, everything on vLLM
+        assert spec.jax_modalities == {"text"} and spec.vllm_modalities == {"text", "image", "audio"}
+        assert "text-only" in spec.unsupported["jax"]["audio"]
+
+
+def test_kaggle_download_layout_is_found(tmp_path, tiny_text_dir):
+    import shutil
+
+    root = tmp_path / "kaggle" / "gemma3-4b-it" / "1"
+    shutil.copytree(tiny_text_dir / "params", root / "gemma3-4b-it")
+    shutil.copy(tiny_text_dir / "tokenizer.model", root / "tokenizer.model")
+    ckpt, tok = models.locate_kaggle_download(tmp_path / "kaggle")
+    assert ckpt == root / "gemma3-4b-it" and tok == root / "tokenizer.model"
