@@ -47,14 +47,15 @@ _NORMS = {
 }
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+def _flatten(tree: dict, prefix: str = "", leaf=np.asarray) -> dict[str, Any]:
+    """{"a/b/c": leaf(value)} for a nested dict of parameters."""
     out = {}
     for k, v in tree.items():
         name = f"{prefix}/{k}" if prefix else k
         if isinstance(v, dict):
-            out.update(_flatten(v, name))
+            out.update(_flatten(v, name, leaf))
         else:
-            out[name] = np.asarray(v)
+            out[name] = leaf(v)
     return out
 
 
@@ -201,7 +202,7 @@ def hf_to_params(sd: dict[str, np.ndarray], arch: GemmaArch, *, like: dict | Non
     if arch.vision is not None:
         if like is None:
             raise ValueError("vision conversion needs the abstract gemma params (like=)")
-        for name, spec in _flatten_shapes(like).items():
+        for name, spec in _flatten(like, leaf=lambda v: tuple(v.shape)).items():
             if name.startswith("vision_encoder/") or name.startswith("embedder/mm_"):
                 # Invert by mapping a zero tensor of the gemma shape to find the HF key, then undo.
                 probe = np.arange(int(np.prod(spec))).reshape(spec)
@@ -217,17 +218,6 @@ def hf_to_params(sd: dict[str, np.ndarray], arch: GemmaArch, *, like: dict | Non
     return _unflatten(flat)
 
 
-def _flatten_shapes(tree: Any, prefix: str = "") -> dict[str, tuple[int, ...]]:
-    out = {}
-    for k, v in tree.items():
-        name = f"{prefix}/{k}" if prefix else k
-        if isinstance(v, dict):
-            out.update(_flatten_shapes(v, name))
-        else:
-            out[name] = tuple(v.shape)
-    return out
-
-
 # ------------------------------------------------------------------------------ directories
 
 
@@ -238,7 +228,7 @@ def write_hf_dir(out: Path, params: dict, arch: GemmaArch, tokenizer_model: Path
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sd = params_to_hf(params, arch)
-    save_file(_to_safetensors_dtype(sd), str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})  # bf16 via ml_dtypes
     _write_json(out / "config.json", {**arch.to_hf_config(), "transformers_version": _transformers_version()})
     _write_json(out / "generation_config.json", {
         "bos_token_id": BOS, "eos_token_id": [EOS, END_OF_TURN], "pad_token_id": PAD,
@@ -309,10 +299,6 @@ def hf_dir_to_gemma(src: Path, dst: Path, *, name: str | None = None) -> Path:
     params = hf_to_params(sd, arch, like=like)
     card = ModelCard(name=name or src.name, arch=arch, source=f"converted from Hugging Face folder {src}")
     return _ckpt.write_model_dir(Path(dst), card, params, tok)
-
-
-def _to_safetensors_dtype(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return sd  # numpy float32 / ml_dtypes bfloat16 are both written as is by safetensors.numpy
 
 
 def _transformers_version() -> str:

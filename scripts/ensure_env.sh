@@ -27,8 +27,12 @@ if [ ! -f "$ENV_DIR/.complete" ]; then
   mkdir -p "$CACHE"
   start=$(date +%s)
   "$PYTHON" -m venv "$ENV_DIR"
-  "$ENV_DIR/bin/pip" install --quiet --disable-pip-version-check -c constraints/harness.txt \
-      "setuptools>=61" -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+  if ! "$ENV_DIR/bin/pip" install --disable-pip-version-check -c constraints/harness.txt \
+      "setuptools>=61" -e ".[test]" > "$CACHE/pip-harness-$KEY.log" 2>&1; then
+    grep -v "^WARNING: Location" "$CACHE/pip-harness-$KEY.log" | tail -20 >&2
+    echo "error: installing the harness environment failed; full log: $CACHE/pip-harness-$KEY.log" >&2
+    exit 2
+  fi
   "$ENV_DIR/bin/python" -c "import gemma, jax, torch, transformers, harness" \
       || { echo "error: the harness environment in $ENV_DIR is broken (see pip output above)" >&2; exit 2; }
   "$ENV_DIR/bin/pip" freeze --exclude-editable > "$ENV_DIR/installed.txt"
@@ -48,5 +52,6 @@ fi
 # Point the editable install at this clone (another clone may have claimed the shared env).
 here="$(.venv/bin/python -c 'import harness, os; print(os.path.dirname(os.path.dirname(os.path.abspath(harness.__file__))))' 2>/dev/null || true)"
 if [ "$here" != "$ROOT" ]; then
-  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . > /dev/null 2>&1 \
+    || { echo "error: editable install of paritybench into .venv failed" >&2; exit 2; }
 fi

@@ -83,3 +83,18 @@ def test_transformers_agrees_on_image_prompt(jax_vision, tiny_vision_dir):
     # the image matters on both sides: another image moves the log-probs far more than the tolerance
     lp2 = _hf_logprobs(hf, ids, tti, (image(6).astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None])
     assert np.abs(lp2[pos, g.token_ids] - lp[pos, g.token_ids]).max() > 1e-2
+
+
+def test_bfloat16_round_trip_keeps_dtype(tmp_path, tiny_text_dir):
+    import jax
+    import jax.numpy as jnp
+
+    card = checkpoint.read_card(tiny_text_dir)
+    p16 = jax.tree.map(lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16)), checkpoint.load_params(tiny_text_dir / "params"))
+    arch16 = card.arch.model_copy(update={"dtype": "bfloat16"})
+    src = checkpoint.write_model_dir(tmp_path / "g", card.model_copy(update={"arch": arch16}), p16,
+                                     tiny_text_dir / "tokenizer.model")
+    hf = convert.gemma_dir_to_hf(src, tmp_path / "hf")
+    assert json.loads((hf / "config.json").read_text())["dtype"] == "bfloat16"
+    back = convert.hf_dir_to_gemma(hf, tmp_path / "back")
+    assert checkpoint.tree_digest(checkpoint.load_params(back / "params")) == checkpoint.tree_digest(p16)
