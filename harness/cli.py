@@ -18,7 +18,7 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Parity, memory and speed of vLLM vs JAX gemma.")
 models_app = typer.Typer(no_args_is_help=True, help="Known models and the embedded tiny models.")
 app.add_typer(models_app, name="models")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)
 
 
 @models_app.command("list")
@@ -61,9 +61,9 @@ def convert(
         raise InputError(f"--to {to!r}: choose hf or gemma")
     if not src.exists():
         raise InputError(f"source folder not found: {src}")
-    if dst.exists() and any(dst.iterdir()) if dst.is_dir() else dst.exists():
-        if not force:
-            raise InputError(f"{dst} already exists; choose another folder or pass --force")
+    occupied = dst.is_file() or (dst.is_dir() and any(dst.iterdir()))
+    if occupied and not force:
+        raise InputError(f"{dst} already exists; choose another folder or pass --force")
     tmp = checkpoint.atomic_dir(dst)
     try:
         (conv.gemma_dir_to_hf if to == "hf" else conv.hf_dir_to_gemma)(src, tmp)
