@@ -28,7 +28,7 @@ from . import models as _models
 from . import tokenizer as _tok
 from ._errors import InputError, ModelError
 from ._types import Capabilities, Generation, MemorySnapshot, Request, SamplingParams, Timings, TokenScores
-from .arch import END_OF_TURN, EOS, START_OF_IMAGE, GemmaArch
+from .arch import END_OF_TURN, EOS, GemmaArch
 
 TOP_K_MAX = 20
 _PAD_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
@@ -88,9 +88,7 @@ class JaxBackend:
         max_batch_size: int = 64,
         text_only: bool = False,
     ) -> None:
-        import jax
         import jax.numpy as jnp
-        from gemma import gm
 
         compile_stats()
         t0 = time.perf_counter()
@@ -370,8 +368,6 @@ class JaxBackend:
 
     def score(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], *,
               top_logprobs: int = 0) -> list[TokenScores]:
-        import jax.numpy as jnp
-
         if len(requests) != len(continuation_ids):
             raise InputError(f"score: {len(requests)} requests but {len(continuation_ids)} continuations")
         if top_logprobs > TOP_K_MAX:
@@ -393,7 +389,6 @@ class JaxBackend:
             for i, sc in zip(chunk, self._score_batch([requests[i] for i in chunk],
                                                       [continuation_ids[i] for i in chunk], top_logprobs)):
                 out[i] = sc
-        del jnp
         return [s for s in out if s is not None]
 
     def _score_batch(self, reqs: Sequence[Request], conts: Sequence[Sequence[int]], top: int,

@@ -87,7 +87,7 @@ def _versions() -> dict[str, str]:
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
-            pass
+            out[pkg] = "not installed"
     return out
 
 

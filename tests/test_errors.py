@@ -76,22 +76,20 @@ def test_convert_non_gemma_hf_config(tmp_path):
                     "config.json", "'llama' is not Gemma 3")
 
 
-def test_image_to_text_model_cli_free_message(jax_text):
-    from backends import ImagePart, Request, SamplingParams, UnsupportedError
-
+def test_image_to_text_model_is_refused_when_scoring(jax_text):
     import numpy as np
+
+    from backends import ImagePart, Request, UnsupportedError
 
     req = Request(messages=[{"role": "user", "content": [ImagePart(array=np.zeros((8, 8, 3), np.uint8))]}])
     with pytest.raises(UnsupportedError, match="image input"):
         jax_text.score([req], [[5]])
 
 
-def test_unreadable_image_names_file(jax_text, tmp_path):
-    from backends import ImagePart, InputError, Request, SamplingParams
+def test_unreadable_image_names_file(tmp_path):
+    from backends import ImagePart, InputError
 
     p = tmp_path / "broken.png"
     p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 10)
-    req = Request(messages=[{"role": "user", "content": [ImagePart(path=p)]}])
     with pytest.raises(InputError, match="cannot read image .*broken.png"):
         ImagePart(path=p).to_rgb_array()
-    del req, SamplingParams
