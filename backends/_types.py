@@ -223,7 +223,9 @@ class MemorySnapshot(_Model):
     live_array_bytes: int | None = None
     device_bytes_in_use: int | None = None
     device_peak_bytes: int | None = None
-    kv_cache_usage: float | None = None
+    kv_cache_usage: float | None = None  # fraction 0..1 of the KV cache in use (vLLM)
+    requests_running: int | None = None
+    requests_waiting: int | None = None
 
 
 class Capabilities(_Model):

@@ -15,6 +15,7 @@ absolute path), so writing the same params twice gives byte-identical files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -116,6 +117,16 @@ def tree_digest(params: Any) -> str:
         h.update(str(a.shape).encode() + str(a.dtype).encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def dir_fingerprint(path: Path) -> str:
+    """A short key for a folder's contents (names, sizes, mtimes of every file): names cached
+    conversions of user folders, which change when the folder does."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
 
 
 def atomic_dir(final: Path) -> Path:

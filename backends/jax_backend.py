@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import hashlib
 import os
 import resource
 import threading
@@ -146,12 +145,7 @@ class JaxBackend:
         if (path / "config.json").is_file():  # a Hugging Face folder: convert once into the cache
             from . import convert, tiny
 
-            h = hashlib.sha256()
-            for f in sorted(path.iterdir()):
-                if f.is_file():
-                    st = f.stat()
-                    h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-            dst = tiny.cache_root() / "converted" / f"{path.name}-{h.hexdigest()[:12]}"
+            dst = tiny.cache_root() / "converted" / f"{path.name}-{_ckpt.dir_fingerprint(path)}"
             if not (dst / _ckpt.CARD).is_file():
                 tmp = _ckpt.atomic_dir(dst)
                 convert.hf_dir_to_gemma(path, tmp, name=path.name)

@@ -119,6 +119,19 @@ def get_spec(name: str) -> ModelSpec:
     return REGISTRY[name]
 
 
+def find_spec(model: str) -> ModelSpec | None:
+    """The registry entry named `model` or serving Hugging Face id `model`, else None."""
+    if model in REGISTRY:
+        return REGISTRY[model]
+    return next((s for s in REGISTRY.values() if s.hf_id and s.hf_id == model), None)
+
+
+def looks_like_hf_id(model: str) -> bool:
+    """'org/name' that is not a local path: what vLLM downloads from the Hugging Face hub."""
+    parts = str(model).split("/")
+    return len(parts) == 2 and all(parts) and not str(model).startswith((".", "~")) and not Path(model).exists()
+
+
 def is_path(model: str | os.PathLike) -> bool:
     s = str(model)
     return os.sep in s or s.startswith(".") or Path(s).exists()

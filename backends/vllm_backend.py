@@ -1,0 +1,643 @@
+"""The vLLM backend: a real vLLM server through its OpenAI-compatible API.
+
+Managed (default): a `VllmServer` is started for the model and stopped on `close()`.
+Attached: `url="http://host:8000/v1"` talks to a server the user already runs; the API key comes
+from `api_key=` or the VLLM_API_KEY / OPENAI_API_KEY environment variable and is never printed.
+
+Endpoints used:
+- generate: `/v1/chat/completions`, streamed (time to first token, per-token arrival times), with
+  `logprobs`/`top_logprobs` returned as token ids (`return_tokens_as_token_ids`) and the prompt's
+  ids (`return_token_ids`); text, images (PNG data URIs) and audio (`input_audio`, WAV).
+- generate_from_ids: `/v1/completions` with a prompt given as token ids (exact token parity).
+- score: `/v1/completions` over prompt ids + continuation with `prompt_logprobs` (text); for
+  prompts with images or audio, a chat request that continues the final assistant message.
+- prompt_ids: `/tokenize` with the chat messages (chat template applied, media expanded).
+- memory: `/metrics` (prometheus text format) plus the server process tree's RSS (CPU) or its
+  NVML per-process GPU memory.
+
+Requests run concurrently on one event loop thread (at most `max_concurrency` in flight), each with
+`request_timeout` seconds; connection errors (only those) are retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Sequence, TypeVar
+
+import httpx
+import numpy as np
+
+from . import models as _models
+from ._errors import InputError, ModelError
+from ._types import (
+    AudioPart,
+    Capabilities,
+    Generation,
+    ImagePart,
+    MemorySnapshot,
+    Request,
+    SamplingParams,
+    TextPart,
+    Timings,
+    TokenScores,
+)
+from .vllm_server import VllmServer, advice_for, attach, root_url
+
+T = TypeVar("T")
+MAX_TOP_LOGPROBS = 20  # vLLM's default --max-logprobs
+_NO_AUDIO = "Gemma 3 has no audio encoder"
+
+
+def _token_id(token: str) -> int:
+    """'token_id:123' (return_tokens_as_token_ids) -> 123."""
+    if not token.startswith("token_id:"):
+        raise ModelError(f"vLLM returned token {token!r} instead of 'token_id:N'; the server ignores "
+                         "return_tokens_as_token_ids (vLLM too old?)")
+    return int(token[len("token_id:"):])
+
+
+def _png_data_uri(part: ImagePart) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(part.to_rgb_array()).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _audio_payload(part: AudioPart) -> dict[str, str]:
+    if part.path is not None:
+        path = Path(part.path)
+        fmt = path.suffix.lower().lstrip(".")
+        if fmt not in ("wav", "mp3", "flac", "ogg"):
+            raise InputError(f"audio file {path}: format {fmt or '(none)'} is not supported; give WAV, MP3, FLAC or OGG")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"audio file not found: {path}; check the path in the request") from None
+        return {"data": base64.b64encode(data).decode(), "format": fmt}
+    import wave
+
+    pcm = np.clip(np.asarray(part.samples, dtype=np.float32), -1.0, 1.0)
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(part.rate))
+        w.writeframes((pcm * 32767).astype("<i2").tobytes())
+    return {"data": base64.b64encode(buf.getvalue()).decode(), "format": "wav"}
+
+
+def openai_messages(request: Request) -> list[dict[str, Any]]:
+    """The request as OpenAI chat messages (content always a list of parts)."""
+    out = []
+    for m in request.messages:
+        parts: list[dict[str, Any]] = []
+        for p in m.content:
+            if isinstance(p, TextPart):
+                parts.append({"type": "text", "text": p.text})
+            elif isinstance(p, ImagePart):
+                parts.append({"type": "image_url", "image_url": {"url": _png_data_uri(p)}})
+            else:
+                parts.append({"type": "input_audio", "input_audio": _audio_payload(p)})
+        out.append({"role": m.role, "content": parts})
+    return out
+
+
+class VllmBackend:
+    """`Backend` on a vLLM server. See `backends.get("vllm", ...)` and `VllmServer` for the options."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        max_concurrency: int = 16,
+        request_timeout: float = 300.0,
+        retries: int = 3,
+        warmup: bool = True,
+        modalities: Sequence[str] | None = None,
+        **server_options: Any,
+    ) -> None:
+        self.model = str(model)
+        self.spec: _models.ModelSpec | None = None
+        self.max_concurrency = max_concurrency
+        self.request_timeout = request_timeout
+        self.retries = retries
+        self._api_key = api_key or os.environ.get("VLLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        self.server: VllmServer | None = None
+        self.load_s: float | None = None
+        self.warmup_s: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client = None
+        self._http: httpx.AsyncClient | None = None
+        t0 = time.perf_counter()
+        if url is not None:
+            if server_options:
+                raise InputError(f"options {sorted(server_options)} configure a managed server; they do not apply "
+                                 f"with url={url!r} (configure that server where it runs)")
+            self.url = url.rstrip("/")
+            attach(self.url)
+            self.hf_dir = None
+        else:
+            self.hf_dir, default_name, defaults = self._resolve(self.model)
+            opts = {"served_model_name": default_name, **defaults, **server_options}
+            self.server = VllmServer(self.hf_dir, api_key=self._api_key, **opts)
+            self.server.start()
+            self.url = self.server.url
+        self.root_url = root_url(self.url)
+        try:
+            self._start_loop()
+            self.served_model = self._served_model_name()
+            self.capabilities = self._capabilities(modalities)
+            self.load_s = time.perf_counter() - t0
+            if warmup:
+                t1 = time.perf_counter()
+                self.generate([Request.from_text("Hello")], SamplingParams(max_tokens=2, logprobs=1))
+                self.warmup_s = time.perf_counter() - t1
+        except BaseException:
+            self.close()
+            raise
+
+    # ---------------------------------------------------------------- model and server
+
+    @staticmethod
+    def _resolve(model: str) -> tuple[str, str, dict[str, Any]]:
+        """(what vLLM serves, the served model name, default server flags) for a model name or path."""
+        if _models.looks_like_hf_id(model):
+            return model, model, {}  # vLLM downloads it (needs network access and, for Gemma, an HF token)
+        if _models.is_path(model):
+            path = Path(model)
+            if not path.exists():
+                raise ModelError(f"model folder not found: {path}")
+            if (path / "config.json").is_file():
+                return str(path), path.name, {}
+            from . import checkpoint as _ckpt
+
+            if (path / _ckpt.CARD).is_file():
+                from . import convert, tiny
+
+                dst = tiny.cache_root() / "converted-hf" / f"{path.name}-{_ckpt.dir_fingerprint(path)}"
+                if not (dst / "config.json").is_file():
+                    tmp = _ckpt.atomic_dir(dst)
+                    convert.gemma_dir_to_hf(path, tmp)
+                    _ckpt.commit_dir(tmp, dst)
+                card = _ckpt.read_card(path)
+                return str(dst), path.name, {"dtype": card.arch.dtype}
+            raise ModelError(f"{path} is neither a Hugging Face folder (config.json) nor a gemma-format model folder")
+        spec = _models.get_spec(model)
+        if spec.tiny:
+            from . import tiny
+            from . import checkpoint as _ckpt
+
+            d = tiny.ensure(spec.name)
+            return str(d / "hf"), spec.name, {"dtype": _ckpt.read_card(d).arch.dtype}
+        if not spec.hf_id:
+            raise ModelError(f"model {spec.name} has no Hugging Face id for vLLM; give a local folder instead")
+        return spec.hf_id, spec.name, {}
+
+    def _served_model_name(self) -> str:
+        data = self._run(self._get_json("/v1/models"))
+        names = [m["id"] for m in data.get("data", [])]
+        if not names:
+            raise ModelError(f"vLLM at {self.url} serves no model")
+        if self.server is not None:
+            return self.server.served_model_name
+        wanted = [n for n in names if n in (self.model, Path(self.model).name)]
+        if wanted:
+            return wanted[0]
+        if len(names) == 1:
+            return names[0]
+        raise InputError(f"vLLM at {self.url} serves {names}, not {self.model!r}; pass one of those as the model")
+
+    def _capabilities(self, modalities: Sequence[str] | None) -> Capabilities:
+        """Modalities: given explicitly, else from the served folder's config.json, else from the
+        registry entry; an attached server serving an unknown model is taken as text-only."""
+        why: dict[str, str] = {}
+        self.spec = _models.find_spec(self.model)
+        if self.spec is not None:
+            why = dict(self.spec.unsupported.get("vllm", {}))
+        if modalities is not None:
+            mods = set(modalities)
+        elif self.hf_dir is not None and Path(self.hf_dir, "config.json").is_file():
+            mods = self._modalities_from_config(Path(self.hf_dir))
+        elif self.spec is not None:
+            mods = set(self.spec.vllm_modalities)
+        else:
+            mods = {"text"}
+            why = {m: f"unknown for a server serving {self.model!r}; pass modalities=['text', '{m}'] if it takes {m}"
+                   for m in ("image", "audio")}
+        for m, reason in (("image", "the model has no vision tower"), ("audio", _NO_AUDIO)):
+            if m not in mods:
+                why.setdefault(m, reason)
+        return Capabilities(modalities=frozenset(mods), streaming=True, max_top_logprobs=MAX_TOP_LOGPROBS,
+                            unsupported={m: r for m, r in why.items() if m not in mods})
+
+    @staticmethod
+    def _modalities_from_config(hf_dir: Path) -> set[str]:
+        cfg = json.loads((hf_dir / "config.json").read_text())
+        mods = {"text"}
+        if cfg.get("vision_config"):
+            mods.add("image")
+        if cfg.get("audio_config"):
+            mods.add("audio")
+        return mods
+
+    # ---------------------------------------------------------------- event loop plumbing
+
+    def _start_loop(self) -> None:
+        import openai
+
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="paritybench-vllm", daemon=True).start()
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+        async def make() -> None:
+            limits = httpx.Limits(max_connections=self.max_concurrency + 4)
+            self._http = httpx.AsyncClient(base_url=self.root_url, headers=headers, timeout=self.request_timeout,
+                                           limits=limits)
+            self._client = openai.AsyncOpenAI(base_url=self.url, api_key=self._api_key or "EMPTY", max_retries=0,
+                                              timeout=self.request_timeout, http_client=httpx.AsyncClient(limits=limits))
+            self._sem = asyncio.Semaphore(self.max_concurrency)
+
+        self._run(make())
+
+    def _run(self, coro: Awaitable[T]) -> T:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+        try:
+            return fut.result()
+        except BaseException:
+            fut.cancel()
+            raise
+
+    async def _call(self, what: str, fn, *args, **kwargs):
+        """One API call under the concurrency bound, retried on connection errors only."""
+        import openai
+
+        delay = 0.5
+        async with self._sem:
+            for attempt in range(self.retries + 1):
+                try:
+                    return await fn(*args, **kwargs)
+                except (openai.APITimeoutError, httpx.TimeoutException):
+                    raise ModelError(self._timeout_message(what)) from None
+                except (openai.APIConnectionError, httpx.TransportError) as e:
+                    if self.server is not None and not self.server.alive():
+                        self.server.check_alive()
+                    if attempt == self.retries:
+                        raise ModelError(
+                            f"{what}: cannot reach vLLM at {self.url} after {self.retries + 1} tries "
+                            f"({type(e).__name__}); is the server still running?") from None
+                    await asyncio.sleep(delay)
+                    delay *= 2
+                except openai.BadRequestError as e:
+                    raise InputError(f"{what}: vLLM rejected the request (HTTP 400): {_api_message(e)}") from None
+                except openai.APIStatusError as e:
+                    msg = _api_message(e)
+                    advice = advice_for(msg)
+                    raise ModelError(f"{what}: vLLM answered HTTP {e.status_code}: {msg}"
+                                     + (f"; {advice}" if advice else "")) from None
+
+    def _timeout_message(self, what: str) -> str:
+        load = ""
+        if self.load_s is not None:
+            load = f" (this server took {self.load_s:.0f} s to load the model"
+            load += f" and {self.warmup_s:.1f} s for its first request)" if self.warmup_s is not None else ")"
+        elif self.server is not None and self.server.startup_s is not None:
+            load = f" (the first requests after start-up also compile and warm up; the model took {self.server.startup_s:.0f} s to load)"
+        return f"{what}: no answer from vLLM at {self.url} within {self.request_timeout:.0f} s{load}; raise request_timeout"
+
+    async def _get_json(self, path: str) -> Any:
+        async def get():
+            r = await self._http.get(path)  # type: ignore[union-attr]
+            r.raise_for_status()
+            return r.json()
+
+        return await self._call(f"GET {path}", get)
+
+    async def _post_json(self, path: str, body: dict[str, Any], what: str) -> Any:
+        async def post():
+            r = await self._http.post(path, json=body)  # type: ignore[union-attr]
+            if r.status_code == 400:
+                raise InputError(f"{what}: vLLM rejected the request (HTTP 400): {_error_text(r)}")
+            if r.status_code != 200:
+                raise ModelError(f"{what}: vLLM answered HTTP {r.status_code} at {path}: {_error_text(r)}")
+            return r.json()
+
+        return await self._call(what, post)
+
+    # ---------------------------------------------------------------- prompts
+
+    def prompt_ids(self, request: Request) -> list[int]:
+        """The prompt ids vLLM feeds for `request` (`/tokenize` with the chat template; BOS included,
+        image soft tokens expanded)."""
+        self.capabilities.check(request, self.name)
+        return self._run(self._prompt_ids(request))
+
+    async def _prompt_ids(self, request: Request) -> list[int]:
+        body = {"model": self.served_model, "messages": openai_messages(request), "add_generation_prompt": True}
+        data = await self._post_json("/tokenize", body, f"tokenize {request.id or ''}".strip())
+        return [int(t) for t in data["tokens"]]
+
+    # ---------------------------------------------------------------- generation
+
+    @staticmethod
+    def _sampling_body(s: SamplingParams) -> dict[str, Any]:
+        body: dict[str, Any] = {"max_tokens": s.max_tokens, "temperature": s.temperature}
+        if s.top_p is not None:
+            body["top_p"] = s.top_p
+        if s.seed is not None:
+            body["seed"] = s.seed
+        if s.stop:
+            body["stop"] = list(s.stop)
+        return body
+
+    @staticmethod
+    def _extra_body(s: SamplingParams) -> dict[str, Any]:
+        extra: dict[str, Any] = {"return_token_ids": True, "return_tokens_as_token_ids": True}
+        if s.top_k is not None:
+            extra["top_k"] = s.top_k
+        return extra
+
+    def generate(self, requests: Sequence[Request], sampling: SamplingParams) -> list[Generation]:
+        for r in requests:
+            self.capabilities.check(r, self.name)
+        return self._run(self._gather([self._chat(r, sampling) for r in requests]))
+
+    def generate_from_ids(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
+                          request_ids: Sequence[str | None] | None = None) -> list[Generation]:
+        """Generate from exact prompt token ids (BOS included) through `/v1/completions`."""
+        ids = list(request_ids or [None] * len(prompts))
+        return self._run(self._gather([self._completion(list(p), sampling, rid) for p, rid in zip(prompts, ids)]))
+
+    async def _gather(self, coros: list[Awaitable[T]]) -> list[T]:
+        tasks = [asyncio.ensure_future(c) for c in coros]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _chat(self, request: Request, s: SamplingParams) -> Generation:
+        what = f"request {request.id}" if request.id else "request"
+        kwargs = dict(
+            model=self.served_model, messages=openai_messages(request), stream=True,
+            stream_options={"include_usage": True}, logprobs=True, top_logprobs=s.logprobs,
+            extra_body=self._extra_body(s), **self._sampling_body(s),
+        )
+        return await self._call(what, self._stream, request.id, "chat", kwargs)
+
+    async def _completion(self, prompt: list[int], s: SamplingParams, rid: str | None) -> Generation:
+        what = f"request {rid}" if rid else "request"
+        kwargs = dict(
+            model=self.served_model, prompt=prompt, stream=True, stream_options={"include_usage": True},
+            logprobs=s.logprobs, extra_body=self._extra_body(s), **self._sampling_body(s),
+        )
+        return await self._call(what, self._stream, rid, "completion", kwargs)
+
+    async def _stream(self, rid: str | None, kind: str, kwargs: dict[str, Any]) -> Generation:
+        create = self._client.chat.completions.create if kind == "chat" else self._client.completions.create
+        t0 = time.perf_counter()
+        stream = await create(**kwargs)
+        prompt_ids: list[int] = list(kwargs.get("prompt") or [])
+        ids: list[int] = []
+        lps: list[float] = []
+        tops: list[list[tuple[int, float]]] = []
+        times: list[float] = []
+        text: list[str] = []
+        finish = None
+        async for chunk in stream:
+            now = time.perf_counter() - t0
+            extra = chunk.model_extra or {}
+            if extra.get("prompt_token_ids"):
+                prompt_ids = list(extra["prompt_token_ids"])
+            for choice in chunk.choices:
+                cx = choice.model_extra or {}
+                if cx.get("prompt_token_ids"):
+                    prompt_ids = list(cx["prompt_token_ids"])
+                new = list(cx.get("token_ids") or [])
+                if kind == "chat":
+                    text.append(choice.delta.content or "")
+                    if choice.logprobs and choice.logprobs.content:
+                        for e in choice.logprobs.content:
+                            lps.append(e.logprob)
+                            tops.append([(_token_id(t.token), t.logprob) for t in e.top_logprobs or []])
+                else:
+                    text.append(choice.text or "")
+                    lp = choice.logprobs
+                    if lp is not None and lp.token_logprobs:
+                        lps.extend(float(x) for x in lp.token_logprobs)
+                        for d in lp.top_logprobs or [{}] * len(lp.token_logprobs):
+                            tops.append(sorted(((_token_id(t), v) for t, v in (d or {}).items()), key=lambda x: -x[1]))
+                ids.extend(int(t) for t in new)
+                times.extend([now] * len(new))
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+        e2e = time.perf_counter() - t0
+        if finish not in ("stop", "length"):
+            raise ModelError(f"request {rid or ''}: vLLM ended the stream with finish_reason={finish!r}")
+        k = kwargs.get("top_logprobs") if kind == "chat" else kwargs.get("logprobs")
+        return Generation(
+            request_id=rid, prompt_ids=prompt_ids, token_ids=ids, text="".join(text),
+            logprobs=lps if len(lps) == len(ids) else None,
+            top_logprobs=[t[:k] for t in tops] if k and len(tops) == len(ids) else None,
+            finish_reason=finish,
+            timings=Timings(e2e_s=e2e, ttft_s=times[0] if times else None, token_times_s=times),
+        )
+
+    # ---------------------------------------------------------------- scoring
+
+    def score(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], *,
+              top_logprobs: int = 0) -> list[TokenScores]:
+        if len(requests) != len(continuation_ids):
+            raise InputError(f"score: {len(requests)} requests but {len(continuation_ids)} continuations")
+        if top_logprobs > MAX_TOP_LOGPROBS:
+            raise InputError(f"top_logprobs={top_logprobs}: vLLM returns at most {MAX_TOP_LOGPROBS}")
+        for r in requests:
+            self.capabilities.check(r, self.name)
+        return self._run(self._gather([self._score_one(r, list(c), top_logprobs)
+                                       for r, c in zip(requests, continuation_ids)]))
+
+    async def _score_one(self, request: Request, cont: list[int], top: int) -> TokenScores:
+        what = f"score {request.id}" if request.id else "score"
+        prompt = await self._prompt_ids(request)
+        if not cont:
+            return TokenScores(request_id=request.id, prompt_ids=prompt, token_ids=[], logprobs=[],
+                               top_logprobs=[] if top else None)
+        if request.modalities == {"text"}:
+            body = {"model": self.served_model, "prompt": prompt + cont, "max_tokens": 1, "temperature": 0.0,
+                    "prompt_logprobs": top}
+            data = await self._post_json("/v1/completions", body, what)
+            fed = prompt + cont
+        else:  # media can only travel in a chat request: continue the final (assistant) message
+            text = (await self._post_json("/detokenize", {"model": self.served_model, "tokens": cont}, what))["prompt"]
+            msgs = openai_messages(request) + [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+            body = {"model": self.served_model, "messages": msgs, "max_tokens": 1, "temperature": 0.0,
+                    "prompt_logprobs": top, "add_generation_prompt": False, "continue_final_message": True,
+                    "return_token_ids": True}
+            data = await self._post_json("/v1/chat/completions", body, what)
+            fed = [int(t) for t in data.get("prompt_token_ids") or []]
+            if fed != prompt + cont:
+                raise ModelError(
+                    f"{what}: the continuation does not survive re-tokenization in a chat request "
+                    f"(fed {len(fed)} ids, expected {len(prompt) + len(cont)}); score it as text, or give ids "
+                    "that decode and re-encode to themselves")
+        plp = data.get("prompt_logprobs") or data["choices"][0].get("prompt_logprobs")
+        if plp is None or len(plp) != len(fed):
+            raise ModelError(f"{what}: vLLM returned no prompt_logprobs for {len(fed)} prompt tokens")
+        lps, tops = [], []
+        for pos in range(len(prompt), len(fed)):
+            entry = {int(k): v for k, v in plp[pos].items()}
+            lps.append(float(entry[fed[pos]]["logprob"]))
+            ranked = sorted(((tid, float(v["logprob"]), v.get("rank") or 0) for tid, v in entry.items()),
+                            key=lambda x: x[2])
+            tops.append([(tid, lp) for tid, lp, rank in ranked if 1 <= rank <= top][:top])
+        return TokenScores(request_id=request.id, prompt_ids=prompt, token_ids=cont, logprobs=lps,
+                           top_logprobs=tops if top else None)
+
+    # ---------------------------------------------------------------- memory
+
+    def metrics(self) -> dict[str, float]:
+        """The server's `vllm:*` Prometheus samples, summed over label sets (`name{...}` -> value)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        async def get() -> str:
+            r = await self._http.get("/metrics")  # type: ignore[union-attr]
+            r.raise_for_status()
+            return r.text
+
+        text = self._run(self._call("GET /metrics", get))
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(text):
+            for sample in fam.samples:
+                if sample.name.startswith("vllm:"):
+                    out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
+        return out
+
+    def memory(self) -> MemorySnapshot:
+        m = self.metrics()
+        procs = self.server.process_tree() if self.server else _local_listener_tree(self.root_url)
+        rss = None
+        if procs:
+            import psutil
+
+            rss = 0
+            for p in procs:
+                try:
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    pass
+        gpu = _nvml_process_bytes([p.pid for p in procs])
+        on_gpu = (self.server is not None and self.server.flavor == "cuda") or gpu is not None
+        return MemorySnapshot(
+            backend=self.name, device="gpu" if on_gpu else "cpu", rss_bytes=rss, device_bytes_in_use=gpu,
+            kv_cache_usage=m.get("vllm:kv_cache_usage_perc"),
+            requests_running=_maybe_int(m.get("vllm:num_requests_running")),
+            requests_waiting=_maybe_int(m.get("vllm:num_requests_waiting")),
+        )
+
+    # ---------------------------------------------------------------- life cycle
+
+    def close(self) -> None:
+        if self._loop is not None:
+            async def shut() -> None:
+                if self._client is not None:
+                    await self._client.close()
+                if self._http is not None:
+                    await self._http.aclose()
+
+            try:
+                asyncio.run_coroutine_threadsafe(shut(), self._loop).result(timeout=10)
+            except Exception:
+                pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop = None
+        if self.server is not None:
+            self.server.stop()
+
+    def __enter__(self) -> "VllmBackend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:  # never shows the API key
+        return f"VllmBackend({self.model!r}, url={self.url!r}, managed={self.server is not None})"
+
+
+def _maybe_int(x: float | None) -> int | None:
+    return None if x is None else int(x)
+
+
+def _api_message(e: Any) -> str:
+    """The first line of an OpenAI-client error's message (vLLM puts it in body.message)."""
+    body = getattr(e, "body", None)
+    msg = body.get("message") if isinstance(body, dict) else None
+    return str(msg or getattr(e, "message", e)).splitlines()[0]
+
+
+def _error_text(r: httpx.Response) -> str:
+    try:
+        body = r.json()
+        err = body.get("error", body)
+        return str(err.get("message", err) if isinstance(err, dict) else err).splitlines()[0]
+    except ValueError:
+        return r.text[:200]
+
+
+def _local_listener_tree(root: str) -> list:
+    """Processes of a local server an attached backend talks to (found by its listening port)."""
+    from urllib.parse import urlsplit
+
+    import psutil
+
+    parts = urlsplit(root)
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return []
+    port = parts.port or 80
+    try:
+        for c in psutil.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+                p = psutil.Process(c.pid)
+                return [p, *p.children(recursive=True)]
+    except (psutil.Error, OSError):
+        pass
+    return []
+
+
+def _nvml_process_bytes(pids: Sequence[int]) -> int | None:
+    """GPU memory (bytes) used by `pids` on all GPUs, from NVML; None without a GPU or NVML."""
+    if not pids:
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        total, wanted = 0, set(pids)
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+                if p.pid in wanted and p.usedGpuMemory:
+                    total += int(p.usedGpuMemory)
+        return total
+    except Exception:
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass

