@@ -149,7 +149,7 @@ class VllmBackend:
             attach(self.url)
             self.hf_dir = None
         else:
-            self.hf_dir, default_name, defaults = self._resolve(self.model)
+            self.hf_dir, default_name, defaults = self.resolve(self.model)
             opts = {"served_model_name": default_name, **defaults, **server_options}
             self.server = VllmServer(self.hf_dir, api_key=self._api_key, **opts)
             self.server.start()
@@ -171,7 +171,7 @@ class VllmBackend:
     # ---------------------------------------------------------------- model and server
 
     @staticmethod
-    def _resolve(model: str) -> tuple[str, str, dict[str, Any]]:
+    def resolve(model: str) -> tuple[str, str, dict[str, Any]]:
         """(what vLLM serves, the served model name, default server flags) for a model name or path."""
         if _models.looks_like_hf_id(model):
             return model, model, {}  # vLLM downloads it (needs network access and, for Gemma, an HF token)

@@ -89,6 +89,83 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+def _vllm_options(port, dtype, max_model_len, gpu_memory_utilization, tensor_parallel_size, kv_cache_dtype,
+                  quantization, speculative_config, enforce_eager, extra) -> dict:
+    """`vllm serve` flags given on the command line (unset ones are left to vLLM's defaults)."""
+    opts = dict(port=port, dtype=dtype, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                tensor_parallel_size=tensor_parallel_size, kv_cache_dtype=kv_cache_dtype, quantization=quantization,
+                speculative_config=speculative_config, enforce_eager=enforce_eager)
+    opts = {k: v for k, v in opts.items() if v is not None}
+    if extra:
+        opts["extra_args"] = list(extra)
+    return opts
+
+
+_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command("serve", context_settings=_EXTRA)
+def serve(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="registry name (tiny-gemma3, ...), Hugging Face folder or HF id"),
+    port: Optional[int] = typer.Option(None, "--port", help="default: a free port"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len"),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization"),
+    tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size"),
+    kv_cache_dtype: Optional[str] = typer.Option(None, "--kv-cache-dtype"),
+    quantization: Optional[str] = typer.Option(None, "--quantization"),
+    speculative_config: Optional[str] = typer.Option(None, "--speculative-config", help="JSON, as vLLM takes it"),
+    enforce_eager: Optional[bool] = typer.Option(None, "--enforce-eager/--no-enforce-eager",
+                                                 help="default: eager on CPU"),
+) -> None:
+    """Run a managed vLLM server (any further flags go to `vllm serve`) until Ctrl-C or SIGTERM."""
+    import time
+
+    from backends.vllm_backend import VllmBackend
+    from backends.vllm_server import VllmServer
+
+    opts = _vllm_options(port, dtype, max_model_len, gpu_memory_utilization, tensor_parallel_size, kv_cache_dtype,
+                         quantization, speculative_config, enforce_eager, ctx.args)
+    hf, name, defaults = VllmBackend.resolve(model)
+    with VllmServer(hf, served_model_name=name, **{**defaults, **opts}) as server:
+        console.print(f"vLLM serving {name} at [bold]{server.url}[/] (healthy after {server.startup_s:.1f} s; "
+                      f"log {server.log_path}); Ctrl-C stops it")
+        try:
+            while server.alive():
+                time.sleep(1.0)
+            server.check_alive()
+        except KeyboardInterrupt:
+            console.print("stopping the server")
+
+
+@app.command("generate")
+def generate(
+    prompt: str = typer.Argument(..., help="user message"),
+    backend: str = typer.Option("jax", "--backend", help="jax or vllm"),
+    model: str = typer.Option("tiny-gemma3", "--model"),
+    vllm_url: Optional[str] = typer.Option(None, "--vllm-url", help="attach to a running vLLM (http://host:8000/v1); "
+                                           "API key from VLLM_API_KEY"),
+    max_tokens: int = typer.Option(24, "--max-tokens"),
+    temperature: float = typer.Option(0.0, "--temperature"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    logprobs: int = typer.Option(0, "--logprobs", help="top alternatives per token (0-20)"),
+) -> None:
+    """One prompt through one backend: text, token ids, log-probs and timings (as JSON)."""
+    import json
+
+    import backends
+
+    opts = {"url": vllm_url} if vllm_url else {}
+    if vllm_url and backend != "vllm":
+        raise backends.InputError("--vllm-url needs --backend vllm")
+    with backends.get(backend, model=model, **opts) as b:
+        [g] = b.generate([backends.Request.from_text(prompt)],
+                         backends.SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed,
+                                                 logprobs=logprobs))
+    print(json.dumps(g.model_dump(mode="json"), indent=1))
+
+
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from backends import ParitybenchError

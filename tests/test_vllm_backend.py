@@ -162,3 +162,19 @@ def test_get_returns_protocol_objects_for_both_backends(vllm_text, jax_text):
         assert g.prompt_ids == b.prompt_ids(req)
     with pytest.raises(InputError, match="do not apply"):
         backends.get("vllm", model="tiny-gemma3", url=vllm_text.url, dtype="float32")
+
+
+def test_cli_generate_attached(vllm_text):
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "generate", "Hello there", "--backend", "vllm",
+                          "--vllm-url", vllm_text.url, "--max-tokens", "5"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    g = json.loads(out.stdout)
+    [ref] = vllm_text.generate([Request.from_text("Hello there")], SamplingParams(max_tokens=5))
+    assert g["token_ids"] == ref.token_ids and g["timings"]["ttft_s"] > 0
+    bad = subprocess.run([sys.executable, "-m", "harness.cli", "generate", "Hi", "--backend", "vllm",
+                          "--vllm-url", "http://127.0.0.1:9/v1"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: cannot reach vLLM at http://127.0.0.1:9/v1")
