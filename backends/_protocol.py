@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 from ._types import Capabilities, Generation, MemorySnapshot, Request, SamplingParams, TokenScores
 
@@ -16,6 +16,10 @@ class Backend(Protocol):
       numerically fair comparison, free of divergence cascades.
     - `prompt_ids`: the exact prompt ids the backend feeds (chat template applied, BOS
       included, image soft tokens expanded).
+    - `score_ids`: log-probs of ids[1:] each given the ids before it, no template (text only):
+      position-by-position comparison of the two models.
+    - `text_ids` / `detokenize`: the backend's tokenizer, plain (no template, no BOS).
+    - `describe`: what this side is (model, dtype, versions, ...), for the record.
     - `memory`: a snapshot of what the backend holds now.
     - `close`: release everything (a managed server, device memory). Backends are context
       managers.
@@ -24,6 +28,7 @@ class Backend(Protocol):
     name: str
     model: str
     capabilities: Capabilities
+    vocab_size: int | None
 
     def generate(self, requests: Sequence[Request], sampling: SamplingParams) -> list[Generation]: ...
 
@@ -32,6 +37,14 @@ class Backend(Protocol):
     ) -> list[TokenScores]: ...
 
     def prompt_ids(self, request: Request) -> list[int]: ...
+
+    def score_ids(self, ids: Sequence[int], *, top_logprobs: int = 0) -> TokenScores: ...
+
+    def text_ids(self, text: str) -> list[int]: ...
+
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
     def memory(self) -> MemorySnapshot: ...
 

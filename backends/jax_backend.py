@@ -209,6 +209,31 @@ class JaxBackend:
 
     # ---------------------------------------------------------------- prompts
 
+    @property
+    def vocab_size(self) -> int:
+        return self.arch.vocab_size if self.arch else int(self._model.config.num_embed)
+
+    def text_ids(self, text: str) -> list[int]:
+        """Plain tokenization of `text` (no chat template, no BOS)."""
+        return [int(t) for t in self._tokenizer.encode(text, add_bos=False)]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode([int(i) for i in ids])
+
+    def describe(self) -> dict[str, Any]:
+        """What this side is, for the record next to every result."""
+        import importlib.metadata as md
+
+        import jax
+
+        return {
+            "backend": self.name, "model": self.model, "dtype": self.dtype, "vocab_size": self.vocab_size,
+            "arch": self.arch.model_dump(mode="json") if self.arch else None,
+            "gemma_class": self.spec.gemma_class if self.spec else None,
+            "device": str(jax.devices()[0]), "jax": jax.__version__, "gemma": md.version("gemma"),
+            "load_s": self.load_s,
+        }
+
     def _text_ids(self, request: Request) -> list[int]:
         return [int(t) for t in self._tokenizer.encode(_tok.render_chat(request), add_bos=True)]
 
@@ -337,8 +362,8 @@ class JaxBackend:
 
         model = self._model
 
-        @jax.jit
-        def forward(params, tokens, targets, images=None):
+        @functools.partial(jax.jit, static_argnames=("causal_images",))
+        def forward(params, tokens, targets, images=None, causal_images=False):
             from gemma.gm.utils import _attention_mask, _types
 
             B, L = tokens.shape
@@ -347,7 +372,7 @@ class JaxBackend:
             else:
                 inp = _types.Input(text=tokens, images=images, config=model.config.input_config)
                 tmm = inp.tokens_with_mm
-                Lmm, bidir = tmm.shape[1], tmm == -2
+                Lmm, bidir = tmm.shape[1], (None if causal_images else tmm == -2)
             mask = _attention_mask.make_causal_bidirectional_attention_mask(
                 jnp.ones((B, Lmm), bool), bidirectional_mask=bidir)
             positions = jnp.broadcast_to(jnp.arange(Lmm)[None], (B, Lmm))
@@ -361,21 +386,23 @@ class JaxBackend:
         return forward
 
     def score(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], *,
-              top_logprobs: int = 0) -> list[TokenScores]:
+              top_logprobs: int = 0, causal_images: bool = False) -> list[TokenScores]:
+        """Teacher-forced log-probs of `continuation_ids` after each request's prompt.
+
+        `causal_images=True` lets image tokens attend causally instead of both ways (a diagnostic:
+        it reproduces what vLLM's CPU attention backend does with images)."""
         if len(requests) != len(continuation_ids):
             raise InputError(f"score: {len(requests)} requests but {len(continuation_ids)} continuations")
         if top_logprobs > TOP_K_MAX:
             raise InputError(f"top_logprobs={top_logprobs}: the JAX backend returns at most {TOP_K_MAX}")
-        vocab = self.arch.vocab_size if self.arch else self._model.config.num_embed
         out: list[TokenScores | None] = [None] * len(requests)
         text_only: list[int] = []
         for i, (r, cont) in enumerate(zip(requests, continuation_ids)):
             self.capabilities.check(r, self.name)
-            bad = [t for t in cont if not 0 <= int(t) < vocab]
-            if bad:
-                raise InputError(f"score: request {r.id or i} has continuation ids outside the vocabulary (0..{vocab - 1}): {bad[:5]}")
+            self._check_ids(cont, f"score: request {r.id or i}")
             if r.images:
-                out[i] = self._score_batch([r], [cont], top_logprobs, images=self._images(r)[None])[0]
+                out[i] = self._score_batch([r], [cont], top_logprobs, images=self._images(r)[None],
+                                           causal_images=causal_images)[0]
             else:
                 text_only.append(i)
         for start in range(0, len(text_only), self.max_batch_size):
@@ -385,11 +412,30 @@ class JaxBackend:
                 out[i] = sc
         return [s for s in out if s is not None]
 
+    def _check_ids(self, ids: Sequence[int], what: str) -> None:
+        bad = [t for t in ids if not 0 <= int(t) < self.vocab_size]
+        if bad:
+            raise InputError(f"{what} has ids outside the vocabulary (0..{self.vocab_size - 1}): {bad[:5]}")
+
+    def score_ids(self, ids: Sequence[int], *, top_logprobs: int = 0) -> TokenScores:
+        """Log-probs of ids[1:], each given the ids before it (no chat template; text only)."""
+        ids = [int(t) for t in ids]
+        if len(ids) < 2:
+            raise InputError("score_ids needs at least two ids (the first is only context)")
+        self._check_ids(ids, "score_ids")
+        [sc] = self._score_tokens([ids[:1]], [ids[1:]], top_logprobs)
+        return sc.model_copy(update={"prompt_ids": ids[:1]})
+
     def _score_batch(self, reqs: Sequence[Request], conts: Sequence[Sequence[int]], top: int,
-                     images: np.ndarray | None = None) -> list[TokenScores]:
+                     images: np.ndarray | None = None, causal_images: bool = False) -> list[TokenScores]:
+        res = self._score_tokens([self._text_ids(r) for r in reqs], conts, top, images, causal_images)
+        return [sc.model_copy(update={"request_id": r.id, "prompt_ids": self.prompt_ids(r)}) for r, sc in zip(reqs, res)]
+
+    def _score_tokens(self, prompts: Sequence[list[int]], conts: Sequence[Sequence[int]], top: int,
+                      images: np.ndarray | None = None, causal_images: bool = False) -> list[TokenScores]:
+        """Teacher-forced scores of `conts` after text-level `prompts` (BOS included, images not expanded)."""
         import jax.numpy as jnp
 
-        prompts = [self._text_ids(r) for r in reqs]
         seqs = [p + [int(t) for t in c] for p, c in zip(prompts, conts)]
         L = _bucket(max(len(s) for s in seqs))
         tokens = np.zeros((len(seqs), L), np.int32)
@@ -398,15 +444,16 @@ class JaxBackend:
             tokens[b, : len(s)] = s
             targets[b, : len(s) - 1] = s[1:]
         chosen, top_v, top_i = self._forward_fn(self._params, jnp.asarray(tokens), jnp.asarray(targets),
-                                                None if images is None else jnp.asarray(images))
+                                                None if images is None else jnp.asarray(images),
+                                                causal_images=causal_images)
         chosen, top_v, top_i = np.asarray(chosen), np.asarray(top_v), np.asarray(top_i)
         res = []
-        for b, (r, p, c) in enumerate(zip(reqs, prompts, conts)):
+        for b, (p, c) in enumerate(zip(prompts, conts)):
             pos = range(len(p) - 1, len(p) - 1 + len(c))
             tops = None
             if top > 0:
                 tops = [[(int(top_i[b, j, k]), float(top_v[b, j, k])) for k in range(top)] for j in pos]
-            res.append(TokenScores(request_id=r.id, prompt_ids=self.prompt_ids(r), token_ids=[int(t) for t in c],
+            res.append(TokenScores(prompt_ids=list(p), token_ids=[int(t) for t in c],
                                    logprobs=[float(chosen[b, j]) for j in pos], top_logprobs=tops))
         return res
 

@@ -353,6 +353,33 @@ class VllmBackend:
         body = {"model": self.served_model, "prompt": text, "add_special_tokens": False}
         return [int(t) for t in self._run(self._post_json("/tokenize", body, "tokenize"))["tokens"]]
 
+    def detokenize(self, ids: Sequence[int]) -> str:
+        body = {"model": self.served_model, "tokens": [int(i) for i in ids]}
+        return self._run(self._post_json("/detokenize", body, "detokenize"))["prompt"]
+
+    @property
+    def vocab_size(self) -> int | None:
+        """From the served folder's config.json; None for a server whose folder is not local."""
+        if self.hf_dir is None or not Path(self.hf_dir, "config.json").is_file():
+            return None
+        cfg = json.loads(Path(self.hf_dir, "config.json").read_text())
+        return int(cfg.get("text_config", cfg).get("vocab_size") or cfg.get("vocab_size"))
+
+    def describe(self) -> dict[str, Any]:
+        """What this side is, for the record next to every result (never the API key)."""
+        version = self._run(self._get_json("/version")).get("version")
+        models = self._run(self._get_json("/v1/models")).get("data", [])
+        served = next((m for m in models if m.get("id") == self.served_model), {})
+        out: dict[str, Any] = {
+            "backend": self.name, "model": self.model, "served_model": self.served_model, "url": self.url,
+            "managed": self.server is not None, "vllm": version, "max_model_len": served.get("max_model_len"),
+            "vocab_size": self.vocab_size, "load_s": self.load_s, "warmup_s": self.warmup_s,
+        }
+        if self.server is not None:
+            out.update({"flavor": self.server.flavor, "server_flags": self.server.flags,
+                        "startup_s": self.server.startup_s, "log": str(self.server.log_path)})
+        return out
+
     # ---------------------------------------------------------------- generation
 
     @staticmethod
@@ -477,30 +504,21 @@ class VllmBackend:
         return self._run(self._gather([self._score_one(r, list(c), top_logprobs)
                                        for r, c in zip(requests, continuation_ids)]))
 
-    async def _score_one(self, request: Request, cont: list[int], top: int) -> TokenScores:
-        what = f"score {request.id}" if request.id else "score"
-        prompt = await self._prompt_ids(request)
-        if not cont:
-            return TokenScores(request_id=request.id, prompt_ids=prompt, token_ids=[], logprobs=[],
-                               top_logprobs=[] if top else None)
-        if request.modalities == {"text"}:
-            body = {"model": self.served_model, "prompt": prompt + cont, "max_tokens": 1, "temperature": 0.0,
+    def score_ids(self, ids: Sequence[int], *, top_logprobs: int = 0) -> TokenScores:
+        """Log-probs of ids[1:], each given the ids before it (`/v1/completions` with
+        `prompt_logprobs`; no chat template; text only)."""
+        ids = [int(t) for t in ids]
+        if len(ids) < 2:
+            raise InputError("score_ids needs at least two ids (the first is only context)")
+        return self._run(self._score_fed(ids[:1], ids, top_logprobs, "score_ids"))
+
+    async def _score_fed(self, prompt: list[int], fed: list[int], top: int, what: str,
+                         data: dict | None = None, request_id: str | None = None) -> TokenScores:
+        """Scores of fed[len(prompt):] from a `prompt_logprobs` answer (fetched here for text)."""
+        if data is None:
+            body = {"model": self.served_model, "prompt": fed, "max_tokens": 1, "temperature": 0.0,
                     "prompt_logprobs": top}
             data = await self._post_json("/v1/completions", body, what)
-            fed = prompt + cont
-        else:  # media can only travel in a chat request: continue the final (assistant) message
-            text = (await self._post_json("/detokenize", {"model": self.served_model, "tokens": cont}, what))["prompt"]
-            msgs = openai_messages(request) + [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
-            body = {"model": self.served_model, "messages": msgs, "max_tokens": 1, "temperature": 0.0,
-                    "prompt_logprobs": top, "add_generation_prompt": False, "continue_final_message": True,
-                    "return_token_ids": True}
-            data = await self._post_json("/v1/chat/completions", body, what)
-            fed = [int(t) for t in data.get("prompt_token_ids") or []]
-            if fed != prompt + cont:
-                raise UnsupportedError(
-                    f"{what}: vLLM's API takes images and audio only in chat requests, whose continuation is text; "
-                    f"these {len(cont)} continuation ids do not come back from decode + re-encode (fed {len(fed)} "
-                    f"ids, expected {len(prompt) + len(cont)}: pieces such as <unusedN> split into characters)")
         plp = data.get("prompt_logprobs") or data["choices"][0].get("prompt_logprobs")
         if plp is None or len(plp) != len(fed):
             raise ModelError(f"{what}: vLLM returned no prompt_logprobs for {len(fed)} prompt tokens")
@@ -511,8 +529,31 @@ class VllmBackend:
             ranked = sorted(((tid, float(v["logprob"]), v.get("rank") or 0) for tid, v in entry.items()),
                             key=lambda x: x[2])
             tops.append([(tid, lp) for tid, lp, rank in ranked if 1 <= rank <= top][:top])
-        return TokenScores(request_id=request.id, prompt_ids=prompt, token_ids=cont, logprobs=lps,
+        return TokenScores(request_id=request_id, prompt_ids=prompt, token_ids=fed[len(prompt):], logprobs=lps,
                            top_logprobs=tops if top else None)
+
+    async def _score_one(self, request: Request, cont: list[int], top: int) -> TokenScores:
+        what = f"score {request.id}" if request.id else "score"
+        prompt = await self._prompt_ids(request)
+        if not cont:
+            return TokenScores(request_id=request.id, prompt_ids=prompt, token_ids=[], logprobs=[],
+                               top_logprobs=[] if top else None)
+        if request.modalities == {"text"}:
+            return await self._score_fed(prompt, prompt + cont, top, what, request_id=request.id)
+        # media can only travel in a chat request: continue the final (assistant) message
+        text = (await self._post_json("/detokenize", {"model": self.served_model, "tokens": cont}, what))["prompt"]
+        msgs = openai_messages(request) + [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+        body = {"model": self.served_model, "messages": msgs, "max_tokens": 1, "temperature": 0.0,
+                "prompt_logprobs": top, "add_generation_prompt": False, "continue_final_message": True,
+                "return_token_ids": True}
+        data = await self._post_json("/v1/chat/completions", body, what)
+        fed = [int(t) for t in data.get("prompt_token_ids") or []]
+        if fed != prompt + cont:
+            raise UnsupportedError(
+                f"{what}: vLLM's API takes images and audio only in chat requests, whose continuation is text; "
+                f"these {len(cont)} continuation ids do not come back from decode + re-encode (fed {len(fed)} "
+                f"ids, expected {len(prompt) + len(cont)}: pieces such as <unusedN> split into characters)")
+        return await self._score_fed(prompt, fed, top, what, data=data, request_id=request.id)
 
     # ---------------------------------------------------------------- memory
 
