@@ -380,6 +380,31 @@ class VllmBackend:
                         "startup_s": self.server.startup_s, "log": str(self.server.log_path)})
         return out
 
+    def image_pixels(self, request: Request) -> tuple[str, list[np.ndarray], list[np.ndarray]] | None:
+        """(processor class, resized uint8 images, normalised pixels) that vLLM's image processor
+        makes of the request's images, computed in the vLLM environment; None when the served
+        folder or the environment is not on this machine."""
+        import subprocess
+        import tempfile
+
+        from .vllm_server import vllm_env_dir
+
+        py = (Path(self.server.vllm).parent if self.server else vllm_env_dir() / "bin") / "python"
+        if not request.images or self.hf_dir is None or not Path(self.hf_dir).is_dir() or not py.exists():
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp, "in.npz"), Path(tmp, "out.npz")
+            np.savez(src, **{f"img{i}": p.to_rgb_array() for i, p in enumerate(request.images)})
+            run = subprocess.run([str(py), str(Path(__file__).with_name("vllm_pixels.py")), str(self.hf_dir),
+                                  str(src), str(dst)], capture_output=True, text=True, timeout=300)
+            if run.returncode != 0:
+                raise ModelError(f"vLLM's image processor failed on request {request.id or ''}: "
+                                 f"{run.stderr.strip().splitlines()[-1] if run.stderr.strip() else run.returncode}")
+            out = np.load(dst)
+            n = len(request.images)
+            return (str(out["processor"]), [out[f"resized{i}"] for i in range(n)],
+                    [out[f"pixels{i}"] for i in range(n)])
+
     # ---------------------------------------------------------------- generation
 
     @staticmethod

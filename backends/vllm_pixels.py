@@ -1,0 +1,32 @@
+"""Print-free helper run by the vLLM environment's interpreter (never imported by the harness):
+the pixels vLLM's image processor makes of some images, for the image-preprocessing parity check.
+
+    .venv-vllm/bin/python backends/vllm_pixels.py HF_DIR IN.npz OUT.npz
+
+IN.npz holds uint8 HxWx3 arrays img0, img1, ...; OUT.npz gets for each `resized{i}` (uint8 HxWx3,
+after resizing, before rescaling) and `pixels{i}` (float32 HxWx3, what the vision tower receives).
+The processor is loaded as vLLM loads it (AutoImageProcessor, default fast/torchvision variant).
+"""
+
+import sys
+
+import numpy as np
+from transformers import AutoImageProcessor
+
+
+def main(hf_dir: str, src: str, dst: str) -> None:
+    proc = AutoImageProcessor.from_pretrained(hf_dir)
+    images = np.load(src)
+    out = {}
+    for i in range(len(images.files)):
+        img = images[f"img{i}"]
+        resized = proc(images=img, do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"][0]
+        pixels = proc(images=img, return_tensors="np")["pixel_values"][0]
+        out[f"resized{i}"] = np.clip(np.rint(np.transpose(resized, (1, 2, 0))), 0, 255).astype(np.uint8)
+        out[f"pixels{i}"] = np.transpose(pixels, (1, 2, 0)).astype(np.float32)
+    out["processor"] = np.array(type(proc).__name__)
+    np.savez(dst, **out)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

