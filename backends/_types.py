@@ -148,7 +148,8 @@ class SamplingParams(_Model):
     """One explicit sampling configuration, shared by both sides of a comparison.
 
     temperature 0 means greedy. `logprobs` is the number of top alternatives returned per
-    generated token (0: only the chosen token's log-prob).
+    generated token (0: only the chosen token's log-prob); `return_logprobs=False` skips log-probs
+    altogether (throughput runs). `ignore_eos` makes every output exactly `max_tokens` long.
     """
 
     temperature: float = Field(default=0.0, ge=0.0)
@@ -158,6 +159,8 @@ class SamplingParams(_Model):
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: int = Field(default=0, ge=0, le=20)
+    return_logprobs: bool = True  # False: no log-probs at all (throughput runs)
+    ignore_eos: bool = False  # True: generate exactly max_tokens (end tokens do not stop)
 
     @property
     def greedy(self) -> bool:
@@ -167,6 +170,8 @@ class SamplingParams(_Model):
     def _consistent(self) -> "SamplingParams":
         if self.greedy and (self.top_k is not None or self.top_p is not None):
             raise ValueError("top_k/top_p need temperature > 0 (temperature 0 is greedy)")
+        if self.logprobs and not self.return_logprobs:
+            raise ValueError("logprobs > 0 needs return_logprobs=True")
         if self.top_k is not None and self.top_p is not None:
             raise ValueError("give top_k or top_p, not both (the gemma sampler applies one method)")
         return self

@@ -270,13 +270,14 @@ class JaxBackend:
 
     # ---------------------------------------------------------------- generation
 
-    def _sampler(self, max_out: int, cache_length: int):
+    def _sampler(self, max_out: int, cache_length: int, ignore_eos: bool = False):
         from gemma import gm
 
-        key = (max_out, cache_length)
+        key = (max_out, cache_length, ignore_eos)
         if key not in self._samplers:
             self._samplers[key] = gm.text.Sampler(
-                model=self._model, params=self._params, tokenizer=self._tokenizer,
+                model=self._model, params=self._params,
+                tokenizer=_without_end_tokens(self._tokenizer) if ignore_eos else self._tokenizer,
                 cache_length=cache_length, max_out_length=max_out, pad_length=_PAD_BUCKETS,
             )
         return self._samplers[key]
@@ -316,7 +317,7 @@ class JaxBackend:
                 n_mm = 0 if shape is None else shape[0] * (self._model.config.vision_encoder.num_mm_tokens_per_image + 3)
                 longest = max(len(prepared[i][1]) for i in chunk) + n_mm
                 cache_length = self._cache_length or _bucket(_bucket(longest) + max_out, _PAD_BUCKETS[3:])
-                sampler = self._sampler(max_out, cache_length)
+                sampler = self._sampler(max_out, cache_length, sampling.ignore_eos)
                 c0, t0 = compile_stats().seconds, time.perf_counter()
                 out = sampler.sample(prompts, images=images, max_new_tokens=sampling.max_tokens,
                                      sampling=self._method(sampling), rng=seed, return_state=True)
@@ -326,7 +327,8 @@ class JaxBackend:
                     results[i] = self._finish(prepared[i][0], prepared[i][1], tokens[row], sampling,
                                               Timings(e2e_s=dt, compile_s=min(dc, dt), batch_size=len(chunk)))
         gens = [g for g in results if g is not None]
-        self._attach_logprobs(requests, gens, sampling.logprobs)
+        if sampling.return_logprobs:
+            self._attach_logprobs(requests, gens, sampling.logprobs)
         return gens
 
     def _finish(self, request: Request, prompt_ids: list[int], row: np.ndarray, s: SamplingParams,
@@ -335,7 +337,7 @@ class JaxBackend:
         finish = "length"
         for t in row[: s.max_tokens].tolist():
             ids.append(int(t))
-            if t in (EOS, END_OF_TURN):
+            if t in (EOS, END_OF_TURN) and not s.ignore_eos:
                 finish = "stop"
                 break
         text = self._decode(ids)
@@ -489,6 +491,19 @@ class JaxBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _without_end_tokens(tokenizer: Any) -> Any:
+    """A copy of a gemma tokenizer whose <eos>/<end_of_turn> ids are -1 for the sampler, so that
+    nothing ends a sequence (`ignore_eos`): gm.text.Sampler takes its end tokens from there."""
+    import copy
+
+    base = type(tokenizer)
+    ids = {name: int(member) for name, member in base.special_tokens.__members__.items()}
+    special = type("NoEndSpecialTokens", (), {**ids, "EOS": -1, "END_OF_TURN": -1})
+    tok = copy.copy(tokenizer)
+    object.__setattr__(tok, "__class__", type(base.__name__ + "NoEnd", (base,), {"special_tokens": special}))
+    return tok
 
 
 def _cast_params(params: Any, dtype: Any) -> Any:

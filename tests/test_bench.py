@@ -1,0 +1,80 @@
+"""Measurement: metric math against hand-computed values; real runs count every request."""
+
+import math
+
+import numpy as np
+import pytest
+
+from backends import Request
+from harness import bench
+from harness.metrics import RequestRecord, summarize
+
+
+def test_metrics_match_hand_computed_values():
+    # request A: sent at 0, tokens at 0.10, 0.15, 0.25 (s); request B: sent at 0.05, tokens at 0.30, 0.30, 0.50
+    a = RequestRecord.from_token_times(0.0, [0.10, 0.15, 0.25], prompt_len=10)
+    b = RequestRecord.from_token_times(0.05, [0.25, 0.25, 0.45], prompt_len=20)
+    failed = RequestRecord.failure(0.1, "HTTP 400: prompt too long", prompt_len=5000)
+    assert a.ttft == pytest.approx(0.10) and a.latency == pytest.approx(0.25)
+    assert a.itl == pytest.approx([0.05, 0.10])
+    assert b.itl == pytest.approx([0.20])  # two tokens in one chunk: one gap, as vllm bench counts chunks
+    m = summarize([a, b, failed], duration_s=0.5, percentiles=[50, 99])
+    assert (m["completed"], m["failed"]) == (2, 1)
+    assert m["total_input_tokens"] == 30 and m["total_output_tokens"] == 6  # the failed request adds nothing
+    assert m["output_throughput"] == pytest.approx(6 / 0.5)
+    assert m["total_token_throughput"] == pytest.approx(36 / 0.5)
+    assert m["request_throughput"] == pytest.approx(2 / 0.5)
+    assert m["mean_ttft_ms"] == pytest.approx((100 + 250) / 2)
+    assert m["median_e2el_ms"] == pytest.approx((250 + 450) / 2)
+    # TPOT excludes the first token: (E2EL - TTFT) / (n - 1)
+    tpots = [(0.25 - 0.10) / 2, (0.45 - 0.25) / 2]
+    assert m["mean_tpot_ms"] == pytest.approx(1000 * np.mean(tpots))
+    assert m["median_itl_ms"] == pytest.approx(1000 * np.median([0.05, 0.10, 0.20]))
+    assert m["p99_itl_ms"] == pytest.approx(1000 * np.percentile([0.05, 0.10, 0.20], 99))
+    assert m["std_ttft_ms"] == pytest.approx(1000 * np.std([0.10, 0.25]))
+
+
+def test_all_failed_is_reported_not_divided_by_zero():
+    m = summarize([RequestRecord.failure(0.0, "refused")], duration_s=1.0)
+    assert m["completed"] == 0 and m["failed"] == 1 and m["output_throughput"] == 0.0
+
+
+def test_arrivals_follow_the_rate():
+    assert bench.arrival_offsets(4, math.inf) == [0.0] * 4
+    offs = bench.arrival_offsets(2000, 10.0, seed=1)
+    gaps = np.diff(offs)
+    assert offs[0] == 0.0 and np.all(gaps >= 0)
+    assert np.mean(gaps) == pytest.approx(0.1, rel=0.1)  # Poisson: mean gap 1/rate, std about the mean
+    assert np.std(gaps) == pytest.approx(0.1, rel=0.15)
+    bursty = np.diff(bench.arrival_offsets(2000, 10.0, burstiness=0.25, seed=1))
+    assert np.std(bursty) > 1.5 * np.std(gaps)  # burstiness < 1: more bursty at the same mean
+    assert bench.arrival_offsets(5, 2.0, seed=3) == bench.arrival_offsets(5, 2.0, seed=3)
+
+
+def test_synthetic_workload_lengths(jax_text):
+    wl = bench.synthetic(jax_text, num_prompts=6, input_len=40, output_len=8, range_ratio=0.25, seed=2)
+    lens = [len(jax_text.text_ids(r.messages[0].content[0].text)) for r in wl.requests]
+    assert all(28 <= n <= 52 for n in lens), lens  # 40 +- 25%, +-2 from re-tokenization
+    assert all(6 <= n <= 10 for n in wl.output_lens)
+    again = bench.synthetic(jax_text, num_prompts=6, input_len=40, output_len=8, range_ratio=0.25, seed=2)
+    assert again.requests == wl.requests
+
+
+def test_jax_no_compilation_after_warmup(jax_text):
+    wl = bench.synthetic(jax_text, num_prompts=6, input_len=24, output_len=8, seed=0)
+    r = bench.run_jax(jax_text, wl, batch_size=3)
+    assert r["compilations_after_warmup"] == 0, r
+    assert r["total_output_tokens"] == 6 * 8  # ignore_eos: exactly the asked lengths
+    assert r["output_throughput"] > 0 and r["memory"]["samples"] >= 1 and r["memory"]["peak_rss_bytes"] > 0
+
+
+def test_vllm_run_counts_every_request(vllm_text):
+    wl = bench.synthetic(vllm_text, num_prompts=6, input_len=24, output_len=8, seed=0)
+    too_long = Request.from_text("word " * 6000, id="too-long")  # beyond the model's limit: HTTP 400
+    wl = wl.model_copy(update={"requests": wl.requests + [too_long], "output_lens": wl.output_lens + [8]})
+    r = bench.run_vllm(vllm_text, wl, max_concurrency=3, warmups=1)
+    assert r["completed"] + r["failed"] == 7 and r["failed"] == 1
+    assert "HTTP 400" in r["errors"][-1] and "maximum context length" in r["errors"][-1]
+    assert r["output_lens"][:6] == [8] * 6 and r["total_output_tokens"] == 48
+    assert r["median_ttft_ms"] > 0 and r["output_throughput"] > 0
+    assert r["memory"]["peak_rss_bytes"] > 500e6 and "peak_kv_cache_usage" in r["memory"]
