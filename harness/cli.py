@@ -120,7 +120,12 @@ def serve(
                                                  help="default: eager on CPU"),
 ) -> None:
     """Run a managed vLLM server (any further flags go to `vllm serve`) until Ctrl-C or SIGTERM."""
+    import signal
     import time
+
+    # Ctrl-C / SIGINT stops the server even when started in the background (where a shell makes
+    # Python inherit SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     from backends.vllm_backend import VllmBackend
     from backends.vllm_server import VllmServer

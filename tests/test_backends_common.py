@@ -1,5 +1,6 @@
 """Behaviour both backends must share, run against each on the same requests."""
 
+import numpy as np
 import pytest
 
 from backends import Backend, Request, SamplingParams
@@ -10,6 +11,32 @@ PROMPTS = ["What is the capital of France?", "Count to ten: one, two,", "Hello t
 @pytest.fixture(params=["jax_text", "vllm_text"])
 def text_backend(request) -> Backend:
     return request.getfixturevalue(request.param)
+
+
+def test_batch_greedy_with_token_id_logprobs(text_backend):
+    reqs = [Request.from_text(p, id=str(i)) for i, p in enumerate(PROMPTS)]
+    gens = text_backend.generate(reqs, SamplingParams(max_tokens=12, logprobs=5))
+    assert [g.request_id for g in gens] == ["0", "1", "2", "3"]
+    for g in gens:
+        assert 1 <= len(g.token_ids) <= 12
+        assert all(0 <= t < text_backend.vocab_size for t in g.token_ids)
+        assert len(g.logprobs) == len(g.token_ids) == len(g.top_logprobs)
+        assert all(len(t) == 5 for t in g.top_logprobs)
+        # greedy: the chosen id is the top alternative and carries the same log-prob
+        assert [t[0][0] for t in g.top_logprobs] == g.token_ids
+        assert np.allclose([t[0][1] for t in g.top_logprobs], g.logprobs, atol=1e-6)
+        assert all(lps == sorted(lps, reverse=True) for lps in ([lp for _, lp in t] for t in g.top_logprobs))
+        assert all(lp <= 0 for lp in g.logprobs)
+        assert g.finish_reason in ("stop", "length") and g.prompt_ids[0] == 2
+        assert g.timings.batch_size == (4 if text_backend.name == "jax" else 1)  # JAX batches, vLLM streams each
+    assert len({tuple(g.token_ids) for g in gens}) > 1, "different prompts should give different outputs"
+
+
+def test_ignore_eos_gives_exact_lengths_without_logprobs(text_backend):
+    reqs = [Request.from_text(p) for p in PROMPTS]
+    gens = text_backend.generate(reqs, SamplingParams(max_tokens=20, ignore_eos=True, return_logprobs=False))
+    assert [len(g.token_ids) for g in gens] == [20] * 4
+    assert all(g.logprobs is None and g.top_logprobs is None and g.finish_reason == "length" for g in gens)
 
 
 def test_seeded_sampling_is_deterministic(text_backend):

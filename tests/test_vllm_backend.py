@@ -24,24 +24,6 @@ def test_health_and_models(vllm_text):
     assert isinstance(vllm_text, Backend)
 
 
-def test_generate_batch_greedy_with_token_id_logprobs(vllm_text):
-    reqs = [Request.from_text(p, id=str(i)) for i, p in enumerate(PROMPTS)]
-    gens = vllm_text.generate(reqs, SamplingParams(max_tokens=12, logprobs=5))
-    assert [g.request_id for g in gens] == ["0", "1", "2", "3"]
-    for g in gens:
-        assert 1 <= len(g.token_ids) <= 12
-        assert all(0 <= t < 1024 for t in g.token_ids)
-        assert len(g.logprobs) == len(g.token_ids) == len(g.top_logprobs)
-        assert all(len(t) == 5 for t in g.top_logprobs)
-        # greedy: the chosen id is the top alternative and carries the same log-prob
-        assert [t[0][0] for t in g.top_logprobs] == g.token_ids
-        assert np.allclose([t[0][1] for t in g.top_logprobs], g.logprobs, atol=1e-6)
-        assert all(lps == sorted(lps, reverse=True) for lps in ([lp for _, lp in t] for t in g.top_logprobs))
-        assert g.finish_reason in ("stop", "length")
-        assert g.prompt_ids[0] == 2
-    assert len({tuple(g.token_ids) for g in gens}) > 1
-
-
 def test_streaming_timings_present_and_increasing(vllm_text):
     [g] = vllm_text.generate([Request.from_text("Tell me a story")], SamplingParams(max_tokens=16))
     t = g.timings
