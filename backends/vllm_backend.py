@@ -15,8 +15,9 @@ Endpoints used:
 - memory: `/metrics` (prometheus text format) plus the server process tree's RSS (CPU) or its
   NVML per-process GPU memory.
 
-Requests run concurrently on one event loop thread (at most `max_concurrency` in flight), each with
-`request_timeout` seconds; connection errors (only those) are retried with exponential backoff.
+HTTP goes through aiohttp (as `vllm bench serve` does), on one event loop thread: at most
+`max_concurrency` requests in flight, each with `request_timeout` seconds; connection errors (only
+those) are retried with exponential backoff. Streams are read as server-sent-event lines.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Sequence, TypeVar
 
-import httpx
 import numpy as np
 
 from . import models as _models
@@ -142,8 +142,7 @@ class VllmBackend:
         self.load_s: float | None = None
         self.warmup_s: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client = None
-        self._http: httpx.AsyncClient | None = None
+        self._session = None
         t0 = time.perf_counter()
         if url is not None:
             if server_options:
@@ -259,22 +258,19 @@ class VllmBackend:
     # ---------------------------------------------------------------- event loop plumbing
 
     def _start_loop(self) -> None:
-        import openai
+        import aiohttp
 
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="paritybench-vllm", daemon=True).start()
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
         async def make() -> None:
-            # httpx's API over aiohttp's transport: with httpx's own HTTP/1.1 transport, streamed
-            # chunks reached the client up to 40x later on a busy 2-core machine (TTFT 530-940 ms
-            # vs 22-24 ms for the same requests; see benchmarks/vllm_vs_vllm_bench.py).
-            from httpx_aiohttp import HttpxAiohttpClient
-
-            self._http = HttpxAiohttpClient(base_url=self.root_url, headers=headers, timeout=self.request_timeout)
-            self._client = openai.AsyncOpenAI(base_url=self.url, api_key=self._api_key or "EMPTY", max_retries=0,
-                                              timeout=self.request_timeout,
-                                              http_client=openai.DefaultAioHttpClient(timeout=self.request_timeout))
+            # aiohttp, as `vllm bench serve` uses: through the openai client (on httpx's transport
+            # or on aiohttp via httpx-aiohttp) the same streamed requests ran 3-5x slower on these
+            # 2-core machines while vLLM's own histograms showed the server idle; see
+            # benchmarks/vllm_vs_vllm_bench.py.
+            self._session = aiohttp.ClientSession(base_url=self.root_url, headers=headers,
+                                                  connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60))
             self._sem = asyncio.Semaphore(self.max_concurrency)
 
         self._run(make())
@@ -289,16 +285,16 @@ class VllmBackend:
 
     async def _call(self, what: str, fn, *args, **kwargs):
         """One API call under the concurrency bound, retried on connection errors only."""
-        import openai
+        import aiohttp
 
         delay = 0.5
         async with self._sem:
             for attempt in range(self.retries + 1):
                 try:
                     return await asyncio.wait_for(fn(*args, **kwargs), timeout=self.request_timeout)
-                except (asyncio.TimeoutError, openai.APITimeoutError, httpx.TimeoutException):
+                except asyncio.TimeoutError:
                     raise ModelError(self._timeout_message(what)) from None
-                except (openai.APIConnectionError, httpx.TransportError) as e:
+                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
                     if self.server is not None and not self.server.alive():
                         self.server.check_alive()
                     if attempt == self.retries:
@@ -307,13 +303,22 @@ class VllmBackend:
                             f"({type(e).__name__}); is the server still running?") from None
                     await asyncio.sleep(delay)
                     delay *= 2
-                except openai.BadRequestError as e:
-                    raise InputError(f"{what}: vLLM rejected the request (HTTP 400): {_api_message(e)}") from None
-                except openai.APIStatusError as e:
-                    msg = _api_message(e)
-                    advice = advice_for(msg)
-                    raise ModelError(f"{what}: vLLM answered HTTP {e.status_code}: {msg}"
-                                     + (f"; {advice}" if advice else "")) from None
+
+    async def _request(self, method: str, path: str, what: str, body: dict | None = None):
+        """An HTTP response with status 200 (the caller reads it), or the server's error as ours:
+        HTTP 400 -> InputError (the request is at fault), anything else -> ModelError."""
+        resp = await self._session.request(method, path, json=body)  # type: ignore[union-attr]
+        if resp.status == 200:
+            return resp
+        try:
+            text = await resp.text()
+        finally:
+            resp.release()
+        msg = _error_text(text)
+        if resp.status == 400:
+            raise InputError(f"{what}: vLLM rejected the request (HTTP 400): {msg}")
+        advice = advice_for(msg)
+        raise ModelError(f"{what}: vLLM answered HTTP {resp.status} at {path}: {msg}" + (f"; {advice}" if advice else ""))
 
     def _timeout_message(self, what: str) -> str:
         load = ""
@@ -326,20 +331,15 @@ class VllmBackend:
 
     async def _get_json(self, path: str) -> Any:
         async def get():
-            r = await self._http.get(path)  # type: ignore[union-attr]
-            r.raise_for_status()
-            return r.json()
+            async with await self._request("GET", path, f"GET {path}") as r:
+                return await r.json()
 
         return await self._call(f"GET {path}", get)
 
     async def _post_json(self, path: str, body: dict[str, Any], what: str) -> Any:
         async def post():
-            r = await self._http.post(path, json=body)  # type: ignore[union-attr]
-            if r.status_code == 400:
-                raise InputError(f"{what}: vLLM rejected the request (HTTP 400): {_error_text(r)}")
-            if r.status_code != 200:
-                raise ModelError(f"{what}: vLLM answered HTTP {r.status_code} at {path}: {_error_text(r)}")
-            return r.json()
+            async with await self._request("POST", path, what, body) as r:
+                return await r.json()
 
         return await self._call(what, post)
 
@@ -475,10 +475,8 @@ class VllmBackend:
                     return start, ModelError(self._timeout_message(f"request {req.id or ''}".strip()))
                 except ParitybenchError as e:
                     return start, e
-                except Exception as e:  # connection reset, HTTP error: counted as a failed request
-                    code = getattr(e, "status_code", None)
-                    kind = f"HTTP {code}" if code else type(e).__name__
-                    return start, ModelError(f"request {req.id or ''}: {kind}: {_api_message(e)}")
+                except Exception as e:  # connection reset and the like: counted as a failed request
+                    return start, ModelError(f"request {req.id or ''}: {type(e).__name__}: {e}")
 
         return await self._gather([one(r, s, at) for (r, s), at in zip(pairs, offsets)])
 
@@ -513,18 +511,16 @@ class VllmBackend:
         return await self._call(what, self._stream, rid, "completion", kwargs)
 
     async def _stream(self, rid: str | None, kind: str, kwargs: dict[str, Any]) -> Generation:
-        """Send one streamed request; keep each server-sent event with its arrival time.
-
-        The events are read as raw lines and decoded with `json.loads` instead of the client's
-        typed stream: on a 2-core machine that shares its cores with the server, the typed
-        per-chunk objects cost enough client CPU to slow the server down (measured 3-6x lower
-        throughput than `vllm bench serve`'s lean client)."""
-        api = self._client.chat.completions if kind == "chat" else self._client.completions
+        """Send one streamed request; keep each server-sent event with its arrival time."""
+        path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+        body = {k: v for k, v in kwargs.items() if k != "extra_body"} | kwargs.get("extra_body", {})
+        what = f"request {rid}" if rid else "request"
         t0 = time.perf_counter()
         events: list[tuple[float, dict]] = []
-        async with api.with_streaming_response.create(**kwargs) as response:
-            async for line in response.iter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]":
+        async with await self._request("POST", path, what, body) as response:
+            async for raw in response.content:  # one line at a time
+                line = raw.strip()
+                if line.startswith(b"data: ") and line != b"data: [DONE]":
                     events.append((time.perf_counter() - t0, json.loads(line[6:])))
         return self._collect(rid, kind, kwargs, t0, events)
 
@@ -648,9 +644,8 @@ class VllmBackend:
         from prometheus_client.parser import text_string_to_metric_families
 
         async def get() -> str:
-            r = await self._http.get("/metrics")  # type: ignore[union-attr]
-            r.raise_for_status()
-            return r.text
+            async with await self._request("GET", "/metrics", "GET /metrics") as r:
+                return await r.text()
 
         text = self._run(self._call("GET /metrics", get))
         out: dict[str, float] = {}
@@ -687,10 +682,8 @@ class VllmBackend:
     def close(self) -> None:
         if self._loop is not None:
             async def shut() -> None:
-                if self._client is not None:
-                    await self._client.close()
-                if self._http is not None:
-                    await self._http.aclose()
+                if self._session is not None:
+                    await self._session.close()
                 await asyncio.get_running_loop().shutdown_asyncgens()
 
             try:
@@ -716,20 +709,15 @@ def _maybe_int(x: float | None) -> int | None:
     return None if x is None else int(x)
 
 
-def _api_message(e: Any) -> str:
-    """The first line of an OpenAI-client error's message (vLLM puts it in body.message)."""
-    body = getattr(e, "body", None)
-    msg = body.get("message") if isinstance(body, dict) else None
-    return str(msg or getattr(e, "message", e)).splitlines()[0]
-
-
-def _error_text(r: httpx.Response) -> str:
+def _error_text(text: str) -> str:
+    """The first line of vLLM's error message from an error response body."""
     try:
-        body = r.json()
-        err = body.get("error", body)
-        return str(err.get("message", err) if isinstance(err, dict) else err).splitlines()[0]
+        body = json.loads(text)
+        err = body.get("error", body) if isinstance(body, dict) else body
+        msg = err.get("message", err) if isinstance(err, dict) else err
+        return str(msg).splitlines()[0] if str(msg) else text[:200]
     except ValueError:
-        return r.text[:200]
+        return text[:200]
 
 
 def _local_listener_tree(root: str) -> list:
