@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -664,10 +665,8 @@ class VllmBackend:
 
             rss = 0
             for p in procs:
-                try:
+                with contextlib.suppress(psutil.Error):
                     rss += p.memory_info().rss
-                except psutil.Error:
-                    pass
         gpu = _nvml_process_bytes([p.pid for p in procs])
         on_gpu = (self.server is not None and self.server.flavor == "cuda") or gpu is not None
         return MemorySnapshot(
@@ -686,10 +685,8 @@ class VllmBackend:
                     await self._session.close()
                 await asyncio.get_running_loop().shutdown_asyncgens()
 
-            try:
+            with contextlib.suppress(Exception):  # closing must not raise; the loop stops regardless
                 asyncio.run_coroutine_threadsafe(shut(), self._loop).result(timeout=10)
-            except Exception:
-                pass
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop = None
         if self.server is not None:
@@ -730,13 +727,11 @@ def _local_listener_tree(root: str) -> list:
     if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
         return []
     port = parts.port or 80
-    try:
+    with contextlib.suppress(psutil.Error, OSError):  # not ours to see (another user's process): no RSS
         for c in psutil.net_connections(kind="tcp"):
             if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
                 p = psutil.Process(c.pid)
                 return [p, *p.children(recursive=True)]
-    except (psutil.Error, OSError):
-        pass
     return []
 
 
@@ -761,7 +756,5 @@ def _nvml_process_bytes(pids: Sequence[int]) -> int | None:
     except Exception:
         return None
     finally:
-        try:
+        with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
-        except Exception:
-            pass

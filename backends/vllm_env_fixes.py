@@ -63,11 +63,12 @@ def _define_missing_torchvision_ops():
     import torch
 
     libs = glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "_C*.so"))
-    try:
-        torch.ops.load_library(libs[0])
-        return  # torchvision's own ops load: nothing to fix
-    except Exception:
-        pass
+    if libs:
+        try:
+            torch.ops.load_library(libs[0])
+            return  # torchvision's own ops load: nothing to fix
+        except (OSError, RuntimeError):  # a CUDA build beside the CPU torch: undefined symbols
+            pass
     lib = torch.library.Library("torchvision", "FRAGMENT")
     for op in ("nms", "qnms"):
         if not hasattr(torch.ops.torchvision, op):

@@ -17,6 +17,7 @@ interpreter exit; if the harness itself is killed, the kernel sends the server S
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -331,11 +332,9 @@ class VllmServer:
                 code = self.proc.poll()
                 if code is not None:
                     raise ModelError(self._death_message(f"exited with code {code} during start-up"))
-                try:
+                with contextlib.suppress(httpx.HTTPError):  # not listening yet: keep waiting
                     if client.get(health).status_code == 200:
                         return
-                except httpx.HTTPError:
-                    pass
                 if time.perf_counter() - t0 > self.startup_timeout:
                     raise ModelError(self._death_message(
                         f"did not answer {health} within {self.startup_timeout:.0f} s (raise startup_timeout "
@@ -376,20 +375,14 @@ class VllmServer:
         procs = self.process_tree()
         pgid = proc.pid  # start_new_session: the group id is the leader's pid
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, sig)
-            except ProcessLookupError:
-                pass
             for p in procs:
-                try:
+                with contextlib.suppress(psutil.Error):
                     p.send_signal(sig)
-                except psutil.Error:
-                    pass
             gone, alive = psutil.wait_procs(procs, timeout=wait)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                pass
             procs = alive
             if not alive and proc.poll() is not None and not _group_alive(pgid):
                 break
