@@ -464,11 +464,7 @@ class VllmBackend:
             await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
             async with sem:
                 start = time.perf_counter()
-                kwargs = dict(model=self.served_model, messages=openai_messages(req), stream=True,
-                              stream_options={"include_usage": True}, extra_body=self._extra_body(s),
-                              **self._sampling_body(s))
-                if s.return_logprobs:
-                    kwargs.update(logprobs=True, top_logprobs=s.logprobs)
+                kwargs = self._chat_body(req, s)
                 try:
                     gen = await asyncio.wait_for(self._stream(req.id, "chat", kwargs), timeout=self.request_timeout)
                     return start, gen
@@ -491,15 +487,19 @@ class VllmBackend:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def _chat(self, request: Request, s: SamplingParams) -> Generation:
-        what = f"request {request.id}" if request.id else "request"
+    def _chat_body(self, request: Request, s: SamplingParams) -> dict[str, Any]:
+        """The streamed `/v1/chat/completions` request for `request` under `s`."""
         kwargs = dict(
             model=self.served_model, messages=openai_messages(request), stream=True,
             stream_options={"include_usage": True}, extra_body=self._extra_body(s), **self._sampling_body(s),
         )
         if s.return_logprobs:
             kwargs.update(logprobs=True, top_logprobs=s.logprobs)
-        return await self._call(what, self._stream, request.id, "chat", kwargs)
+        return kwargs
+
+    async def _chat(self, request: Request, s: SamplingParams) -> Generation:
+        what = f"request {request.id}" if request.id else "request"
+        return await self._call(what, self._stream, request.id, "chat", self._chat_body(request, s))
 
     async def _completion(self, prompt: list[int], s: SamplingParams, rid: str | None) -> Generation:
         what = f"request {rid}" if rid else "request"
