@@ -386,7 +386,8 @@ class VllmBackend:
         }
         if self.server is not None:
             out.update({"flavor": self.server.flavor, "server_flags": self.server.flags,
-                        "startup_s": self.server.startup_s, "log": str(self.server.log_path)})
+                        "startup_s": self.server.startup_s, "log": str(self.server.log_path),
+                        "cpu_placement": self.server.placement})
         return out
 
     def image_pixels(self, request: Request) -> tuple[str, list[np.ndarray], list[np.ndarray]] | None:

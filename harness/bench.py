@@ -23,6 +23,10 @@ from backends import MemorySnapshot, Request, SamplingParams
 
 from .metrics import PERCENTILES, RequestRecord, summarize
 
+# Seconds between memory samples. Each vLLM sample scrapes the server's /metrics, which costs the
+# API server CPU: at 0.5 s that cost ~3% of output throughput on 2 cores (medians of 12 rounds).
+MEMORY_INTERVAL_S = 1.0
+
 
 class Workload(BaseModel):
     """Requests with their output lengths, decoded greedily. `ignore_eos` makes every output
@@ -145,7 +149,7 @@ def arrival_offsets(n: int, request_rate: float, burstiness: float = 1.0, seed: 
 
 def run_vllm(backend, workload: Workload, *, max_concurrency: int | None = None, request_rate: float = math.inf,
              burstiness: float = 1.0, warmups: int = 1, percentiles: Sequence[float] = PERCENTILES,
-             memory_interval: float = 0.5) -> dict[str, Any]:
+             memory_interval: float = MEMORY_INTERVAL_S) -> dict[str, Any]:
     """One level: the whole workload through `backend` (a VllmBackend), streamed."""
     pairs = [(r, workload.sampling(i)) for i, r in enumerate(workload.requests)]
     if warmups:
@@ -177,7 +181,7 @@ def run_vllm(backend, workload: Workload, *, max_concurrency: int | None = None,
 # ----------------------------------------------------------------------------- JAX
 
 
-def run_jax(backend, workload: Workload, *, batch_size: int, memory_interval: float = 0.5) -> dict[str, Any]:
+def run_jax(backend, workload: Workload, *, batch_size: int, memory_interval: float = MEMORY_INTERVAL_S) -> dict[str, Any]:
     """One batch size: a warm-up pass over the whole workload (compiles every shape it needs),
     then the measured pass; steady-state tokens/s exclude nothing but are measured after warm-up."""
     from backends.jax_backend import compile_stats

