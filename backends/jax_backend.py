@@ -462,21 +462,7 @@ class JaxBackend:
     # ---------------------------------------------------------------- memory and lifetime
 
     def memory(self) -> MemorySnapshot:
-        import jax
-        import psutil
-
-        dev = jax.devices()[0]
-        kind = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}.get(dev.platform, "cpu")
-        stats = dev.memory_stats() if kind != "cpu" else None
-        live = sum(a.nbytes for a in jax.live_arrays())
-        return MemorySnapshot(
-            backend=self.name, device=kind,
-            rss_bytes=psutil.Process().memory_info().rss,
-            peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            live_array_bytes=live,
-            device_bytes_in_use=(stats or {}).get("bytes_in_use"),
-            device_peak_bytes=(stats or {}).get("peak_bytes_in_use"),
-        )
+        return memory_snapshot(self.name)
 
     def close(self) -> None:
         import jax
@@ -536,3 +522,24 @@ def _apply_stop_strings(ids: list[int], stops: Sequence[str], decode) -> tuple[l
         if hits:
             return ids[:k], text[: min(hits)], True
     return ids, decode(ids), False
+
+
+def memory_snapshot(backend: str = "jax") -> MemorySnapshot:
+    """This process's memory as the JAX side reports it: RSS and peak RSS, live JAX arrays, and on
+    GPU/TPU the allocator's `bytes_in_use` / `peak_bytes_in_use` (not NVML's per-process figure,
+    which shows XLA's preallocated pool, 75% of the GPU by default)."""
+    import jax
+    import psutil
+
+    dev = jax.devices()[0]
+    kind = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}.get(dev.platform, "cpu")
+    stats = dev.memory_stats() if kind != "cpu" else None
+    live = sum(a.nbytes for a in jax.live_arrays())
+    return MemorySnapshot(
+        backend=backend, device=kind,
+        rss_bytes=psutil.Process().memory_info().rss,
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        live_array_bytes=live,
+        device_bytes_in_use=(stats or {}).get("bytes_in_use"),
+        device_peak_bytes=(stats or {}).get("peak_bytes_in_use"),
+    )
