@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make demo   set up everything, then run the main job on the embedded tiny model
+#   make demo   set up everything, then compare vLLM and JAX on the embedded tiny model (report in out/demo)
 #   make test   set up everything, then run the test suite
 # Both are idempotent: the two environments are built once and reused (scripts/ensure_env.sh for
 # the harness and the gemma library, scripts/ensure_vllm_env.sh for the vLLM server).
@@ -12,9 +12,10 @@ env:
 	@scripts/ensure_vllm_env.sh
 
 demo: env
-	.venv/bin/paritybench demo --out $(OUT)
+	.venv/bin/paritybench compare --out $(OUT) --force
 
 test: env
+	@scripts/ensure_chromium.sh
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: env

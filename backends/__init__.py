@@ -40,12 +40,8 @@ def get(name: str, *, model: str, **options) -> Backend:
 
         return JaxBackend(model, **options)
     if name == "vllm":
-        try:
-            from .vllm_backend import VllmBackend
-        except ImportError:
-            raise UnsupportedError(
-                "the vLLM backend is not available in this version of paritybench yet; use backend 'jax'"
-            ) from None
+        from .vllm_backend import VllmBackend
+
         return VllmBackend(model, **options)
     raise InputError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
 

@@ -214,6 +214,7 @@ def run_jax(backend, workload: Workload, *, batch_size: int, memory_interval: fl
         "total_input_tokens": total_in, "total_output_tokens": tokens,
         "output_throughput": tokens / dur, "total_token_throughput": (total_in + tokens) / dur,
         "request_throughput": len(workload.requests) / dur,
+        "batch_latencies_s": per_batch,
         "batch_latency_s": {"mean": float(np.mean(per_batch)), "median": float(np.median(per_batch)),
                             "max": float(np.max(per_batch))},
         "memory": mem.summary(),

@@ -74,19 +74,137 @@ def convert(
     print(dst)
 
 
-@app.command("demo")
-def demo(
-    out: Path = typer.Option(Path("out/demo"), "--out", help="report folder"),
-    model: str = typer.Option("tiny-gemma3", "--model"),
-    suite: Optional[Path] = typer.Option(None, "--suite", help="suite YAML (default evals/smoke.yaml)"),
-    max_tokens: int = typer.Option(24, "--max-tokens"),
-) -> None:
-    """The main job on the embedded tiny model (JAX side): generate, check, report."""
-    from . import demo as _demo
+_SHARED = dict(
+    config=typer.Option(None, "--config", help="YAML settings (paritybench's, or an Argentic config.yaml's llm: section)"),
+    model=typer.Option(None, "--model", help="registry name, folder or HF id (both sides) [tiny-gemma3]"),
+    suite=typer.Option(None, "--suite", help="suite YAML [evals/smoke.yaml]"),
+    vllm_url=typer.Option(None, "--vllm-url", help="attach to a running vLLM (API key from VLLM_API_KEY)"),
+    out=typer.Option(None, "--out", help="report folder [out/compare]"),
+    force=typer.Option(False, "--force", help="overwrite a non-empty report folder"),
+    max_tokens=typer.Option(None, "--max-tokens", help="greedy tokens per prompt [24]"),
+    seed=typer.Option(None, "--seed"),
+    no_bench=typer.Option(False, "--no-bench", help="parity / answers only"),
+    num_prompts=typer.Option(None, "--num-prompts", help="benchmark prompts [16]"),
+    output_len=typer.Option(None, "--output-len", help="benchmark output tokens per request [32]"),
+    concurrency=typer.Option(None, "--concurrency", help="vLLM concurrency levels [1,4,8]"),
+    batch_sizes=typer.Option(None, "--batch-sizes", help="JAX batch sizes [1,4,8]"),
+)
 
-    result = _demo.run(out, model=model, suite=suite, max_tokens=max_tokens, console=console)
-    ok = all(p["argmax_equals_greedy"] and p["repeatable"] for p in result["prompts"])
-    raise typer.Exit(0 if ok else 1)
+
+def _config(config, backends_, **flags):
+    from . import config as _cfg
+
+    base = _cfg.load(config) if config else _cfg.CompareConfig()
+    for key in ("concurrency", "batch_sizes"):
+        if flags.get(f"bench_{key}") is not None:
+            flags[f"bench_{key}"] = [int(x) for x in _floats(flags[f"bench_{key}"], f"--{key.replace('_', '-')}")]
+    return _cfg.with_overrides(base, backends=backends_, **flags)
+
+
+def _run(cfg, force: bool) -> None:
+    from . import comparison as _compare
+    from . import report as _report
+
+    results = _compare.compare(cfg, force=force, console=console)
+    out = Console()
+    out.print(_report.summary_table(results))
+    if results.get("parity"):
+        out.print(_report.parity_table(results))
+    out.print(f"report: {Path(cfg.out) / 'report.html'} (also report.md, results.json, results.jsonl)")
+    code = _compare.exit_code(results)
+    if code:
+        out.print(f"[red]parity {results['verdict']}[/]: see the table above and the report")
+    raise typer.Exit(code)
+
+
+@app.command("compare")
+def compare(
+    config: Optional[Path] = _SHARED["config"], model: Optional[str] = _SHARED["model"],
+    suite: Optional[Path] = _SHARED["suite"],
+    backends_: Optional[str] = typer.Option(None, "--backends", help="the two sides, in order [vllm,jax]"),
+    jax_model: Optional[str] = typer.Option(None, "--jax-model", help="another model on the JAX side"),
+    vllm_model: Optional[str] = typer.Option(None, "--vllm-model", help="another model on the vLLM side"),
+    vllm_url: Optional[str] = _SHARED["vllm_url"], out: Optional[Path] = _SHARED["out"],
+    force: bool = _SHARED["force"], max_tokens: Optional[int] = _SHARED["max_tokens"],
+    tolerance: Optional[str] = typer.Option(None, "--tolerance", help="auto, float32 or bfloat16 [auto]"),
+    seed: Optional[int] = _SHARED["seed"], no_bench: bool = _SHARED["no_bench"],
+    num_prompts: Optional[int] = _SHARED["num_prompts"], output_len: Optional[int] = _SHARED["output_len"],
+    concurrency: Optional[str] = _SHARED["concurrency"], batch_sizes: Optional[str] = _SHARED["batch_sizes"],
+) -> None:
+    """Both backends on one suite: parity, throughput, memory; writes a report. Exit 0 pass, 1 fail, 2 usage."""
+    sides = [x.strip() for x in backends_.split(",")] if backends_ else None
+    if sides is not None and len(sides) != 2:
+        raise typer.BadParameter(f"--backends {backends_!r}: name two sides, e.g. vllm,jax (one side: paritybench run)")
+    cfg = _config(config, sides, model=model, suite=str(suite) if suite else None, jax_model=jax_model,
+                  vllm_model=vllm_model, vllm_url=vllm_url, out=str(out) if out else None, max_tokens=max_tokens,
+                  tolerance=tolerance, seed=seed, bench_enabled=False if no_bench else None,
+                  bench_num_prompts=num_prompts, bench_output_len=output_len, bench_concurrency=concurrency,
+                  bench_batch_sizes=batch_sizes)
+    if len(cfg.backends) != 2:
+        raise typer.BadParameter(f"compare needs two backends, the settings name {cfg.backends}; one side: paritybench run")
+    _run(cfg, force)
+
+
+@app.command("run")
+def run(
+    backend: str = typer.Option(..., "--backend", help="jax or vllm"),
+    config: Optional[Path] = _SHARED["config"], model: Optional[str] = _SHARED["model"],
+    suite: Optional[Path] = _SHARED["suite"], vllm_url: Optional[str] = _SHARED["vllm_url"],
+    out: Optional[Path] = _SHARED["out"], force: bool = _SHARED["force"],
+    max_tokens: Optional[int] = _SHARED["max_tokens"],
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="answers' temperature [0: greedy]"),
+    seed: Optional[int] = _SHARED["seed"], no_bench: bool = _SHARED["no_bench"],
+    num_prompts: Optional[int] = _SHARED["num_prompts"], output_len: Optional[int] = _SHARED["output_len"],
+    concurrency: Optional[str] = _SHARED["concurrency"], batch_sizes: Optional[str] = _SHARED["batch_sizes"],
+) -> None:
+    """One backend alone: answers to a suite, throughput and memory; writes a report."""
+    if backend not in ("jax", "vllm"):
+        raise typer.BadParameter(f"--backend {backend!r}: choose jax or vllm")
+    cfg = _config(config, [backend], model=model, suite=str(suite) if suite else None, vllm_url=vllm_url,
+                  out=str(out) if out else None, max_tokens=max_tokens, temperature=temperature,
+                  seed=seed, bench_enabled=False if no_bench else None, bench_num_prompts=num_prompts,
+                  bench_output_len=output_len, bench_concurrency=concurrency, bench_batch_sizes=batch_sizes)
+    if cfg.out == "out/compare":
+        cfg = cfg.model_copy(update={"out": f"out/run-{backend}"})
+    _run(cfg, force)
+
+
+@app.command("report")
+def report(
+    results: list[Path] = typer.Argument(..., help="one or two results.json files (or run folders)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="where to write [the (second) run's folder]"),
+) -> None:
+    """Re-render one run's report, or show what changed between two runs (verdicts, metrics, versions)."""
+    from . import report as _report
+
+    if len(results) not in (1, 2):
+        raise typer.BadParameter("give one results file to re-render, or two to compare")
+    runs = [_report.load(p) for p in results]
+    term = Console()
+    if len(runs) == 1:
+        folder = out or (results[0] if results[0].is_dir() else results[0].parent)
+        page = _report.render(runs[0], folder)
+        term.print(_report.summary_table(runs[0]))
+        term.print(f"report: {page}")
+        return
+    folder = out or (results[1] if results[1].is_dir() else results[1].parent)
+    d = _report.render_diff(runs[0], runs[1], folder, names=(str(results[0]), str(results[1])))
+    term.print(f"overall verdict: {d['verdict']['before']} -> {d['verdict']['after']}")
+    t = Table(title="changed verdicts")
+    for col in ("id", "before", "after"):
+        t.add_column(col)
+    for v in d["verdicts"]:
+        t.add_row(v["id"], v["before"], v["after"])
+    term.print(t if d["verdicts"] else "changed verdicts: none")
+    t = Table(title="metrics")
+    for col in ("metric", "before", "after", "change"):
+        t.add_column(col)
+    for r in _report.diff_rows(d):
+        t.add_row(*r.values())
+    term.print(t)
+    for p in d["packages"]:
+        term.print(f"package {p['package']}: {p['before']} -> {p['after']}")
+    term.print(f"differences: {folder / 'diff.html'} and {folder / 'diff.md'}")
 
 
 def _vllm_options(port, dtype, max_model_len, gpu_memory_utilization, tensor_parallel_size, kv_cache_dtype,
@@ -259,7 +377,7 @@ def main() -> None:
     from backends import ParitybenchError
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns a command's typer.Exit code here
     except ParitybenchError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -275,6 +393,7 @@ def main() -> None:
             e.show()
             sys.exit(2)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """The `paritybench` command as a user runs it."""
 
-import json
 import subprocess
 import sys
 
@@ -23,12 +22,3 @@ def test_models_build_prints_folder(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == str(tmp_path / "m")
     assert (tmp_path / "m" / "hf" / "config.json").is_file() and (tmp_path / "m" / "params").is_dir()
-
-
-def test_demo_writes_report(tmp_path, tiny_text_dir):
-    p = _cli("demo", "--out", str(tmp_path / "demo"), "--max-tokens", "8")
-    assert p.returncode == 0, p.stderr
-    r = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert len(r["prompts"]) == 5 and all(x["argmax_equals_greedy"] and x["repeatable"] for x in r["prompts"])
-    assert r["first_call_compile_s"] > 0 and r["steady_call_s"] < r["first_call_s"]
-    assert "| qa-capital |" in (tmp_path / "demo" / "report.md").read_text()

@@ -9,7 +9,7 @@ import evals
 from backends import ImagePart, InputError, Request, TextPart
 from backends import checkpoint as ckpt
 from backends.jax_backend import JaxBackend
-from conftest import image
+from conftest import image, perturb_one_tensor, variant
 from harness import parity, suites
 
 
@@ -33,31 +33,6 @@ def test_identical_models_pass_in_float32(vllm_text, jax_text):
 
 
 # ---------------------------------------------------------------- planted differences
-
-
-def variant(tmp_path, base_dir, name, *, arch=None, params_fn=None):
-    card = ckpt.read_card(base_dir)
-    if arch:
-        card = card.model_copy(update={"arch": card.arch.model_copy(update=arch), "name": name})
-    params = ckpt.load_params(base_dir / ckpt.PARAMS)
-    if params_fn:
-        params = params_fn(params)
-    return ckpt.write_model_dir(tmp_path / name, card, params, base_dir / ckpt.TOKENIZER)
-
-
-def perturb_one_tensor(params):
-    """One weight tensor (layer 2's MLP gate) times (1 + 1% noise)."""
-    import jax
-
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    path, w = next((p, x) for p, x in flat if "layer_2" in jax.tree_util.keystr(p) and "gating" in jax.tree_util.keystr(p))
-    noise = np.random.default_rng(0).standard_normal(np.shape(w)).astype(np.float32)
-    new = np.asarray(w) * (1 + 0.01 * noise)
-
-    def swap(p, x):
-        return new if p == path else x
-
-    return jax.tree_util.tree_map_with_path(swap, params)
 
 
 def planted(vllm_side, jax_side):

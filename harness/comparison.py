@@ -1,0 +1,181 @@
+"""The main job: one suite through each backend; parity, throughput and memory; results and report.
+
+    from harness import compare, CompareConfig
+    results = compare(CompareConfig(model="tiny-gemma3", out="out/x"))
+    results["verdict"]          # pass | warn | fail | error (parity of the two sides)
+
+Every record is appended to OUT/results.jsonl (flushed) as soon as it is measured; at the end
+OUT/results.json holds the whole run and OUT/report.md, OUT/report.html render it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import backends
+from backends import InputError, ParitybenchError, SamplingParams
+
+from . import bench as _bench
+from . import environment, parity, report, suites
+from .config import CompareConfig
+
+FAILING = ("fail", "error")
+
+
+class Recorder:
+    """Appends one JSON object per line to `path`, flushed and synced to disk at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f = open(path, "a", encoding="utf-8")
+
+    def add(self, kind: str, data: dict[str, Any]) -> None:
+        self._f.write(json.dumps({"type": kind, "time": _now(), **data}, default=str, ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def prepare_out(out: Path, force: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise InputError(f"output folder {out} is not empty; pass --force to overwrite it or choose another --out")
+        for name in ("results.jsonl", "results.json", "report.md", "report.html"):
+            with contextlib.suppress(FileNotFoundError):
+                (out / name).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _open(name: str, config: CompareConfig) -> backends.Backend:
+    model = config.model_for(name)
+    if name == "vllm":
+        opts: dict[str, Any] = {"max_concurrency": max(config.bench.concurrency + [16])}
+        if config.vllm_api_key is not None:
+            opts["api_key"] = config.vllm_api_key.get_secret_value()
+        if config.vllm_url:
+            return backends.get("vllm", model=config.vllm_served_model or model, url=config.vllm_url, **opts)
+        return backends.get("vllm", model=model, **opts)
+    return backends.get("jax", model=model)
+
+
+def compare(config: CompareConfig, *, force: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Run the comparison `config` describes; returns the results (also written under config.out)."""
+    import evals
+
+    console = console or Console(stderr=True)
+    out = Path(config.out)
+    suite_path = Path(config.suite) if config.suite else evals.path("smoke")
+    suite_name, requests = suites.load(suite_path)  # bad suites fail before anything starts
+    prepare_out(out, force)
+    rec = Recorder(out / "results.jsonl")
+    parity_sampling = SamplingParams(max_tokens=config.max_tokens, logprobs=config.top_k_logprobs)
+    answer_sampling = SamplingParams(max_tokens=config.max_tokens, temperature=config.temperature,
+                                     seed=config.seed, logprobs=config.top_k_logprobs)
+    results: dict[str, Any] = {
+        "kind": "compare" if len(config.backends) == 2 else "run",
+        "config": config.public(), "suite": {"name": suite_name, "path": str(suite_path), "prompts": len(requests)},
+        "started": _now(), "setup": {}, "parity": None, "answers": {}, "bench": {}, "verdict": None,
+        "reproducibility": environment.reproducibility(
+            config.public(), {"parity": parity_sampling.model_dump(mode="json"),
+                              "answers": answer_sampling.model_dump(mode="json")}),
+    }
+    rec.add("run", {k: results[k] for k in ("kind", "config", "suite", "reproducibility")})
+    try:
+        with contextlib.ExitStack() as stack:
+            sides: dict[str, backends.Backend] = {}
+            for name in config.backends:
+                t0 = time.perf_counter()
+                with console.status(f"setting up {name} for {config.model_for(name)} "
+                                    f"({'starting vLLM' if name == 'vllm' and not config.vllm_url else 'loading'})"):
+                    side = stack.enter_context(_open(name, config))
+                setup = {"backend": name, "setup_s": time.perf_counter() - t0,
+                         "load_s": getattr(side, "load_s", None), "warmup_s": getattr(side, "warmup_s", None),
+                         "describe": side.describe(), "memory": side.memory().model_dump(mode="json")}
+                sides[name] = side
+                results["setup"][name] = setup
+                rec.add("setup", setup)
+                console.print(f"{name}: ready in {setup['setup_s']:.1f} s")
+            if len(sides) == 2:
+                a, b = (sides[n] for n in config.backends)
+                tol = parity.PROFILES[config.tolerance] if config.tolerance != "auto" else None
+                with console.status(f"parity on {len(requests)} prompts (greedy, {config.max_tokens} tokens, "
+                                    "teacher-forced log-probs)"):
+                    rep = parity.compare(a, b, requests, max_tokens=config.max_tokens, top_k=config.top_k_logprobs,
+                                         tolerance=tol)
+                for p in rep.prompts:
+                    rec.add("parity_prompt", p.model_dump(mode="json"))
+                results["parity"] = rep.model_dump(mode="json")
+                results["verdict"] = rep.verdict
+                rec.add("parity", {"verdict": rep.verdict, "tolerance": rep.tolerance.model_dump(mode="json")})
+            else:
+                (name, side), = sides.items()
+                with console.status(f"{name}: answering {len(requests)} prompts"):
+                    rows = _answers(side, requests, answer_sampling)
+                for row in rows:
+                    rec.add("answer", {"backend": name, **row})
+                results["answers"][name] = rows
+            if config.bench.enabled:
+                _bench_all(sides, config, results, rec, console)
+    except ParitybenchError as e:
+        results["error"] = str(e)
+        rec.add("error", {"error": str(e)})
+        raise
+    finally:
+        results["finished"] = _now()
+        rec.close()
+        report.write_atomic(out / "results.json", json.dumps(results, indent=1, default=str, ensure_ascii=False) + "\n")
+        report.render(results, out)
+    return results
+
+
+def _answers(side: backends.Backend, requests, sampling: SamplingParams) -> list[dict[str, Any]]:
+    rows = []
+    for r, g in zip(requests, parity._generate_each(side, list(requests), sampling)):
+        if isinstance(g, Exception):
+            rows.append({"id": r.id, "error": str(g)})
+        else:
+            rows.append({"id": r.id, "text": g.text, "prompt_tokens": len(g.prompt_ids), "output_tokens": len(g.token_ids),
+                         "finish_reason": g.finish_reason, "e2e_s": g.timings.e2e_s})
+    return rows
+
+
+def _bench_all(sides, config: CompareConfig, results: dict, rec: Recorder, console: Console) -> None:
+    s = config.bench
+    levels = {n: (s.concurrency if n == "vllm" else s.batch_sizes) for n in sides}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        for name, side in sides.items():
+            wl = _bench.synthetic(side, num_prompts=s.num_prompts, input_len=s.input_len, output_len=s.output_len,
+                                  seed=config.seed)
+            task = progress.add_task(f"{name} throughput ({'concurrency' if name == 'vllm' else 'batch size'})",
+                                     total=len(levels[name]))
+            results["bench"][name] = {"workload": wl.describe(), "runs": []}
+            for level in levels[name]:
+                if name == "vllm":
+                    run = _bench.run_vllm(side, wl, max_concurrency=level, request_rate=s.request_rate,
+                                          warmups=s.warmups, memory_interval=s.memory_interval)
+                else:
+                    run = _bench.run_jax(side, wl, batch_size=level, memory_interval=s.memory_interval)
+                results["bench"][name]["runs"].append(run)
+                rec.add("bench", {"backend": name, "level": level, **run})
+                progress.advance(task)
+
+
+def exit_code(results: dict[str, Any]) -> int:
+    """0 when parity passes (or warns), 1 when it fails or a prompt errs."""
+    return 1 if results.get("verdict") in FAILING else 0

