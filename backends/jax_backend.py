@@ -241,12 +241,12 @@ class JaxBackend:
         imgs = [p.to_rgb_array() for p in request.images]
         if not imgs:
             return None
-        shapes = {i.shape for i in imgs}
-        if len(shapes) > 1:
-            raise InputError(
-                f"request {request.id or ''}: the gemma sampler needs all images of one request to have the same "
-                f"size (got {sorted(shapes)}); resize them first"
-            )
+        if len({i.shape for i in imgs}) > 1:
+            # The gemma sampler stacks a request's images before resizing them, so it needs one
+            # size: resize each to the vision input size with gemma's own resize (rounded to uint8,
+            # at most 0.5/255 per pixel away from what gemma would feed for a lone image).
+            size = self.arch.vision.image_size if self.arch and self.arch.vision else max(max(i.shape[:2]) for i in imgs)
+            imgs = [_resize_like_gemma(i, size) for i in imgs]
         return np.stack(imgs)
 
     def prompt_ids(self, request: Request) -> list[int]:
@@ -522,6 +522,16 @@ def _apply_stop_strings(ids: list[int], stops: Sequence[str], decode) -> tuple[l
         if hits:
             return ids[:k], text[: min(hits)], True
     return ids, decode(ids), False
+
+
+def _resize_like_gemma(image: np.ndarray, size: int) -> np.ndarray:
+    """`image` (HxWx3 uint8) resized to size x size as the gemma library resizes (bilinear,
+    antialiased, in float), back in uint8."""
+    import jax.numpy as jnp
+    from gemma.gm.vision import _preprocess
+
+    x = _preprocess.pre_process_image(jnp.asarray(image, jnp.float32), image_shape=(size, size, 3))  # in [-1, 1]
+    return np.clip(np.rint((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def memory_snapshot(backend: str = "jax") -> MemorySnapshot:

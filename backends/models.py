@@ -17,6 +17,7 @@ from .arch import GemmaArch
 
 GEMMA3N_TEXT_ONLY = "gemma 3.3's Gemma 3n on JAX is text-only (no audio or vision towers)"
 NO_AUDIO_GEMMA3 = "Gemma 3 has no audio encoder"
+TINY_GEMMA3N_VLLM_ONLY = "Gemma 3n multimodal is not in gemma 3.3; tiny-gemma3n is vLLM-only"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +98,20 @@ def _tiny(name: str, *, vision: bool) -> ModelSpec:
     )
 
 
+def _tiny_gemma3n() -> ModelSpec:
+    """Random tiny Gemma 3n, a Hugging Face folder only (`tiny.ensure_gemma3n`): vLLM serves it,
+    the JAX side refuses every modality."""
+    mods = frozenset({"text", "image", "audio"})
+    return ModelSpec(
+        name="tiny-gemma3n",
+        description="random tiny Gemma 3n (text + MobileNetV5 vision + audio) built locally from a fixed seed; vLLM only",
+        hf_id=None, gemma_class=None, checkpoint=None, kaggle_handle=None, tokenizer="local",
+        jax_modalities=frozenset(), vllm_modalities=mods,
+        unsupported={"jax": {m: TINY_GEMMA3N_VLLM_ONLY for m in sorted(mods)}},
+        max_model_len=4096, tiny=True,
+    )
+
+
 REGISTRY: dict[str, ModelSpec] = {
     s.name: s
     for s in [
@@ -104,6 +119,7 @@ REGISTRY: dict[str, ModelSpec] = {
         _tiny("tiny-gemma3-vision", vision=True),
         _gemma3n("E2B"),
         _gemma3n("E4B"),
+        _tiny_gemma3n(),
         _gemma3("1b", 32_768, vision=False),
         _gemma3("4b", 131_072, vision=True),
         _gemma3("12b", 131_072, vision=True),

@@ -11,6 +11,9 @@ initialisers leave every RMSNorm scale at 0 and every SigLIP LayerNorm/bias at 1
 seeded noise so the `1 + scale` convention and the affine terms are exercised by parity checks.
 The embedding (and the image projection) is multiplied by `sharpen` so next-token
 distributions are peaked rather than flat, as in trained models. Rebuilding gives identical bytes.
+
+`ensure_gemma3n()` gives tiny-gemma3n, a Hugging Face folder only (vLLM; no JAX side), written by
+`tiny_gemma3n_build.py` in the vLLM environment.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 from . import checkpoint as _ckpt
@@ -77,6 +81,12 @@ def default_dir(name: str) -> Path:
 
 
 def _check(name: str) -> None:
+    if name == GEMMA3N:
+        from ._errors import UnsupportedError
+        from .models import TINY_GEMMA3N_VLLM_ONLY
+
+        raise UnsupportedError(f"{name} has no gemma-format checkpoint: {TINY_GEMMA3N_VLLM_ONLY} "
+                               "(its Hugging Face folder: backends.tiny.ensure_gemma3n())")
     if name not in RECIPES:
         from ._errors import InputError
 
@@ -139,3 +149,85 @@ def build(name: str, out: Path | None = None) -> Path:
     (tmp / ".complete").write_text(recipe_key(name) + "\n")
     _ckpt.commit_dir(tmp, final)
     return final
+
+
+# ------------------------------------------------------------------------------ tiny-gemma3n (vLLM only)
+
+GEMMA3N = "tiny-gemma3n"
+GEMMA3N_BUILDER = Path(__file__).with_name("tiny_gemma3n_build.py")
+GEMMA3N_BUILD_TIMEOUT_S = 900.0
+_BUILDER_PACKAGES = ("torch", "transformers", "timm", "sentencepiece", "safetensors")
+
+
+def _env_versions(env: Path) -> list[str]:
+    """The builder's packages in the vLLM environment, as their dist-info folder names (cheap: no
+    interpreter started); part of the cache key, since the bytes written depend on them."""
+    return sorted(p.name for sp in env.glob("lib/python*/site-packages") for p in sp.glob("*.dist-info")
+                  if p.name.split("-")[0].lower() in _BUILDER_PACKAGES)
+
+
+def gemma3n_key(spm: bytes, env: Path) -> str:
+    """Cache key of tiny-gemma3n: the builder script, the tokenizer, the chat template it adapts
+    and the versions of the packages that write the weights."""
+    h = hashlib.sha256()
+    for part in (GEMMA3N_BUILDER.read_bytes(), spm, _tok.CHAT_TEMPLATE.encode(), "\n".join(_env_versions(env)).encode()):
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:12]
+
+
+def ensure_gemma3n() -> Path:
+    """The Hugging Face folder of tiny-gemma3n, built on first use; vLLM serves it.
+
+    tiny-gemma3n is a random-weight `Gemma3nForConditionalGeneration` (text, a timm MobileNetV5
+    vision tower, a 2-layer audio conformer; 17M parameters, 65 MB) for testing image and audio
+    prompts through vLLM. The gemma library (3.3) has no Gemma 3n vision or audio, so there is no
+    gemma-format side: the weights are written by transformers, in the vLLM environment, by
+    `tiny_gemma3n_build.py` (see there for the architecture and token layout). The tokenizer is
+    tiny-gemma3's (`tokenizer.train_tiny`, trained here). Cached as
+
+        <cache root>/models/tiny-gemma3n-<key>/   hf/ (returned), tokenizer.model (the input),
+                                                  build.json (the builder's summary), .complete
+    """
+    import subprocess
+    import time
+
+    from ._errors import ModelError
+    from .vllm_server import vllm_env_dir
+
+    env = vllm_env_dir()
+    python = env / "bin" / "python"
+    if not python.exists():
+        raise ModelError(f"building {GEMMA3N} needs the vLLM environment (torch, transformers, timm) and there is "
+                         f"none at {env}: run `make env` (scripts/ensure_vllm_env.sh) or set PARITYBENCH_VLLM_ENV")
+    spm = _tok.train_tiny(RECIPES["tiny-gemma3"].vocab_pieces)
+    final = cache_root() / "models" / f"{GEMMA3N}-{gemma3n_key(spm, env)}"
+    if (final / ".complete").is_file():
+        return final / "hf"
+    tmp = _ckpt.atomic_dir(final)
+    (tmp / _ckpt.TOKENIZER).write_bytes(spm)
+    cmd = [str(python), str(GEMMA3N_BUILDER), str(tmp / "hf"), str(tmp / _ckpt.TOKENIZER)]
+    run_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=run_env, stdin=subprocess.DEVNULL,
+                           timeout=GEMMA3N_BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"building {GEMMA3N} took over {GEMMA3N_BUILD_TIMEOUT_S:.0f} s ({' '.join(cmd)}); "
+                         "is the machine overloaded?") from None
+    summary = p.stdout.strip().splitlines()[-1:] if p.returncode == 0 else []
+    if p.returncode != 0 or not summary or not (tmp / "hf" / "config.json").is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        lines = [ln.strip() for ln in p.stderr.replace("\r", "\n").splitlines() if ln.strip()]
+        raise ModelError(f"building {GEMMA3N} failed (exit code {p.returncode}) running {GEMMA3N_BUILDER.name} with "
+                         f"{python}: " + (" | ".join(lines[-3:])[-600:] or "no error output"))
+    try:
+        built = json.loads(summary[0])
+    except ValueError:
+        built = summary[0]
+    info = {"build_s": round(time.perf_counter() - t0, 2), "builder": built,
+            "packages": _env_versions(env)}
+    (tmp / "build.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    (tmp / ".complete").write_text(final.name.rsplit("-", 1)[1] + "\n")
+    _ckpt.commit_dir(tmp, final)
+    return final / "hf"

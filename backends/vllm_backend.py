@@ -203,6 +203,8 @@ class VllmBackend:
             from . import tiny
             from . import checkpoint as _ckpt
 
+            if spec.name == tiny.GEMMA3N:  # a Hugging Face folder only (no gemma-format side)
+                return str(tiny.ensure_gemma3n()), spec.name, {"dtype": "float32"}
             d = tiny.ensure(spec.name)
             return str(d / "hf"), spec.name, {"dtype": _ckpt.read_card(d).arch.dtype}
         if not spec.hf_id:

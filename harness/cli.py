@@ -169,6 +169,26 @@ def run(
     _run(cfg, force)
 
 
+suites_app = typer.Typer(no_args_is_help=True, help="Prompt suites (evals/*.yaml).")
+app.add_typer(suites_app, name="suites")
+
+
+@suites_app.command("check")
+def suites_check(paths: list[Path] = typer.Argument(..., help="suite files")) -> None:
+    """Validate suites without running them: schema, ids, scorers, media. Exit 1 if any problem."""
+    from . import suites as _suites
+
+    problems = _suites.check(paths)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        raise typer.Exit(1)
+    for path in paths:
+        s = _suites.read(path)
+        mods = sorted({m for r in s.requests for m in r.modalities})
+        print(f"{path}: suite {s.name}: {len(s.prompts)} prompts ({', '.join(mods)}), all valid")
+
+
 @app.command("report")
 def report(
     results: list[Path] = typer.Argument(..., help="one or two results.json files (or run folders)"),

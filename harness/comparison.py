@@ -79,8 +79,11 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
 
     console = console or Console(stderr=True)
     out = Path(config.out)
-    suite_path = Path(config.suite) if config.suite else evals.path("smoke")
-    suite_name, requests = suites.load(suite_path)  # bad suites fail before anything starts
+    suite_path = Path(config.suite) if config.suite else evals.path("default")
+    suite = suites.read(suite_path)  # a bad suite file fails before anything starts; a bad prompt is its own error
+    if not suite.requests:
+        raise InputError(f"no prompt of {suite_path} can run: {suite.errors[0]}")
+    requests = suite.requests
     prepare_out(out, force)
     rec = Recorder(out / "results.jsonl")
     parity_sampling = SamplingParams(max_tokens=config.max_tokens, logprobs=config.top_k_logprobs)
@@ -88,8 +91,10 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                                      seed=config.seed, logprobs=config.top_k_logprobs)
     results: dict[str, Any] = {
         "kind": "compare" if len(config.backends) == 2 else "run",
-        "config": config.public(), "suite": {"name": suite_name, "path": str(suite_path), "prompts": len(requests)},
-        "started": _now(), "setup": {}, "parity": None, "answers": {}, "bench": {}, "verdict": None,
+        "config": config.public(),
+        "suite": {"name": suite.name, "path": str(suite_path), "prompts": len(suite.prompts), "errors": suite.errors},
+        "started": _now(), "setup": {}, "capabilities": {}, "parity": None, "answers": {}, "scores": None,
+        "bench": {}, "verdict": None,
         "reproducibility": environment.reproducibility(
             config.public(), {"parity": parity_sampling.model_dump(mode="json"),
                               "answers": answer_sampling.model_dump(mode="json")}),
@@ -108,6 +113,7 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                          "describe": side.describe(), "memory": side.memory().model_dump(mode="json")}
                 sides[name] = side
                 results["setup"][name] = setup
+                results["capabilities"][name] = capability_row(side)
                 rec.add("setup", setup)
                 console.print(f"{name}: ready in {setup['setup_s']:.1f} s")
             if len(sides) == 2:
@@ -117,18 +123,24 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                                     "teacher-forced log-probs)"):
                     rep = parity.compare(a, b, requests, max_tokens=config.max_tokens, top_k=config.top_k_logprobs,
                                          tolerance=tol)
+                rep = _with_broken_prompts(rep, suite)
                 for p in rep.prompts:
                     rec.add("parity_prompt", p.model_dump(mode="json"))
                 results["parity"] = rep.model_dump(mode="json")
                 results["verdict"] = rep.verdict
+                texts = {p.id: {config.backends[0]: p.a.text if p.a else None, config.backends[1]: p.b.text if p.b else None}
+                         for p in rep.prompts}
+                results["scores"] = score_all(suite, texts, config.backends)
                 rec.add("parity", {"verdict": rep.verdict, "tolerance": rep.tolerance.model_dump(mode="json")})
             else:
                 (name, side), = sides.items()
                 with console.status(f"{name}: answering {len(requests)} prompts"):
-                    rows = _answers(side, requests, answer_sampling)
+                    rows = _answers(side, suite, answer_sampling)
                 for row in rows:
                     rec.add("answer", {"backend": name, **row})
                 results["answers"][name] = rows
+                results["verdict"] = "error" if any("error" in r for r in rows) else "pass"
+                results["scores"] = score_all(suite, {r["id"]: {name: r.get("text")} for r in rows}, [name])
             if config.bench.enabled:
                 _bench_all(sides, config, results, rec, console)
     except ParitybenchError as e:
@@ -143,15 +155,60 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
     return results
 
 
-def _answers(side: backends.Backend, requests, sampling: SamplingParams) -> list[dict[str, Any]]:
-    rows = []
-    for r, g in zip(requests, parity._generate_each(side, list(requests), sampling)):
+def capability_row(side: backends.Backend) -> dict[str, str]:
+    """Per modality: "supported", or why not (the capability matrix of the report)."""
+    caps = side.capabilities
+    return {m: "supported" if m in caps.modalities else caps.unsupported.get(m, "the model takes no such input")
+            for m in ("text", "image", "audio")}
+
+
+def _with_broken_prompts(rep: parity.ParityReport, suite: suites.Suite) -> parity.ParityReport:
+    """The report with the suite's broken prompts as `error` rows, in the suite's order."""
+    done = {p.id: p for p in rep.prompts}
+    rows = [done.get(sp.id) or parity.PromptParity(id=sp.id, modalities=[], verdict="error", reasons=[sp.error or ""])
+            for sp in suite.prompts]
+    return rep.model_copy(update={"prompts": rows, "verdict": parity._worst(*[r.verdict for r in rows])})
+
+
+def _answers(side: backends.Backend, suite: suites.Suite, sampling: SamplingParams) -> list[dict[str, Any]]:
+    """One row per suite prompt: the answer, or why there is none (unsupported, error)."""
+    runnable, rows = [], {}
+    for sp in suite.prompts:
+        if sp.request is None:
+            rows[sp.id] = {"id": sp.id, "error": sp.error}
+            continue
+        try:
+            side.capabilities.check(sp.request, side.name)
+            runnable.append(sp.request)
+        except backends.UnsupportedError as e:
+            rows[sp.id] = {"id": sp.id, "unsupported": str(e)}
+    for r, g in zip(runnable, parity._generate_each(side, runnable, sampling)):
         if isinstance(g, Exception):
-            rows.append({"id": r.id, "error": str(g)})
+            rows[r.id] = {"id": r.id, "error": str(g)}
         else:
-            rows.append({"id": r.id, "text": g.text, "prompt_tokens": len(g.prompt_ids), "output_tokens": len(g.token_ids),
-                         "finish_reason": g.finish_reason, "e2e_s": g.timings.e2e_s})
-    return rows
+            rows[r.id] = {"id": r.id, "text": g.text, "prompt_tokens": len(g.prompt_ids),
+                          "output_tokens": len(g.token_ids), "finish_reason": g.finish_reason, "e2e_s": g.timings.e2e_s}
+    return [rows[sp.id] for sp in suite.prompts]
+
+
+def score_all(suite: suites.Suite, texts: dict[str, dict[str, str | None]], names: list[str]) -> dict[str, Any]:
+    """Each scored prompt's result per backend, accuracy per backend (over the prompts both sides
+    answered) and the difference of the first two."""
+    from . import scoring
+
+    rows = []
+    for sp in suite.prompts:
+        if not sp.scorer:
+            continue
+        got = texts.get(sp.id, {})
+        row = {"id": sp.id, "scorer": sp.scorer, "reference": sp.reference}
+        for n in names:
+            row[n] = None if got.get(n) is None else scoring.score(sp.scorer, sp.reference, got[n], sp.tolerance)
+        rows.append(row)
+    both = [r for r in rows if all(r[n] is not None for n in names)]
+    acc = {n: scoring.accuracy([r[n] for r in both]) for n in names}
+    diff = acc[names[0]] - acc[names[1]] if len(names) == 2 and None not in acc.values() else None
+    return {"prompts": rows, "scored": len(both), "accuracy": acc, "difference": diff}
 
 
 def _bench_all(sides, config: CompareConfig, results: dict, rec: Recorder, console: Console) -> None:

@@ -37,7 +37,7 @@ class BenchSettings(BaseModel):
 
 class CompareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str = "tiny-gemma3"
+    model: str = "tiny-gemma3-vision"  # the default suite has images
     jax_model: str | None = None  # a different model for one side (say a converted checkpoint)
     vllm_model: str | None = None
     suite: str | None = None  # default: evals/smoke.yaml

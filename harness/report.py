@@ -270,6 +270,46 @@ def bench_rows(results: dict) -> list[dict[str, str]]:
     return rows
 
 
+def capability_rows(results: dict) -> list[dict[str, str]]:
+    """The capability matrix: per modality, per backend, supported or why not, and how many of the
+    suite's prompts use it."""
+    caps = results.get("capabilities") or {}
+    counts: dict[str, int] = {}
+    for p in (results.get("parity") or {}).get("prompts") or []:
+        for m in p.get("modalities") or []:
+            counts[m] = counts.get(m, 0) + 1
+    rows = []
+    for m in ("text", "image", "audio"):
+        row = {"modality": m}
+        if counts:
+            row["prompts"] = str(counts.get(m, 0))
+        for name, c in caps.items():
+            row[name] = c.get(m, "n/a")
+        rows.append(row)
+    return rows
+
+
+def accuracy_rows(results: dict) -> list[dict[str, str]]:
+    sc = results.get("scores") or {}
+    names = list((sc.get("accuracy") or {}).keys())
+    rows = []
+    for r in sc.get("prompts") or []:
+        row = {"id": r["id"], "scorer": r["scorer"], "reference": str(r["reference"])}
+        for n in names:
+            row[n] = {True: "right", False: "wrong", None: "n/a"}[r.get(n)]
+        rows.append(row)
+    if rows:
+        total = {"id": f"accuracy ({sc.get('scored', 0)} prompts answered by every side)", "scorer": "", "reference": ""}
+        for n in names:
+            a = sc["accuracy"].get(n)
+            total[n] = "n/a" if a is None else f"{a:.0%}"
+        rows.append(total)
+        if sc.get("difference") is not None:
+            rows.append({"id": f"difference {names[0]} - {names[1]}", "scorer": "", "reference": "",
+                         names[0]: f"{sc['difference'] * 100:+.0f} points", names[1]: ""})
+    return rows
+
+
 # ----------------------------------------------------------------------------- markdown / html
 
 
@@ -312,6 +352,9 @@ def markdown(results: dict, images: dict[str, bytes]) -> str:
         lines += [f"**The run stopped early:** {results['error']}", ""]
     lines += ["## vLLM vs JAX, measured", ""]
     lines += _md_table([(r, v, j) for r, v, j in guide_table(results)], ["", "vLLM", "JAX (gemma library)"])
+    if results.get("capabilities"):
+        lines += ["", "## Capabilities (per modality)", ""]
+        lines += _md_table(capability_rows(results))
     if results.get("parity"):
         tol = results["parity"].get("tolerance") or {}
         lines += ["", f"## Parity: {results['verdict']}", "",
@@ -321,6 +364,9 @@ def markdown(results: dict, images: dict[str, bytes]) -> str:
     for name, rows in (results.get("answers") or {}).items():
         lines += ["", f"## Answers ({name})", ""]
         lines += _md_table([{k: str(v) for k, v in r.items()} for r in rows])
+    if accuracy_rows(results):
+        lines += ["", "## Accuracy (suite scorers; meaningful on real models)", ""]
+        lines += _md_table(accuracy_rows(results))
     if results.get("bench"):
         lines += ["", "## Throughput, latency and memory", ""]
         lines += _md_table(bench_rows(results))
@@ -359,6 +405,9 @@ def html_page(results: dict, images: dict[str, bytes]) -> str:
         parts.append(f"<p class=fail><b>The run stopped early:</b> {html.escape(results['error'])}</p>")
     parts.append("<h2>vLLM vs JAX, measured</h2>")
     parts.append(_html_table(guide_table(results), ["", "vLLM", "JAX (gemma library)"], "guide"))
+    if results.get("capabilities"):
+        parts.append("<h2>Capabilities (per modality)</h2>")
+        parts.append(_html_table(capability_rows(results), table_id="capabilities"))
     if results.get("parity"):
         tol = results["parity"].get("tolerance") or {}
         parts.append(f"<h2>Parity: <span class={html.escape(results['verdict'])}>{html.escape(results['verdict'])}"
@@ -368,6 +417,9 @@ def html_page(results: dict, images: dict[str, bytes]) -> str:
     for name, rows in (results.get("answers") or {}).items():
         parts.append(f"<h2>Answers ({html.escape(name)})</h2>")
         parts.append(_html_table([{k: str(v) for k, v in r.items()} for r in rows]))
+    if accuracy_rows(results):
+        parts.append("<h2>Accuracy (suite scorers; meaningful on real models)</h2>")
+        parts.append(_html_table(accuracy_rows(results), table_id="accuracy"))
     if results.get("bench"):
         parts.append("<h2>Throughput, latency and memory</h2>")
         parts.append(_html_table(bench_rows(results), table_id="bench"))
@@ -440,6 +492,9 @@ def _metrics(results: dict) -> dict[str, float]:
                     m[f"{name} {level} {label}"] = r[key]
             if r.get("memory", {}).get("peak_rss_bytes") is not None:
                 m[f"{name} {level} peak RSS MiB"] = r["memory"]["peak_rss_bytes"] / 2**20
+    for name, a in ((results.get("scores") or {}).get("accuracy") or {}).items():
+        if a is not None:
+            m[f"{name} accuracy"] = a
     for p in (results.get("parity") or {}).get("prompts") or []:
         if p.get("agreement"):
             m[f"parity {p['id']} max |Δlogprob|"] = p["agreement"]["max_abs_dlogprob"]

@@ -1,65 +1,269 @@
-"""Load prompt suites (YAML) into `backends.Request`s, with errors that name file and field."""
+"""Prompt suites: YAML files of chat prompts (text, images, audio) with optional reference answers.
+
+Schema (docs/suites.md):
+
+    name: images                      # required
+    description: what the suite tests
+    prompts:
+      - id: red-square                # required, unique, [A-Za-z0-9_.-]
+        messages:                     # required: role system | user | assistant
+          - role: user
+            content:                  # a string, or a list of parts
+              - {type: image, path: media/red_square_64.png}   # relative to the suite's folder
+              - {type: audio, path: media/tone_440hz_1s_16k.wav}
+              - {type: text, file: media/long_context.txt}     # text from a file
+              - {type: text, text: "What colour is this?"}
+        reference: red                # optional answer
+        scorer: contains              # exact | contains | regex | numeric (needs reference)
+        tolerance: 0.01               # numeric only: absolute tolerance (default 1e-6)
+        tags: [colour]
+
+Every problem names the file, the line and the field. A prompt that is broken (a field with a
+typo, a missing or unreadable image, audio of an unsupported format or rate) is reported on its
+own and the suite's other prompts still run (`read`); `load` is the strict form.
+"""
 
 from __future__ import annotations
 
+import re
+import wave
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from backends import InputError, Message, Request
 
+from . import yamlio
 
-class _Prompt(BaseModel):
+Scorer = Literal["exact", "contains", "regex", "numeric"]
+
+# The media rule (docs/suites.md): images Pillow can decode; audio as WAV (PCM 8/16/24/32-bit),
+# mono or stereo, 8-48 kHz, 0.1-60 s (Gemma 3n takes 16 kHz; vLLM resamples).
+AUDIO_RATES = (8_000, 48_000)
+AUDIO_SECONDS = (0.1, 60.0)
+
+
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class TextSpec(_Strict):
+    type: Literal["text"]
+    text: str | None = None
+    file: str | None = None  # a text file relative to the suite's folder (long documents)
+
+    @model_validator(mode="after")
+    def _one(self) -> "TextSpec":
+        if (self.text is None) == (self.file is None):
+            raise ValueError("a text part needs exactly one of text or file")
+        return self
+
+
+class ImageSpec(_Strict):
+    type: Literal["image"]
+    path: str
+
+
+class AudioSpec(_Strict):
+    type: Literal["audio"]
+    path: str
+
+
+PartSpec = Annotated[Union[TextSpec, ImageSpec, AudioSpec], Field(discriminator="type")]
+
+
+class MessageSpec(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: Union[str, list[PartSpec]]
+
+
+class PromptSpec(_Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    messages: list[MessageSpec] = Field(min_length=1)
+    reference: Union[str, float, int, None] = None
+    scorer: Scorer | None = None
+    tolerance: float | None = Field(None, ge=0)
+    tags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _scorer(self) -> "PromptSpec":
+        if self.scorer and self.reference is None:
+            raise ValueError(f"scorer {self.scorer} needs a reference answer")
+        if self.scorer == "regex":
+            try:
+                re.compile(str(self.reference))
+            except re.error as e:
+                raise ValueError(f"reference is not a valid regular expression: {e}") from None
+        if self.scorer == "numeric":
+            try:
+                float(self.reference)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise ValueError(f"scorer numeric needs a number as reference, got {self.reference!r}") from None
+        if self.tolerance is not None and self.scorer != "numeric":
+            raise ValueError("tolerance applies to scorer numeric only")
+        return self
+
+
+class SuiteSpec(_Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    prompts: list[Any] = Field(min_length=1)  # each validated on its own (PromptSpec)
+
+
+@dataclass
+class SuitePrompt:
+    """One prompt of a suite: its request, or why it cannot run (`error`)."""
+
     id: str
-    messages: list[dict]
-    reference: str | None = None
+    line: int | None
+    request: Request | None = None
+    reference: str | float | int | None = None
+    scorer: Scorer | None = None
+    tolerance: float | None = None
+    tags: list[str] = field(default_factory=list)
+    error: str | None = None
 
 
-class _Suite(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass
+class Suite:
     name: str
-    prompts: list[_Prompt]
+    path: Path
+    description: str
+    prompts: list[SuitePrompt]
+
+    @property
+    def requests(self) -> list[Request]:
+        """The requests of the prompts that can run."""
+        return [p.request for p in self.prompts if p.request is not None]
+
+    @property
+    def errors(self) -> list[str]:
+        return [p.error for p in self.prompts if p.error]
+
+    def by_id(self) -> dict[str, SuitePrompt]:
+        return {p.id: p for p in self.prompts}
+
+
+def read(path: str | Path) -> Suite:
+    """The suite at `path`; prompts that cannot run carry their error (file, line, field)."""
+    path = Path(path)
+    data, node = yamlio.read(path, "suite file")
+    if not isinstance(data, dict):
+        raise InputError(f"{path} line 1: a suite is a mapping with name and prompts (see docs/suites.md)")
+    spec = yamlio.validate(SuiteSpec, data, path, node)
+    prompts: list[SuitePrompt] = []
+    seen: dict[str, int | None] = {}
+    for i, raw in enumerate(spec.prompts):
+        line = yamlio.line_of(node, ["prompts", i])
+        pid = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else f"prompt-{i + 1}"
+        try:
+            p = yamlio.validate(PromptSpec, raw, path, node, prefix=["prompts", i])
+            if p.id in seen:
+                raise InputError(f"{path} line {line}: field prompts.{i}.id: {p.id!r} is used twice "
+                                 f"(first on line {seen[p.id]})")
+            seen[p.id] = line
+            request = _request(p, path, node, i)
+            prompts.append(SuitePrompt(id=p.id, line=line, request=request, reference=p.reference, scorer=p.scorer,
+                                       tolerance=p.tolerance, tags=p.tags))
+        except InputError as e:
+            prompts.append(SuitePrompt(id=pid, line=line, error=str(e)))
+    return Suite(name=spec.name, path=path, description=spec.description, prompts=prompts)
 
 
 def load(path: str | Path) -> tuple[str, list[Request]]:
-    """(suite name, requests) from a suite file; relative media paths resolve against its folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"suite file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise InputError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    try:
-        suite = _Suite.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise InputError(f"{path}: field {loc}: {first['msg']}") from None
-    requests = []
-    for p in suite.prompts:
-        msgs = []
-        for m in p.messages:
-            content = m.get("content")
-            if isinstance(content, list):
-                content = [_resolve(part, path.parent) for part in content]
-            msgs.append({**m, "content": content})
+    """(suite name, requests); the first problem of any prompt is an InputError."""
+    suite = read(path)
+    if suite.errors:
+        raise InputError(suite.errors[0] + (f" (and {len(suite.errors) - 1} more problems: paritybench suites check "
+                                            f"{path})" if len(suite.errors) > 1 else ""))
+    return suite.name, suite.requests
+
+
+def check(paths: list[str | Path]) -> list[str]:
+    """Every problem in the given suite files (empty: all good), each one line."""
+    problems: list[str] = []
+    for p in paths:
         try:
-            requests.append(Request(id=p.id, messages=[Message.model_validate(m) for m in msgs]))
-        except ValidationError as e:
-            first = e.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
-            raise InputError(f"{path}: prompt {p.id}: {loc}: {first['msg']}") from None
-        except ValueError as e:
-            raise InputError(f"{path}: prompt {p.id}: {e}") from None
-    return suite.name, requests
+            problems += read(p).errors
+        except InputError as e:
+            problems.append(str(e))
+    return problems
 
 
-def _resolve(part: dict, base: Path) -> dict:
-    if isinstance(part, dict) and part.get("type") in ("image", "audio") and "path" in part:
-        return {**part, "path": str(base / part["path"])}
-    return part
+# ----------------------------------------------------------------------------- media
+
+
+def _request(p: PromptSpec, path: Path, node, i: int) -> Request:
+    msgs = []
+    for j, m in enumerate(p.messages):
+        if isinstance(m.content, str):
+            msgs.append({"role": m.role, "content": m.content})
+            continue
+        parts = []
+        for k, part in enumerate(m.content):
+            where = ["prompts", i, "messages", j, "content", k, "path"]
+            if isinstance(part, (ImageSpec, AudioSpec)):
+                media = (path.parent / part.path)
+                line = yamlio.line_of(node, where)
+                field_name = ".".join(map(str, where))
+                problem = (check_image if part.type == "image" else check_audio)(media)
+                if problem:
+                    raise InputError(f"{path} line {line}: field {field_name}: {problem}")
+                parts.append({"type": part.type, "path": str(media)})
+            elif part.file is not None:
+                media = path.parent / part.file
+                try:
+                    parts.append({"type": "text", "text": media.read_text(encoding="utf-8")})
+                except (OSError, UnicodeDecodeError) as e:
+                    where[-1] = "file"
+                    raise InputError(f"{path} line {yamlio.line_of(node, where)}: field {'.'.join(map(str, where))}: "
+                                     f"cannot read text file {media} ({type(e).__name__})") from None
+            else:
+                parts.append({"type": "text", "text": part.text})
+        msgs.append({"role": m.role, "content": parts})
+    try:
+        return Request(id=p.id, messages=[Message.model_validate(m) for m in msgs])
+    except (ValidationError, ValueError) as e:
+        line = yamlio.line_of(node, ["prompts", i, "messages"])
+        raise InputError(f"{path} line {line}: field prompts.{i}.messages: {e}") from None
+
+
+def check_image(media: Path) -> str | None:
+    """Why the image at `media` cannot be used, or None."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not media.is_file():
+        return f"image file not found: {media}"
+    try:
+        with Image.open(media) as im:
+            im.load()
+            w, h = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        return f"cannot read image {media} ({type(e).__name__}: {e}); give a PNG or JPEG file"
+    if w < 1 or h < 1:
+        return f"image {media} is empty ({w}x{h})"
+    return None
+
+
+def check_audio(media: Path) -> str | None:
+    """Why the audio at `media` cannot be used (the rule above), or None."""
+    if not media.is_file():
+        return f"audio file not found: {media}"
+    if media.suffix.lower() != ".wav":
+        return f"audio {media}: format {media.suffix or '(none)'} is not supported; convert it to WAV (PCM, 16 kHz)"
+    try:
+        with wave.open(str(media), "rb") as w:
+            rate, frames, channels = w.getframerate(), w.getnframes(), w.getnchannels()
+    except (wave.Error, EOFError, OSError) as e:
+        return f"cannot read audio {media} as WAV ({type(e).__name__}: {e or 'empty file'})"
+    if not AUDIO_RATES[0] <= rate <= AUDIO_RATES[1]:
+        return (f"audio {media}: sample rate {rate} Hz is outside {AUDIO_RATES[0]}-{AUDIO_RATES[1]} Hz; "
+                "resample it (16 kHz is what Gemma 3n takes)")
+    if channels not in (1, 2):
+        return f"audio {media}: {channels} channels; give mono or stereo"
+    seconds = frames / rate
+    if not AUDIO_SECONDS[0] <= seconds <= AUDIO_SECONDS[1]:
+        return f"audio {media}: {seconds:.2f} s long; the rule is {AUDIO_SECONDS[0]}-{AUDIO_SECONDS[1]:.0f} s"
+    return None

