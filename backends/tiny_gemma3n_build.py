@@ -119,11 +119,12 @@ def make_tokenizer(spm_bytes: bytes, template: str):
 
 
 def tidy_tokenizer_config(out: Path) -> None:
-    """No source path in tokenizer_config.json; "\\n" pieces are not special tokens (else
-    `skip_special_tokens` drops newlines from decoded text)."""
+    """No source path or load-time state (offline mode) in tokenizer_config.json; "\\n" pieces
+    are not special tokens (else `skip_special_tokens` drops newlines from decoded text)."""
     p = out / "tokenizer_config.json"
     tc = json.loads(p.read_text())
-    tc.pop("vocab_file", None)
+    for key in ("vocab_file", "is_local", "local_files_only"):
+        tc.pop(key, None)
     for key in ("extra_special_tokens", "additional_special_tokens"):
         if isinstance(tc.get(key), list):
             tc[key] = [t for t in tc[key] if t not in NEWLINES]

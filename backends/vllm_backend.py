@@ -151,7 +151,7 @@ class VllmBackend:
                                  f"with url={url!r} (configure that server where it runs)")
             self.url = url.rstrip("/")
             attach(self.url)
-            self.hf_dir = None
+            self.hf_dir = self._local_hf_dir(self.model)
         else:
             self.hf_dir, default_name, defaults = self.resolve(self.model)
             opts = {"served_model_name": default_name, **defaults, **server_options}
@@ -210,6 +210,18 @@ class VllmBackend:
         if not spec.hf_id:
             raise ModelError(f"model {spec.name} has no Hugging Face id for vLLM; give a local folder instead")
         return spec.hf_id, spec.name, {}
+
+    @classmethod
+    def _local_hf_dir(cls, model: str) -> str | None:
+        """For an attached server: the model's Hugging Face folder when it is known here (a registry
+        tiny model, a local folder), for its config and image processor; else None."""
+        if _models.looks_like_hf_id(model) or (_models.find_spec(model) is None and not _models.is_path(model)):
+            return None
+        try:
+            hf = cls.resolve(model)[0]
+        except ParitybenchError:
+            return None
+        return hf if Path(hf, "config.json").is_file() else None
 
     def _served_model_name(self) -> str:
         data = self._run(self._get_json("/v1/models"))

@@ -30,18 +30,18 @@ def read(path: str | Path, what: str) -> tuple[Any, yaml.Node | None]:
         raise InputError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
 
 
-def line_of(node: yaml.Node | None, loc: Sequence[Any]) -> int | None:
-    """1-based line of the value at `loc` (keys and list indices), or of its nearest parent."""
+def line_of(node: yaml.Node | None, loc: Sequence[Any], *, at_key: bool = False) -> int | None:
+    """1-based line of the value at `loc` (keys and list indices), or of its nearest parent; with
+    `at_key`, the line of the last key itself (for an unknown field)."""
     line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
+    for n, key in enumerate(loc):
         if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if getattr(k, "value", None) == str(key)), None)
-            if match is None:  # an unknown or missing key: point at the mapping that holds it
-                match = next((k for k, _ in node.value if getattr(k, "value", None) == str(key)), None)
-                if match is not None:
-                    line = match.start_mark.line + 1
+            pairs = [(k, v) for k, v in node.value if getattr(k, "value", None) == str(key)]
+            if pairs and at_key and n == len(loc) - 1:
+                return pairs[0][0].start_mark.line + 1
+            if not pairs:  # a missing key: the mapping that should hold it
                 break
-            node = match
+            node = pairs[0][1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             node = node.value[key]
         else:
@@ -50,11 +50,24 @@ def line_of(node: yaml.Node | None, loc: Sequence[Any]) -> int | None:
     return line
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _real_loc(loc: Sequence[Any]) -> list[Any]:
+    """A pydantic error location without the names of union branches ('str', 'list[...]', ...)."""
+    return [x for x in loc if not (isinstance(x, str) and (x in _TYPE_TAGS or "[" in x or x.startswith("function-")))]
+
+
+def _most_telling(errors: list[dict]) -> dict:
+    """An unknown field (most often a typo) first, then the deepest location (a union's right branch)."""
+    return min(errors, key=lambda err: (err["type"] != "extra_forbidden", -len(_real_loc(err["loc"]))))
+
+
 def error_text(path: str | Path, node: yaml.Node | None, e: ValidationError, prefix: Sequence[Any] = ()) -> str:
-    """One line: 'FILE line N: field a.b: message' for the first error."""
-    first = e.errors()[0]
-    loc = [*prefix, *first["loc"]]
-    line = line_of(node, loc)
+    """One line: 'FILE line N: field a.b: message' for the most telling error."""
+    first = _most_telling(e.errors())
+    loc = [*prefix, *_real_loc(first["loc"])]
+    line = line_of(node, loc, at_key=first["type"] == "extra_forbidden")
     field = ".".join(str(x) for x in loc) or "(top level)"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":

