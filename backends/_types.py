@@ -140,6 +140,10 @@ class Request(_Model):
     def images(self) -> list[ImagePart]:
         return [p for m in self.messages for p in m.content if isinstance(p, ImagePart)]
 
+    @property
+    def audio(self) -> list[AudioPart]:
+        return [p for m in self.messages for p in m.content if isinstance(p, AudioPart)]
+
 
 # --------------------------------------------------------------------------- sampling
 

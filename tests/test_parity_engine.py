@@ -117,6 +117,19 @@ def img_req(pid, img, first=False):
     return Request(id=pid, messages=[{"role": "user", "content": parts if first else parts[::-1]}])
 
 
+def test_image_suite_parity_every_difference_named(vllm_vision, jax_vision):
+    """The shipped image suite (one and two images per prompt; 8x8 to 200x50; drawn and photos)
+    through both backends: no prompt fails or errs, and every warning has a confirmed cause."""
+    _, reqs = suites.load(evals.path("images"))
+    rep = parity.compare(vllm_vision, jax_vision, reqs, max_tokens=8)
+    print("\n", {p.id: (p.verdict, p.agreement.max_abs_dlogprob if p.agreement else None) for p in rep.prompts})
+    for p in rep.prompts:
+        assert p.verdict in ("pass", "warn"), (p.id, p.reasons)
+        if p.verdict == "warn":
+            assert any(c.explains for c in p.causes), (p.id, p.reasons)
+    assert rep.verdict == "warn"
+
+
 def test_images_differ_for_a_named_confirmed_cause(vllm_vision, jax_vision):
     rng = np.random.default_rng(1)
     reqs = [

@@ -93,3 +93,20 @@ def test_jax_refuses_tiny_gemma3n():
     assert set(spec.unsupported["jax"]) == {"text", "image", "audio"}
     with pytest.raises(backends.UnsupportedError, match="tiny-gemma3n is vLLM-only"):
         backends.get("jax", model="tiny-gemma3n")
+
+
+@pytest.mark.parametrize("suite", ["audio", "mixed", "images"])
+def test_shipped_multimodal_suites_run_on_gemma3n(gemma3n, tokens, suite):
+    """Every prompt of the shipped suites (speech and non-speech; 8 to 22.05 kHz, mono and stereo;
+    several images per prompt, sizes and aspect ratios) is answered by the real server."""
+    import evals
+    from harness import suites
+
+    s = suites.read(evals.path(suite))
+    assert s.errors == []
+    gens = gemma3n.generate(s.requests, SamplingParams(max_tokens=4))
+    for r, g in zip(s.requests, gens):
+        assert len(g.token_ids) == 4, r.id
+        ids = g.prompt_ids
+        assert ids.count(tokens["image_token_id"]) == VISION_TOKENS * len(r.images), r.id
+        assert ids.count(tokens["audio_token_id"]) == AUDIO_TOKENS * len(r.audio), r.id
