@@ -37,12 +37,18 @@ def models_list() -> None:
 
 @models_app.command("build")
 def models_build(
-    name: str = typer.Argument(..., help="tiny-gemma3 or tiny-gemma3-vision"),
+    name: str = typer.Argument(..., help="tiny-gemma3, tiny-gemma3-vision or tiny-gemma3n"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder to write (default: the cache folder)"),
 ) -> None:
-    """Build an embedded tiny model (gemma checkpoint + Hugging Face folder); prints its folder."""
+    """Build an embedded tiny model (gemma checkpoint + Hugging Face folder); prints its folder.
+    tiny-gemma3n (vLLM only) has just the Hugging Face folder, in the cache."""
     from backends import tiny
 
+    if name == "tiny-gemma3n":
+        if out:
+            raise typer.BadParameter("tiny-gemma3n is built in the cache only (no --out)")
+        print(tiny.ensure_gemma3n())
+        return
     path = tiny.build(name, out) if out else tiny.ensure(name)
     print(path)
 
