@@ -13,7 +13,7 @@
   it is.
 """
 
-from ._errors import InputError, ModelError, ParitybenchError, UnsupportedError
+from ._errors import BackendGone, InputError, ModelError, ParitybenchError, UnsupportedError
 from ._protocol import Backend
 from ._types import (
     AudioPart,
@@ -47,7 +47,7 @@ def get(name: str, *, model: str, **options) -> Backend:
 
 
 __all__ = [
-    "AudioPart", "Backend", "BACKENDS", "Capabilities", "Generation", "ImagePart", "InputError", "MemorySnapshot",
+    "AudioPart", "BackendGone", "Backend", "BACKENDS", "Capabilities", "Generation", "ImagePart", "InputError", "MemorySnapshot",
     "Message", "ModelError", "ModelSpec", "ParitybenchError", "REGISTRY", "Request", "SamplingParams", "TextPart",
     "Timings", "TokenScores", "UnsupportedError", "get", "get_spec",
 ]

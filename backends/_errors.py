@@ -19,3 +19,8 @@ class ModelError(ParitybenchError):
 
 class UnsupportedError(ParitybenchError):
     """A request the backend cannot take for this model (a modality, an option)."""
+
+
+class BackendGone(ModelError):
+    """The backend's server process is gone (killed, out of memory): nothing more can be measured
+    on it, so a run stops instead of recording every remaining prompt as failed."""

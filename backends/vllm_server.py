@@ -35,7 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from ._errors import InputError, ModelError
+from ._errors import BackendGone, InputError, ModelError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_TAIL_LINES = 25
@@ -391,7 +391,7 @@ class VllmServer:
     def check_alive(self) -> None:
         """Raise a clear error if the managed server has died (e.g. killed or out of memory)."""
         if self.proc is not None and self.proc.poll() is not None:
-            raise ModelError(self._death_message(f"is gone (exit code {self.proc.returncode})"))
+            raise BackendGone(self._death_message(f"is gone (exit code {self.proc.returncode})"))
 
     def process_tree(self) -> list:
         """The server's processes (psutil.Process), itself first."""

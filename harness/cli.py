@@ -399,14 +399,20 @@ def _print_level(r: dict) -> None:
 
 
 def main() -> None:
+    import signal
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from backends import ParitybenchError
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: results kept, servers stopped
     try:
         code = app(standalone_mode=False)  # click returns a command's typer.Exit code here
     except ParitybenchError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)  # a server's log tail stays in the results
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted; what was measured so far is in the results files", file=sys.stderr)
+        sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except (typer.BadParameter, typer.Abort) as e:

@@ -64,7 +64,8 @@ def prepare_out(out: Path, force: bool) -> None:
 def _open(name: str, config: CompareConfig) -> backends.Backend:
     model = config.model_for(name)
     if name == "vllm":
-        opts: dict[str, Any] = {"max_concurrency": max(config.bench.concurrency + [16])}
+        opts: dict[str, Any] = {"max_concurrency": max(config.bench.concurrency + [16]),
+                                "request_timeout": config.request_timeout}
         if config.vllm_api_key is not None:
             opts["api_key"] = config.vllm_api_key.get_secret_value()
         if config.vllm_url:
@@ -147,6 +148,10 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
         results["error"] = str(e)
         rec.add("error", {"error": str(e)})
         raise
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM (turned into SystemExit)
+        results["error"] = f"interrupted ({'SIGINT' if isinstance(e, KeyboardInterrupt) else 'SIGTERM'})"
+        rec.add("error", {"error": results["error"]})
+        raise
     finally:
         results["finished"] = _now()
         rec.close()
@@ -228,9 +233,16 @@ def _bench_all(sides, config: CompareConfig, results: dict, rec: Recorder, conso
                                           warmups=s.warmups, memory_interval=s.memory_interval)
                 else:
                     run = _bench.run_jax(side, wl, batch_size=level, memory_interval=s.memory_interval)
+                _check_alive(side)  # a server that died mid-level: stop, do not record a level of failures
                 results["bench"][name]["runs"].append(run)
                 rec.add("bench", {"backend": name, "level": level, **run})
                 progress.advance(task)
+
+
+def _check_alive(side: backends.Backend) -> None:
+    server = getattr(side, "server", None)
+    if server is not None:
+        server.check_alive()
 
 
 def exit_code(results: dict[str, Any]) -> int:

@@ -45,6 +45,7 @@ class CompareConfig(BaseModel):
     vllm_url: str | None = None  # attach to a running server instead of starting one
     vllm_served_model: str | None = None  # the name a running server serves the model under
     vllm_api_key: SecretStr | None = None  # never written anywhere; VLLM_API_KEY works too
+    request_timeout: float = Field(300.0, gt=0)  # seconds per vLLM request (whole stream)
     max_tokens: int = Field(24, ge=1)  # parity: greedy tokens per prompt
     temperature: float = Field(0.0, ge=0)  # answers of `run`; parity is always greedy
     top_k_logprobs: int = Field(5, ge=1, le=20)

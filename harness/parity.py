@@ -32,7 +32,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from backends import Backend, InputError, ParitybenchError, Request, SamplingParams, UnsupportedError
+from backends import Backend, BackendGone, InputError, ParitybenchError, Request, SamplingParams, UnsupportedError
 from backends.arch import BOS, START_OF_IMAGE
 
 Verdict = Literal["pass", "warn", "fail", "unsupported", "error"]
@@ -418,11 +418,15 @@ def _generate_each(backend: Backend, reqs: list[Request], s: SamplingParams) -> 
     """Generations, or the error per request: one bad prompt does not sink the others."""
     try:
         return list(backend.generate(reqs, s))
+    except BackendGone:
+        raise
     except ParitybenchError:
         out = []
         for r in reqs:
             try:
                 out.append(backend.generate([r], s)[0])
+            except BackendGone:
+                raise
             except ParitybenchError as e:
                 out.append(e)
         return out
@@ -431,6 +435,8 @@ def _generate_each(backend: Backend, reqs: list[Request], s: SamplingParams) -> 
 def _score_or_error(backend: Backend, req: Request, ids: list[int], top: int):
     try:
         return backend.score([req], [ids], top_logprobs=top)[0]
+    except BackendGone:
+        raise
     except ParitybenchError as e:
         return e
 

@@ -43,6 +43,11 @@ Scorer = Literal["exact", "contains", "regex", "numeric"]
 # mono or stereo, 8-48 kHz, 0.1-60 s (Gemma 3n takes 16 kHz; vLLM resamples).
 AUDIO_RATES = (8_000, 48_000)
 AUDIO_SECONDS = (0.1, 60.0)
+# Images: over MAX_IMAGE_PIXELS refused before decoding (a decompression bomb or a mistake); a
+# longest side over MAX_IMAGE_SIDE downscaled (Lanczos, aspect kept) when the suite is read, so
+# both backends get the same smaller image (each then resizes to its model's input anyway).
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_IMAGE_SIDE = 4096
 
 
 class _Strict(BaseModel):
@@ -109,6 +114,7 @@ class PromptSpec(_Strict):
 class SuiteSpec(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
+    allow_media_outside: bool = False  # media paths may leave the suite's folder
     prompts: list[Any] = Field(min_length=1)  # each validated on its own (PromptSpec)
 
 
@@ -164,7 +170,7 @@ def read(path: str | Path) -> Suite:
                 raise InputError(f"{path} line {line}: field prompts.{i}.id: {p.id!r} is used twice "
                                  f"(first on line {seen[p.id]})")
             seen[p.id] = line
-            request = _request(p, path, node, i)
+            request = _request(p, path, node, i, spec.allow_media_outside)
             prompts.append(SuitePrompt(id=p.id, line=line, request=request, reference=p.reference, scorer=p.scorer,
                                        tolerance=p.tolerance, tags=p.tags))
         except InputError as e:
@@ -195,7 +201,17 @@ def check(paths: list[str | Path]) -> list[str]:
 # ----------------------------------------------------------------------------- media
 
 
-def _request(p: PromptSpec, path: Path, node, i: int) -> Request:
+def _media_path(path: Path, rel: str, allow_outside: bool) -> tuple[Path, str | None]:
+    """The medium's path (relative to the suite's folder), and why it is refused (or None)."""
+    media = path.parent / rel
+    root = path.parent.resolve()
+    if not allow_outside and not media.resolve().is_relative_to(root):
+        return media, (f"{rel} leaves the suite's folder {root}; move the file under it, or set "
+                       "allow_media_outside: true in the suite")
+    return media, None
+
+
+def _request(p: PromptSpec, path: Path, node, i: int, allow_outside: bool = False) -> Request:
     msgs = []
     for j, m in enumerate(p.messages):
         if isinstance(m.content, str):
@@ -205,15 +221,19 @@ def _request(p: PromptSpec, path: Path, node, i: int) -> Request:
         for k, part in enumerate(m.content):
             where = ["prompts", i, "messages", j, "content", k, "path"]
             if isinstance(part, (ImageSpec, AudioSpec)):
-                media = (path.parent / part.path)
+                media, problem = _media_path(path, part.path, allow_outside)
                 line = yamlio.line_of(node, where)
                 field_name = ".".join(map(str, where))
-                problem = (check_image if part.type == "image" else check_audio)(media)
+                problem = problem or (check_image if part.type == "image" else check_audio)(media)
                 if problem:
                     raise InputError(f"{path} line {line}: field {field_name}: {problem}")
-                parts.append({"type": part.type, "path": str(media)})
+                parts.append(_image_part(media) if part.type == "image" else {"type": "audio", "path": str(media)})
             elif part.file is not None:
-                media = path.parent / part.file
+                media, problem = _media_path(path, part.file, allow_outside)
+                if problem:
+                    where[-1] = "file"
+                    raise InputError(f"{path} line {yamlio.line_of(node, where)}: field {'.'.join(map(str, where))}: "
+                                     f"{problem}")
                 try:
                     parts.append({"type": "text", "text": media.read_text(encoding="utf-8")})
                 except (OSError, UnicodeDecodeError) as e:
@@ -238,13 +258,30 @@ def check_image(media: Path) -> str | None:
         return f"image file not found: {media}"
     try:
         with Image.open(media) as im:
-            im.load()
             w, h = im.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            if w * h > MAX_IMAGE_PIXELS:
+                return (f"image {media} is {w}x{h} ({w * h / 1e6:.0f} megapixels), over the limit of "
+                        f"{MAX_IMAGE_PIXELS / 1e6:.0f}; downscale it first")
+            im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
         return f"cannot read image {media} ({type(e).__name__}: {e}); give a PNG or JPEG file"
     if w < 1 or h < 1:
         return f"image {media} is empty ({w}x{h})"
     return None
+
+
+def _image_part(media: Path) -> dict:
+    """The image part for a checked image: its path, or the downscaled pixels when its longest side
+    is over MAX_IMAGE_SIDE."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(media) as im:
+        if max(im.size) <= MAX_IMAGE_SIDE:
+            return {"type": "image", "path": str(media)}
+        k = MAX_IMAGE_SIDE / max(im.size)
+        small = im.convert("RGB").resize((max(1, round(im.width * k)), max(1, round(im.height * k))), Image.LANCZOS)
+    return {"type": "image", "array": np.asarray(small, dtype=np.uint8)}
 
 
 def check_audio(media: Path) -> str | None:

@@ -26,8 +26,16 @@ def read(path: str | Path, what: str) -> tuple[Any, yaml.Node | None]:
         return yaml.safe_load(text), yaml.compose(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise InputError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
+        if mark is not None:
+            line = mark.line + 1
+        elif isinstance(getattr(e, "position", None), int):  # a ReaderError: a character YAML does not allow
+            line = text[: e.position].count("\n") + 1
+        else:
+            line = 1
+        what = getattr(e, "problem", None) or getattr(e, "reason", None) or str(e).splitlines()[0]
+        if isinstance(e, yaml.reader.ReaderError):
+            what = f"{e.reason} (character {e.character!r})"
+        raise InputError(f"{path} line {line}: invalid YAML: {what}") from None
 
 
 def line_of(node: yaml.Node | None, loc: Sequence[Any], *, at_key: bool = False) -> int | None:

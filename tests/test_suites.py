@@ -136,3 +136,93 @@ def test_suites_check_cli(tmp_path):
 def test_scorers(scorer, ref, answer, ok):
     assert scoring.score(scorer, ref, answer) is ok
     assert scoring.score("numeric", 3.14, "pi is 3.1416", tolerance=0.01) is True
+
+
+# ---------------------------------------------------------------- media limits (docs/suites.md)
+
+
+def test_media_path_outside_the_suite_folder_is_refused_unless_allowed(tmp_path):
+    (tmp_path / "suite").mkdir()
+    shutil.copy(ROOT / "evals/media/red_square_64.png", tmp_path / "outside.png")
+    body = "prompts:\n  - id: x\n    messages:\n      - role: user\n        content:\n" \
+           "          - {type: image, path: ../outside.png}\n"
+    path = tmp_path / "suite" / "s.yaml"
+    path.write_text("name: t\n" + body)
+    err = suites.read(path).prompts[0].error
+    assert err.startswith(f"{path} line 7: field prompts.0.messages.0.content.0.path: ../outside.png leaves")
+    assert "allow_media_outside" in err
+    path.write_text("name: t\nallow_media_outside: true\n" + body)
+    assert suites.read(path).prompts[0].error is None
+
+
+def test_huge_images_are_downscaled_or_refused_by_the_rule(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (6000, 1500), 128).save(tmp_path / "wide.png")  # 9 MP, longest side over 4096
+    Image.new("L", (10000, 6000), 0).save(tmp_path / "huge.png")  # 60 MP: over the limit
+    body = "name: t\nprompts:\n" + "".join(
+        f"  - id: {n}\n    messages:\n      - role: user\n        content:\n          - {{type: image, path: {n}.png}}\n"
+        for n in ("wide", "huge"))
+    s = suites.read(_suite(tmp_path, body))
+    wide = s.by_id()["wide"].request.images[0].to_rgb_array()
+    assert wide.shape == (1024, 4096, 3)  # aspect kept
+    err = s.by_id()["huge"].error
+    assert "line 12" in err and "10000x6000 (60 megapixels), over the limit of 50" in err
+
+
+# ---------------------------------------------------------------- property-based: never a traceback
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FIELDS = ["name", "description", "prompts", "id", "messages", "role", "content", "type", "text", "path", "file",
+          "reference", "scorer", "tolerance", "tags", "allow_media_outside", "nmae", "promts", "mesages", "rol",
+          "model", "backends", "bench", "concurrency", "batch_sizes", "out", "seed", "max_tokens", "llm", "provider",
+          "vllm_base_url", "paritybench", "temperature", "enabled", "num_prompts"]
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 300), st.floats(allow_nan=False, allow_infinity=False),
+                   st.sampled_from(["user", "assistant", "system", "text", "image", "audio", "exact", "numeric",
+                                    "regex", "contains", "vllm", "jax", "x.png", "../x.png", "media/red_square_64.png",
+                                    "media/speech_paris.wav", "(", "tiny-gemma3", ""]), st.text(max_size=8))
+DOCS = st.recursive(VALUES, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                     st.dictionaries(st.sampled_from(FIELDS), inner, max_size=5)),
+                    max_leaves=25)
+
+
+def _assert_clear(err: str, path: Path) -> None:
+    assert err.startswith(str(path)) and " line " in err, err
+    assert "\n" not in err and "Traceback" not in err
+    if "invalid YAML" not in err:
+        assert "field " in err or "mapping" in err, err
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=DOCS)
+def test_any_suite_document_gives_clear_errors_never_a_traceback(tmp_path, doc):
+    import yaml
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    try:
+        s = suites.read(path)
+    except InputError as e:
+        _assert_clear(str(e), path)
+        return
+    for p in s.prompts:
+        if p.error:
+            _assert_clear(p.error, path)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=DOCS, text=st.text(max_size=60))
+def test_any_config_document_gives_clear_errors_never_a_traceback(tmp_path, doc, text):
+    import yaml
+
+    from harness import config
+
+    for body in (yaml.safe_dump(doc, allow_unicode=True), text):
+        path = tmp_path / "c.yaml"
+        path.write_text(body)
+        try:
+            config.load(path)
+        except InputError as e:
+            _assert_clear(str(e), path)
