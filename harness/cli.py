@@ -107,16 +107,21 @@ def _config(config, backends_, **flags):
     return _cfg.with_overrides(base, backends=backends_, **flags)
 
 
-def _run(cfg, force: bool) -> None:
+def _run(cfg, force: bool, resume: Optional[Path] = None) -> None:
     from . import comparison as _compare
     from . import report as _report
 
-    results = _compare.compare(cfg, force=force, console=console)
+    if resume is not None:
+        results = _compare.resume(resume, console=console)
+        folder = resume
+    else:
+        results = _compare.compare(cfg, force=force, console=console)
+        folder = Path(cfg.out)
     out = Console()
     out.print(_report.summary_table(results))
     if results.get("parity"):
         out.print(_report.parity_table(results))
-    out.print(f"report: {Path(cfg.out) / 'report.html'} (also report.md, results.json, results.jsonl)")
+    out.print(f"report: {folder / 'report.html'} (also report.md, results.json, results.jsonl)")
     code = _compare.exit_code(results)
     if code:
         out.print(f"[red]parity {results['verdict']}[/]: see the table above and the report")
@@ -136,8 +141,13 @@ def compare(
     seed: Optional[int] = _SHARED["seed"], no_bench: bool = _SHARED["no_bench"],
     num_prompts: Optional[int] = _SHARED["num_prompts"], output_len: Optional[int] = _SHARED["output_len"],
     concurrency: Optional[str] = _SHARED["concurrency"], batch_sizes: Optional[str] = _SHARED["batch_sizes"],
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the interrupted run in this folder "
+                                          "(its settings; finished prompts and levels are kept)"),
 ) -> None:
     """Both backends on one suite: parity, throughput, memory; writes a report. Exit 0 pass, 1 fail, 2 usage."""
+    if resume is not None:
+        _run(None, False, resume)
+        return
     sides = [x.strip() for x in backends_.split(",")] if backends_ else None
     if sides is not None and len(sides) != 2:
         raise typer.BadParameter(f"--backends {backends_!r}: name two sides, e.g. vllm,jax (one side: paritybench run)")
@@ -399,12 +409,12 @@ def _print_level(r: dict) -> None:
 
 
 def main() -> None:
-    import signal
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from backends import ParitybenchError
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: results kept, servers stopped
+    from .comparison import install_signal_handlers
+
+    install_signal_handlers()  # SIGINT / SIGTERM unwind: results kept, servers stopped
     try:
         code = app(standalone_mode=False)  # click returns a command's typer.Exit code here
     except ParitybenchError as e:
@@ -413,6 +423,10 @@ def main() -> None:
     except KeyboardInterrupt:
         print("error: interrupted; what was measured so far is in the results files", file=sys.stderr)
         sys.exit(130)
+    except SystemExit as e:
+        if e.code == 143:
+            print("error: terminated; what was measured so far is in the results files", file=sys.stderr)
+        raise
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except (typer.BadParameter, typer.Abort) as e:
@@ -425,6 +439,8 @@ def main() -> None:
             e.show()
             sys.exit(2)
         raise
+    if code == 130:  # typer turns KeyboardInterrupt into exit code 130
+        print("error: interrupted; what was measured so far is in the results files", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -16,7 +16,7 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,6 +29,41 @@ from . import environment, parity, report, suites
 from .config import CompareConfig
 
 FAILING = ("fail", "error")
+
+# The signal that asked the run to stop. A handler's exception can be swallowed when the signal
+# lands inside a garbage-collection callback (JAX has one), so the run also checks this at safe
+# points (each prompt, each level) and stops there.
+_stop_signal: int | None = None
+
+
+def install_signal_handlers() -> None:
+    """SIGINT -> KeyboardInterrupt, SIGTERM -> SystemExit(143), both also noted for `_stop_point`."""
+    import signal
+
+    def on_signal(signum: int, frame: Any) -> None:
+        import gc
+
+        global _stop_signal
+        _stop_signal = signum
+        if frame is not None and any(getattr(cb, "__code__", None) is frame.f_code for cb in gc.callbacks):
+            return  # Python would print and swallow it there; the next stop point raises instead
+        _raise_for(signum)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+def _raise_for(signum: int) -> None:
+    import signal
+
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+def _stop_point() -> None:
+    if _stop_signal is not None:
+        _raise_for(_stop_signal)
 
 
 class Recorder:
@@ -74,8 +109,40 @@ def _open(name: str, config: CompareConfig) -> backends.Backend:
     return backends.get("jax", model=model)
 
 
-def compare(config: CompareConfig, *, force: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Run the comparison `config` describes; returns the results (also written under config.out)."""
+class Previous:
+    """What an interrupted run in OUT already measured (its results.jsonl), for --resume."""
+
+    def __init__(self, out: Path) -> None:
+        path = out / "results.jsonl"
+        if not path.is_file():
+            raise InputError(f"nothing to resume in {out}: no results.jsonl (start the run without --resume)")
+        self.records = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                self.records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by the interruption: everything after it is redone
+                break
+        runs = [r for r in self.records if r.get("type") == "run"]
+        if not runs:
+            raise InputError(f"{path}: no run record; it is not a paritybench results file")
+        self.started = runs[0]["time"]
+        self.config = CompareConfig.model_validate({k: v for k, v in runs[0]["config"].items() if k != "vllm_api_key_set"})
+        self.parity = {r["id"]: r for r in self.records if r.get("type") == "parity_prompt" and r.get("verdict") != "error"}
+        self.bench = {(r["backend"], r["level"]): r for r in self.records if r.get("type") == "bench"}
+        self.answers = {(r["backend"], r["id"]): r for r in self.records
+                        if r.get("type") == "answer" and "error" not in r}
+
+
+def resume(out: str | Path, *, console: Console | None = None) -> dict[str, Any]:
+    """Continue the interrupted run in `out`: same settings, finished prompts and levels kept."""
+    prev = Previous(Path(out))
+    return compare(prev.config.model_copy(update={"out": str(out)}), console=console, previous=prev)
+
+
+def compare(config: CompareConfig, *, force: bool = False, console: Console | None = None,
+            previous: Previous | None = None) -> dict[str, Any]:
+    """Run the comparison `config` describes; returns the results (also written under config.out).
+    With `previous` (see `resume`), what it measured is reused and only the rest is run."""
     import evals
 
     console = console or Console(stderr=True)
@@ -85,7 +152,8 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
     if not suite.requests:
         raise InputError(f"no prompt of {suite_path} can run: {suite.errors[0]}")
     requests = suite.requests
-    prepare_out(out, force)
+    if previous is None:
+        prepare_out(out, force)
     rec = Recorder(out / "results.jsonl")
     parity_sampling = SamplingParams(max_tokens=config.max_tokens, logprobs=config.top_k_logprobs)
     answer_sampling = SamplingParams(max_tokens=config.max_tokens, temperature=config.temperature,
@@ -100,7 +168,15 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
             config.public(), {"parity": parity_sampling.model_dump(mode="json"),
                               "answers": answer_sampling.model_dump(mode="json")}),
     }
-    rec.add("run", {k: results[k] for k in ("kind", "config", "suite", "reproducibility")})
+    if previous is not None:
+        results["resumed"] = {
+            "from_run_started": previous.started, "parity_prompts_reused": len(previous.parity),
+            "bench_levels_reused": len(previous.bench),
+            "note": "set-up, parity and bench sections of reused parts were measured in the earlier, separate run"}
+        rec.add("resume", results["resumed"])
+    else:
+        rec.add("run", {k: results[k] for k in ("kind", "config", "suite", "reproducibility")})
+    reused = previous.parity if previous else {}
     try:
         with contextlib.ExitStack() as stack:
             sides: dict[str, backends.Backend] = {}
@@ -117,16 +193,19 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                 results["capabilities"][name] = capability_row(side)
                 rec.add("setup", setup)
                 console.print(f"{name}: ready in {setup['setup_s']:.1f} s")
+                _stop_point()
             if len(sides) == 2:
                 a, b = (sides[n] for n in config.backends)
                 tol = parity.PROFILES[config.tolerance] if config.tolerance != "auto" else None
-                with console.status(f"parity on {len(requests)} prompts (greedy, {config.max_tokens} tokens, "
+                todo = [r for r in requests if r.id not in reused]
+                with console.status(f"parity on {len(todo)} prompts (greedy, {config.max_tokens} tokens, "
                                     "teacher-forced log-probs)"):
-                    rep = parity.compare(a, b, requests, max_tokens=config.max_tokens, top_k=config.top_k_logprobs,
-                                         tolerance=tol)
-                rep = _with_broken_prompts(rep, suite)
-                for p in rep.prompts:
-                    rec.add("parity_prompt", p.model_dump(mode="json"))
+                    rep = parity.compare(a, b, todo, max_tokens=config.max_tokens, top_k=config.top_k_logprobs,
+                                         tolerance=tol,
+                                         on_prompt=lambda p: (rec.add("parity_prompt", p.model_dump(mode="json")),
+                                                              _stop_point()))
+                _stop_point()
+                rep = _in_suite_order(rep, suite, reused)
                 results["parity"] = rep.model_dump(mode="json")
                 results["verdict"] = rep.verdict
                 texts = {p.id: {config.backends[0]: p.a.text if p.a else None, config.backends[1]: p.b.text if p.b else None}
@@ -135,15 +214,16 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                 rec.add("parity", {"verdict": rep.verdict, "tolerance": rep.tolerance.model_dump(mode="json")})
             else:
                 (name, side), = sides.items()
-                with console.status(f"{name}: answering {len(requests)} prompts"):
-                    rows = _answers(side, suite, answer_sampling)
-                for row in rows:
-                    rec.add("answer", {"backend": name, **row})
+                done = {k[1]: {x: y for x, y in v.items() if x not in ("type", "time", "backend")}
+                        for k, v in (previous.answers if previous else {}).items() if k[0] == name}
+                with console.status(f"{name}: answering {len(requests) - len(done)} prompts"):
+                    rows = _answers(side, suite, answer_sampling, done, lambda row: rec.add("answer", {"backend": name, **row}))
                 results["answers"][name] = rows
                 results["verdict"] = "error" if any("error" in r for r in rows) else "pass"
                 results["scores"] = score_all(suite, {r["id"]: {name: r.get("text")} for r in rows}, [name])
+            _stop_point()
             if config.bench.enabled:
-                _bench_all(sides, config, results, rec, console)
+                _bench_all(sides, config, results, rec, console, previous.bench if previous else {})
     except ParitybenchError as e:
         results["error"] = str(e)
         rec.add("error", {"error": str(e)})
@@ -167,18 +247,25 @@ def capability_row(side: backends.Backend) -> dict[str, str]:
             for m in ("text", "image", "audio")}
 
 
-def _with_broken_prompts(rep: parity.ParityReport, suite: suites.Suite) -> parity.ParityReport:
-    """The report with the suite's broken prompts as `error` rows, in the suite's order."""
+def _in_suite_order(rep: parity.ParityReport, suite: suites.Suite, reused: dict[str, dict]) -> parity.ParityReport:
+    """All prompts in the suite's order: this run's, those reused from an earlier run, and the
+    suite's broken prompts as `error` rows."""
     done = {p.id: p for p in rep.prompts}
+    done.update({pid: parity.PromptParity.model_validate({k: v for k, v in r.items() if k not in ("type", "time")})
+                 for pid, r in reused.items()})
     rows = [done.get(sp.id) or parity.PromptParity(id=sp.id, modalities=[], verdict="error", reasons=[sp.error or ""])
             for sp in suite.prompts]
     return rep.model_copy(update={"prompts": rows, "verdict": parity._worst(*[r.verdict for r in rows])})
 
 
-def _answers(side: backends.Backend, suite: suites.Suite, sampling: SamplingParams) -> list[dict[str, Any]]:
-    """One row per suite prompt: the answer, or why there is none (unsupported, error)."""
-    runnable, rows = [], {}
+def _answers(side: backends.Backend, suite: suites.Suite, sampling: SamplingParams, done: dict[str, dict],
+             on_row: Callable[[dict], None]) -> list[dict[str, Any]]:
+    """One row per suite prompt: the answer, or why there is none (unsupported, error); rows in
+    `done` (an earlier run's) are kept, new ones passed to `on_row` as they are made."""
+    runnable, rows = [], dict(done)
     for sp in suite.prompts:
+        if sp.id in rows:
+            continue
         if sp.request is None:
             rows[sp.id] = {"id": sp.id, "error": sp.error}
             continue
@@ -193,6 +280,9 @@ def _answers(side: backends.Backend, suite: suites.Suite, sampling: SamplingPara
         else:
             rows[r.id] = {"id": r.id, "text": g.text, "prompt_tokens": len(g.prompt_ids),
                           "output_tokens": len(g.token_ids), "finish_reason": g.finish_reason, "e2e_s": g.timings.e2e_s}
+    for sp in suite.prompts:
+        if sp.id not in done:
+            on_row(rows[sp.id])
     return [rows[sp.id] for sp in suite.prompts]
 
 
@@ -216,7 +306,8 @@ def score_all(suite: suites.Suite, texts: dict[str, dict[str, str | None]], name
     return {"prompts": rows, "scored": len(both), "accuracy": acc, "difference": diff}
 
 
-def _bench_all(sides, config: CompareConfig, results: dict, rec: Recorder, console: Console) -> None:
+def _bench_all(sides, config: CompareConfig, results: dict, rec: Recorder, console: Console,
+               reused: dict[tuple[str, int], dict]) -> None:
     s = config.bench
     levels = {n: (s.concurrency if n == "vllm" else s.batch_sizes) for n in sides}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -228,6 +319,11 @@ def _bench_all(sides, config: CompareConfig, results: dict, rec: Recorder, conso
                                      total=len(levels[name]))
             results["bench"][name] = {"workload": wl.describe(), "runs": []}
             for level in levels[name]:
+                if (name, level) in reused:  # measured by the interrupted run
+                    results["bench"][name]["runs"].append(
+                        {k: v for k, v in reused[(name, level)].items() if k not in ("type", "time", "level")})
+                    progress.advance(task)
+                    continue
                 if name == "vllm":
                     run = _bench.run_vllm(side, wl, max_concurrency=level, request_rate=s.request_rate,
                                           warmups=s.warmups, memory_interval=s.memory_interval)
@@ -237,6 +333,7 @@ def _bench_all(sides, config: CompareConfig, results: dict, rec: Recorder, conso
                 results["bench"][name]["runs"].append(run)
                 rec.add("bench", {"backend": name, "level": level, **run})
                 progress.advance(task)
+                _stop_point()
 
 
 def _check_alive(side: backends.Backend) -> None:

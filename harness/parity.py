@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -442,8 +442,10 @@ def _score_or_error(backend: Backend, req: Request, ids: list[int], top: int):
 
 
 def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: int = 32, top_k: int = 5,
-            tolerance: Tolerance | None = None, diagnose: bool = True) -> ParityReport:
-    """Greedy generation on both sides, then every check above, prompt by prompt."""
+            tolerance: Tolerance | None = None, diagnose: bool = True,
+            on_prompt: Callable[[PromptParity], None] | None = None) -> ParityReport:
+    """Greedy generation on both sides, then every check above, prompt by prompt; `on_prompt` gets
+    each prompt's result as soon as it is known (the plain-text diagnosis may add causes later)."""
     check_compatible(a, b)
     desc_a, desc_b = a.describe(), b.describe()
     tol = tolerance or profile_for(_dtype(desc_a), _dtype(desc_b))
@@ -461,6 +463,8 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
                 why.append(str(e))
         if why:
             results[pid] = PromptParity(id=pid, modalities=sorted(r.modalities), verdict="unsupported", reasons=why)
+            if on_prompt:
+                on_prompt(results[pid])
         else:
             runnable.append((pid, r))
     reqs = [r for _, r in runnable]
@@ -470,10 +474,12 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
         if isinstance(ga, Exception) or isinstance(gb, Exception):
             errs = [f"{x.name}: {e}" for x, e in ((a, ga), (b, gb)) if isinstance(e, Exception)]
             results[pid] = PromptParity(id=pid, modalities=sorted(r.modalities), verdict="error", reasons=errs)
-            continue
-        results[pid] = res = _compare_prompt(a, b, pid, r, ga, gb, tol, top)
-        if any(c.name == "logprobs" for c in res.causes):
-            failing_on_logprobs.append(pid)
+        else:
+            results[pid] = res = _compare_prompt(a, b, pid, r, ga, gb, tol, top)
+            if any(c.name == "logprobs" for c in res.causes):
+                failing_on_logprobs.append(pid)
+        if on_prompt:
+            on_prompt(results[pid])
     probe = None
     if diagnose and failing_on_logprobs:
         try:

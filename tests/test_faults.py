@@ -85,18 +85,57 @@ def test_server_killed_mid_run_stops_with_a_clear_error(tmp_path):
     assert kinds[: len(recs)] == [x["type"] for x in recs] and kinds[-1] == "error"
     assert (out / "report.html").is_file()
     assert_no_server_left(out)
+    # --resume completes the run: parity reused (not redone), the bench levels run
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "compare", "--resume", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((out / "results.json").read_text())
+    assert "error" not in r and r["verdict"] == "pass"
+    assert r["resumed"]["parity_prompts_reused"] == 5
+    assert [x["id"] for x in r["parity"]["prompts"]] == ["qa-capital", "count", "system-greeting", "multilingual-ru",
+                                                           "multi-turn"]
+    assert [x["max_concurrency"] for x in r["bench"]["vllm"]["runs"]] == [1]
+    assert [x["batch_size"] for x in r["bench"]["jax"]["runs"]] == [1]
+    kinds = [json.loads(line)["type"] for line in (out / "results.jsonl").read_text().splitlines()]
+    assert kinds.count("parity_prompt") == 5 and kinds.count("resume") == 1  # nothing redone, nothing duplicated
+    assert_no_server_left(out)
 
 
-@pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
-def test_signal_to_the_cli_keeps_results_and_stops_the_server(tmp_path, sig, code, name):
+@pytest.fixture(scope="module")
+def uninterrupted(vllm_text, jax_text):
+    """The verdicts of the same comparison run without interruption."""
+    import evals
+    from harness import parity, suites
+
+    rep = parity.compare(vllm_text, jax_text, suites.load(evals.path("smoke"))[1], max_tokens=8)
+    return {p.id: p.verdict for p in rep.prompts}
+
+
+@pytest.mark.parametrize("sig, code, name, after", [(signal.SIGINT, 130, "SIGINT", "parity_prompt"),
+                                                    (signal.SIGTERM, 143, "SIGTERM", "parity")])
+def test_signal_to_the_cli_keeps_results_stops_the_server_and_resumes(tmp_path, sig, code, name, after,
+                                                                      uninterrupted):
     out = tmp_path / name
     proc = start(out)
-    wait_for_record(out, "parity", proc)
+    wait_for_record(out, after, proc)
     proc.send_signal(sig)
     rc, stdout, stderr = finish(proc)
     assert rc == code, stderr[-2000:]
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr and ("interrupted" in stderr or "terminated" in stderr)
     r = json.loads((out / "results.json").read_text())
-    assert r["error"] == f"interrupted ({name})" and len(r["parity"]["prompts"]) == 5
-    assert json.loads((out / "results.jsonl").read_text().splitlines()[-1])["type"] == "error"
+    assert r["error"] == f"interrupted ({name})"
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert recs[-1]["type"] == "error"
+    kept = [x["id"] for x in recs if x["type"] == "parity_prompt"]
+    assert kept  # what was measured before the signal is in the results file
+    assert_no_server_left(out)
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "compare", "--resume", str(out), "--no-bench"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((out / "results.json").read_text())
+    assert {x["id"]: x["verdict"] for x in r["parity"]["prompts"]} == uninterrupted
+    assert r["resumed"]["parity_prompts_reused"] == len(kept)
+    ids = [json.loads(line)["id"] for line in (out / "results.jsonl").read_text().splitlines()
+           if json.loads(line)["type"] == "parity_prompt"]
+    assert sorted(ids) == sorted(uninterrupted)  # each prompt recorded once: none lost, none duplicated
     assert_no_server_left(out)
