@@ -78,3 +78,25 @@ def test_vllm_run_counts_every_request(vllm_text):
     assert r["output_lens"][:6] == [8] * 6 and r["total_output_tokens"] == 48
     assert r["median_ttft_ms"] > 0 and r["output_throughput"] > 0
     assert r["memory"]["peak_rss_bytes"] > 500e6 and "peak_kv_cache_usage" in r["memory"]
+
+
+def test_load_256_requests_at_concurrency_64_none_lost(vllm_text, tmp_path):
+    """256 streamed requests, 64 in flight, through the CLI: every request is in the results file
+    exactly once, completed + failed = sent; the harness's own peak memory is reported."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "load.json"
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--backend", "vllm", "--vllm-url", vllm_text.url,
+                        "--model", "tiny-gemma3", "--num-prompts", "256", "--input-len", "16", "--output-len", "8",
+                        "--concurrency", "64", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    [r] = json.loads(out.read_text())["runs"]
+    assert r["completed"] + r["failed"] == 256 == r["num_prompts"]
+    for key in ("input_lens", "output_lens", "ttfts", "itls", "latencies", "errors"):
+        assert len(r[key]) == 256, key
+    assert r["completed"] == 256 and r["output_lens"] == [8] * 256
+    assert 100e6 < r["harness_peak_rss_bytes"] < 4e9
+    print(f"\n256 requests at concurrency 64: {r['output_throughput']:.0f} output tok/s, median TTFT "
+          f"{r['median_ttft_ms']:.0f} ms, harness peak RSS {r['harness_peak_rss_bytes'] / 2**20:.0f} MiB")

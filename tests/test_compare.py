@@ -216,3 +216,24 @@ def test_python_api_runs_a_comparison(tmp_path):
     assert all("text" in a for k, a in answers.items() if k != "speech-paris")
     assert r["bench"]["jax"]["runs"][0]["batch_size"] == 2
     assert (tmp_path / "api" / "report.html").is_file()
+
+
+def test_a_prompt_the_server_rejects_is_a_counted_failure_and_the_run_goes_on(tmp_path, vllm_text):
+    """A prompt longer than the model's limit: HTTP 400 from vLLM, an `error` row with the reason;
+    the other prompts are compared; the report counts it; exit 1."""
+    long = (ROOT / "evals" / "media" / "long_context.txt").read_text()
+    (tmp_path / "too_long.txt").write_text(long * 2)  # ~7000 tokens; the limit is 4096
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: t\nprompts:\n  - id: fine\n    messages:\n      - {role: user, content: Hello}\n"
+                     "  - id: too-long\n    messages:\n      - role: user\n        content:\n"
+                     "          - {type: text, file: too_long.txt}\n")
+    out = tmp_path / "run"
+    p = cli("compare", "--model", "tiny-gemma3", "--vllm-url", vllm_text.url, "--suite", suite, "--no-bench",
+            "--max-tokens", "4", "--out", out)
+    assert p.returncode == 1, p.stderr[-2000:]
+    r = json.loads((out / "results.json").read_text())
+    rows = {x["id"]: x for x in r["parity"]["prompts"]}
+    assert rows["fine"]["verdict"] == "pass"
+    assert rows["too-long"]["verdict"] == "error"
+    assert any("HTTP 400" in why and "maximum context length" in why for why in rows["too-long"]["reasons"])
+    assert "| Parity | error: 1 error, 1 pass |" in (out / "report.md").read_text()
