@@ -237,3 +237,19 @@ def test_a_prompt_the_server_rejects_is_a_counted_failure_and_the_run_goes_on(tm
     assert rows["too-long"]["verdict"] == "error"
     assert any("HTTP 400" in why and "maximum context length" in why for why in rows["too-long"]["reasons"])
     assert "| Parity | error: 1 error, 1 pass |" in (out / "report.md").read_text()
+
+
+def test_requests_that_time_out_are_counted_failures(tmp_path, vllm_text):
+    """A per-request deadline shorter than the generation: each prompt is an `error` row naming
+    the timeout; the run finishes and reports them."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: tiny-gemma3\nvllm_url: {vllm_text.url}\nrequest_timeout: 1.0\nmax_tokens: 1500\n"
+                   f"bench: {{enabled: false}}\n")
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: t\nprompts:\n  - id: a\n    messages:\n      - {role: user, content: Hello}\n")
+    out = tmp_path / "run"
+    p = cli("compare", "--config", cfg, "--suite", suite, "--out", out)
+    assert p.returncode == 1, p.stderr[-2000:]
+    [row] = json.loads((out / "results.json").read_text())["parity"]["prompts"]
+    assert row["verdict"] == "error"
+    assert any("within 1 s" in why and "raise request_timeout" in why for why in row["reasons"]), row["reasons"]

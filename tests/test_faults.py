@@ -32,8 +32,11 @@ def vllm_pids(marker: str) -> list[int]:
     return out
 
 
+KEY = "sk-planted-fault-key-987654321"
+
+
 def start(out: Path) -> subprocess.Popen:
-    env = {**os.environ, "PARITYBENCH_TEST_MARK": str(out)}
+    env = {**os.environ, "PARITYBENCH_TEST_MARK": str(out), "VLLM_API_KEY": KEY}
     return subprocess.Popen([sys.executable, "-m", "harness.cli", "compare", *map(str, ARGS), "--out", str(out)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -85,12 +88,18 @@ def test_server_killed_mid_run_stops_with_a_clear_error(tmp_path):
     assert kinds[: len(recs)] == [x["type"] for x in recs] and kinds[-1] == "error"
     assert (out / "report.html").is_file()
     assert_no_server_left(out)
+    # the planted API key (the managed server was started with it) is in no file and no output
+    for f in [*out.iterdir(), Path(server["log"])]:
+        assert KEY.encode() not in f.read_bytes(), f
+    assert KEY not in stdout + stderr
     # --resume completes the run: parity reused (not redone), the bench levels run
     p = subprocess.run([sys.executable, "-m", "harness.cli", "compare", "--resume", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=900)
+                       capture_output=True, text=True, timeout=900, env={**os.environ, "VLLM_API_KEY": KEY})
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads((out / "results.json").read_text())
     assert "error" not in r and r["verdict"] == "pass"
+    for f in out.iterdir():
+        assert KEY.encode() not in f.read_bytes(), f
     assert r["resumed"]["parity_prompts_reused"] == 5
     assert [x["id"] for x in r["parity"]["prompts"]] == ["qa-capital", "count", "system-greeting", "multilingual-ru",
                                                            "multi-turn"]
