@@ -91,25 +91,26 @@ class MemorySampler:
         self.errors = 0
 
     def _loop(self) -> None:
-        while True:
-            try:
-                self.samples.append(self.snapshot())
-            except Exception:  # a missed sample is not worth stopping a benchmark for
-                self.errors += 1
-            if self._stop.wait(self.interval):
-                return
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        try:
+            self.samples.append(self.snapshot())
+        except Exception:  # a missed sample is not worth stopping a benchmark for
+            self.errors += 1
 
     def __enter__(self) -> "MemorySampler":
+        # The baseline sample is taken before the measured block starts: on vLLM a sample scrapes
+        # /metrics, which would compete with the first requests for the API server's CPU.
+        self._sample()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        try:
-            self.samples.append(self.snapshot())
-        except Exception:
-            self.errors += 1
+        self._sample()
 
     def summary(self) -> dict[str, Any]:
         """Peak and steady (median) of each field, and the timeline (seconds from the first sample)."""
