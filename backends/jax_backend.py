@@ -11,6 +11,7 @@ Compile time is measured apart from steady-state time through JAX's monitoring e
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import os
@@ -534,6 +535,17 @@ def _resize_like_gemma(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def own_peak_rss_bytes() -> int:
+    """Peak RSS of this process, bytes: Linux's VmHWM (reset by exec), else ru_maxrss (which on
+    Linux keeps the peak of the process image before exec: a harness started by a big parent
+    would report the parent's peak)."""
+    with contextlib.suppress(OSError):  # not Linux: ru_maxrss below
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def memory_snapshot(backend: str = "jax") -> MemorySnapshot:
     """This process's memory as the JAX side reports it: RSS and peak RSS, live JAX arrays, and on
     GPU/TPU the allocator's `bytes_in_use` / `peak_bytes_in_use` (not NVML's per-process figure,
@@ -548,7 +560,7 @@ def memory_snapshot(backend: str = "jax") -> MemorySnapshot:
     return MemorySnapshot(
         backend=backend, device=kind,
         rss_bytes=psutil.Process().memory_info().rss,
-        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_rss_bytes=own_peak_rss_bytes(),
         live_array_bytes=live,
         device_bytes_in_use=(stats or {}).get("bytes_in_use"),
         device_peak_bytes=(stats or {}).get("peak_bytes_in_use"),

@@ -57,6 +57,7 @@ def _define_missing_torchvision_ops():
     spec = importlib.util.find_spec("torchvision")
     if spec is None or not spec.submodule_search_locations:
         return
+    import contextlib
     import glob
     import os
 
@@ -64,11 +65,10 @@ def _define_missing_torchvision_ops():
 
     libs = glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "_C*.so"))
     if libs:
-        try:
+        # a CUDA build beside the CPU torch fails with undefined symbols: then define the ops below
+        with contextlib.suppress(OSError, RuntimeError):
             torch.ops.load_library(libs[0])
             return  # torchvision's own ops load: nothing to fix
-        except (OSError, RuntimeError):  # a CUDA build beside the CPU torch: undefined symbols
-            pass
     lib = torch.library.Library("torchvision", "FRAGMENT")
     for op in ("nms", "qnms"):
         if not hasattr(torch.ops.torchvision, op):

@@ -21,6 +21,8 @@ from pydantic import BaseModel
 
 from backends import MemorySnapshot, Request, SamplingParams
 
+from backends.jax_backend import own_peak_rss_bytes
+
 from .metrics import PERCENTILES, RequestRecord, summarize
 
 # Seconds between memory samples. Each vLLM sample scrapes the server's /metrics, which costs the
@@ -175,16 +177,9 @@ def run_vllm(backend, workload: Workload, *, max_concurrency: int | None = None,
         "ttfts": [r.ttft for r in records], "itls": [r.itl for r in records],
         "latencies": [r.latency for r in records], "errors": [r.error or "" for r in records],
         "memory": mem.summary(),
-        "harness_peak_rss_bytes": _own_peak_rss(),
+        "harness_peak_rss_bytes": own_peak_rss_bytes(),
     }
     return out
-
-
-def _own_peak_rss() -> int:
-    """Peak RSS of this (the harness) process so far, bytes."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ----------------------------------------------------------------------------- JAX
@@ -227,5 +222,5 @@ def run_jax(backend, workload: Workload, *, batch_size: int, memory_interval: fl
         "batch_latency_s": {"mean": float(np.mean(per_batch)), "median": float(np.median(per_batch)),
                             "max": float(np.max(per_batch))},
         "memory": mem.summary(),
-        "harness_peak_rss_bytes": _own_peak_rss(),
+        "harness_peak_rss_bytes": own_peak_rss_bytes(),
     }

@@ -359,6 +359,7 @@ def bench(
     import backends
 
     from . import bench as _bench
+    from . import report as _report
     from . import suites
 
     if backend not in backends.BACKENDS:
@@ -391,9 +392,7 @@ def bench(
         result = {"backend": backend, "model": model, "workload": wl.describe(), "describe": b.describe(),
                   "runs": runs}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    tmp.replace(out)
+    _report.write_atomic(out, json.dumps(result, indent=1, default=str))
     console.print(f"results: {out}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -61,13 +62,11 @@ def hardware() -> dict[str, Any]:
     import psutil
 
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError):  # not Linux: keep platform's answer
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass  # not Linux: keep platform's answer
     gpus: list[str] = []
     try:
         p = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],

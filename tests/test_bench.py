@@ -97,6 +97,6 @@ def test_load_256_requests_at_concurrency_64_none_lost(vllm_text, tmp_path):
     for key in ("input_lens", "output_lens", "ttfts", "itls", "latencies", "errors"):
         assert len(r[key]) == 256, key
     assert r["completed"] == 256 and r["output_lens"] == [8] * 256
-    assert 100e6 < r["harness_peak_rss_bytes"] < 4e9
+    assert 30e6 < r["harness_peak_rss_bytes"] < 4e9  # the client process alone (VmHWM, not the parent's peak)
     print(f"\n256 requests at concurrency 64: {r['output_throughput']:.0f} output tok/s, median TTFT "
           f"{r['median_ttft_ms']:.0f} ms, harness peak RSS {r['harness_peak_rss_bytes'] / 2**20:.0f} MiB")
