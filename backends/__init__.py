@@ -1,4 +1,4 @@
-"""paritybench backends: one protocol, two inference engines.
+"""paritybench backends: one protocol, several inference engines.
 
     import backends
     with backends.get("jax", model="tiny-gemma3") as b:
@@ -11,10 +11,32 @@
   text_only.
 - `"vllm"`: a vLLM OpenAI-compatible server; managed when no `url=` is given, attached to when
   it is.
+- `"hf"`: Hugging Face transformers in process (float32, eager attention by default).
+
+Engines added by other packages register under the `paritybench.engines` entry-point group.
+What only some engines can do is an optional protocol (`TimedStreaming`, `CompileCounting`,
+`ImagePixels`, `CausalImageScoring`) checked with `isinstance`.
+
+Subpackages: `backends.models` (registry, resolver, conversion, tiny models), `backends.media`
+(images and audio), one subpackage per engine (`backends.jax`, `backends.vllm`, `backends.hf`).
 """
 
+from . import _media as media
+from ._base import BaseBackend
+from ._engines import engine_class, engines, get
+from ._envs import vllm_env_dir
 from ._errors import BackendGone, InputError, ModelError, ParitybenchError, UnsupportedError
-from ._protocol import Backend
+from ._protocol import (
+    Backend,
+    CausalImageScoring,
+    CompileCount,
+    CompileCounting,
+    ImagePixels,
+    ImagePixelsResult,
+    TimedStreaming,
+)
+from ._signals import install_signal_handlers, stop_point
+from ._system import peak_rss_bytes
 from ._types import (
     AudioPart,
     Capabilities,
@@ -22,6 +44,7 @@ from ._types import (
     ImagePart,
     MemorySnapshot,
     Message,
+    Modality,
     Request,
     SamplingParams,
     TextPart,
@@ -30,24 +53,10 @@ from ._types import (
 )
 from .models import REGISTRY, ModelSpec, get_spec
 
-BACKENDS = ("jax", "vllm")
-
-
-def get(name: str, *, model: str, **options) -> Backend:
-    """The backend `name` ("jax" or "vllm") serving `model` (registry name or folder path)."""
-    if name == "jax":
-        from .jax_backend import JaxBackend
-
-        return JaxBackend(model, **options)
-    if name == "vllm":
-        from .vllm_backend import VllmBackend
-
-        return VllmBackend(model, **options)
-    raise InputError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
-
-
 __all__ = [
-    "AudioPart", "BackendGone", "Backend", "BACKENDS", "Capabilities", "Generation", "ImagePart", "InputError", "MemorySnapshot",
-    "Message", "ModelError", "ModelSpec", "ParitybenchError", "REGISTRY", "Request", "SamplingParams", "TextPart",
-    "Timings", "TokenScores", "UnsupportedError", "get", "get_spec",
+    "AudioPart", "Backend", "BackendGone", "BaseBackend", "Capabilities", "CausalImageScoring", "CompileCount",
+    "CompileCounting", "Generation", "ImagePart", "ImagePixels", "ImagePixelsResult", "InputError",
+    "MemorySnapshot", "Message", "Modality", "ModelError", "ModelSpec", "ParitybenchError", "REGISTRY", "Request",
+    "SamplingParams", "TextPart", "TimedStreaming", "Timings", "TokenScores", "UnsupportedError", "engine_class",
+    "engines", "get", "get_spec", "install_signal_handlers", "media", "peak_rss_bytes", "stop_point", "vllm_env_dir",
 ]

@@ -1,9 +1,28 @@
-"""The one interface both inference backends implement."""
+"""The one interface every inference engine implements, and the optional capabilities.
+
+The harness only ever talks to `Backend`. What only some engines can do is an optional,
+runtime-checkable protocol the harness picks with `isinstance`, never by the engine's name:
+
+- `TimedStreaming`: streamed requests timed token by token, sent at a bounded concurrency
+  (serving benchmarks: TTFT, TPOT, ITL at concurrency levels).
+- `CompileCounting`: XLA-style compilation counts and seconds (batch sweeps report compile time
+  apart from the steady state).
+- `ImagePixels`: the pixels the engine feeds its vision tower for a request's images.
+- `CausalImageScoring`: teacher-forced scoring with causal attention inside images (a diagnostic:
+  an engine that attends both ways inside images reproduces one that attends causally).
+
+Engines without `TimedStreaming` are benchmarked in batches (`generate` on batch sizes).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
+from ._errors import ParitybenchError
 from ._types import Capabilities, Generation, MemorySnapshot, Request, SamplingParams, TokenScores
 
 
@@ -14,21 +33,28 @@ class Backend(Protocol):
     - `generate`: sample continuations (token ids, text, per-token log-probs and top-k).
     - `score`: teacher-forced log-probs of given continuation ids after each prompt: the
       numerically fair comparison, free of divergence cascades.
-    - `prompt_ids`: the exact prompt ids the backend feeds (chat template applied, BOS
+    - `prompt_ids`: the exact prompt ids the engine feeds (chat template applied, BOS
       included, image soft tokens expanded).
     - `score_ids`: log-probs of ids[1:] each given the ids before it, no template (text only):
-      position-by-position comparison of the two models.
-    - `text_ids` / `detokenize`: the backend's tokenizer, plain (no template, no BOS).
+      position-by-position comparison of two models.
+    - `text_ids` / `detokenize`: the engine's tokenizer, plain (no template, no BOS).
     - `describe`: what this side is (model, dtype, versions, ...), for the record.
-    - `memory`: a snapshot of what the backend holds now.
-    - `close`: release everything (a managed server, device memory). Backends are context
-      managers.
+    - `guide_facts`: the engine's own words for the provider guide's table rows (setup, API,
+      model loading, memory model, multi-device, quantization).
+    - `memory`: a snapshot of what the engine holds now.
+    - `check_alive`: raise `BackendGone` when the engine can no longer answer (a dead server).
+    - `close`: release everything (a managed server, device memory). Engines are context managers.
+    - `load_s` / `warmup_s`: seconds to load the model and to answer a first tiny request.
     """
 
     name: str
     model: str
     capabilities: Capabilities
-    vocab_size: int | None
+    load_s: float | None
+    warmup_s: float | None
+
+    @property
+    def vocab_size(self) -> int | None: ...
 
     def generate(self, requests: Sequence[Request], sampling: SamplingParams) -> list[Generation]: ...
 
@@ -46,10 +72,58 @@ class Backend(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
 
+    def guide_facts(self) -> dict[str, str]: ...
+
     def memory(self) -> MemorySnapshot: ...
+
+    def check_alive(self) -> None: ...
 
     def close(self) -> None: ...
 
-    def __enter__(self) -> "Backend": ...
+    def __enter__(self) -> Backend: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+@runtime_checkable
+class TimedStreaming(Protocol):
+    """Serving benchmarks: requests streamed and timed, at most `concurrency` in flight."""
+
+    def run_timed(self, pairs: Sequence[tuple[Request, SamplingParams]], *, concurrency: int | None = None,
+                  offsets: Sequence[float] | None = None) -> list[tuple[float, Generation | ParitybenchError]]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileCount:
+    """Compilations so far in this process: how many, and the seconds they took."""
+
+    count: int
+    seconds: float
+
+
+@runtime_checkable
+class CompileCounting(Protocol):
+    """Engines that compile per shape report compilations, so batch sweeps separate them."""
+
+    def compilations(self) -> CompileCount: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePixelsResult:
+    """The pixels an engine feeds its vision tower: `resized` (HxWx3 uint8, after resizing) and
+    `pixels` (HxWx3 float32, normalised), one per image of the request, and who made them."""
+
+    processor: str
+    resized: list[np.ndarray]
+    pixels: list[np.ndarray]
+
+
+@runtime_checkable
+class ImagePixels(Protocol):
+    def image_pixels(self, request: Request) -> ImagePixelsResult | None: ...
+
+
+@runtime_checkable
+class CausalImageScoring(Protocol):
+    def score_causal_images(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], *,
+                            top_logprobs: int = 0) -> list[TokenScores]: ...

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -37,7 +37,7 @@ class ImagePart(_Model):
     array: np.ndarray | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "ImagePart":
+    def _exactly_one(self) -> ImagePart:
         given = [n for n in ("path", "data", "array") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(f"an image part needs exactly one of path, data or array (got {given or 'none'})")
@@ -49,30 +49,11 @@ class ImagePart(_Model):
 
     def to_rgb_array(self) -> np.ndarray:
         """The image as an HxWx3 uint8 array (decoded with Pillow)."""
-        from PIL import Image, UnidentifiedImageError
+        from . import _media
 
         if self.array is not None:
-            a = self.array
-            if a.shape[-1] == 1:
-                a = np.repeat(a, 3, axis=-1)
-            return np.ascontiguousarray(a[..., :3])
-        import io
-
-        src = str(self.path) if self.path is not None else "<image bytes>"
-        try:
-            if self.path is not None:
-                with Image.open(self.path) as im:
-                    return np.asarray(im.convert("RGB"))
-            with Image.open(io.BytesIO(self.data)) as im:  # type: ignore[arg-type]
-                return np.asarray(im.convert("RGB"))
-        except FileNotFoundError:
-            from ._errors import InputError
-
-            raise InputError(f"image file not found: {src}; check the path in the request") from None
-        except (UnidentifiedImageError, OSError) as e:
-            from ._errors import InputError
-
-            raise InputError(f"cannot read image {src}: {e}; give a PNG or JPEG file") from None
+            return _media.rgb(self.array)
+        return _media.decode_image(self.path, self.data)
 
 
 class AudioPart(_Model):
@@ -84,7 +65,7 @@ class AudioPart(_Model):
     rate: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
-    def _path_or_samples(self) -> "AudioPart":
+    def _path_or_samples(self) -> AudioPart:
         if (self.path is None) == (self.samples is None):
             raise ValueError("an audio part needs exactly one of path or samples")
         if self.samples is not None and self.rate is None:
@@ -92,7 +73,7 @@ class AudioPart(_Model):
         return self
 
 
-Part = Annotated[Union[TextPart, ImagePart, AudioPart], Field(discriminator="type")]
+Part = Annotated[TextPart | ImagePart | AudioPart, Field(discriminator="type")]
 
 
 class Message(_Model):
@@ -114,13 +95,13 @@ class Request(_Model):
     id: str | None = None
 
     @classmethod
-    def from_text(cls, text: str, *, id: str | None = None, system: str | None = None) -> "Request":
+    def from_text(cls, text: str, *, id: str | None = None, system: str | None = None) -> Request:
         msgs = [Message(role="system", content=system)] if system else []
         msgs.append(Message(role="user", content=text))
         return cls(messages=msgs, id=id)
 
     @model_validator(mode="after")
-    def _roles(self) -> "Request":
+    def _roles(self) -> Request:
         roles = [m.role for m in self.messages if m.role != "system"]
         if any(m.role == "system" for m in self.messages[1:]):
             raise ValueError("a system message may only come first")
@@ -171,7 +152,7 @@ class SamplingParams(_Model):
         return self.temperature == 0.0
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SamplingParams":
+    def _consistent(self) -> SamplingParams:
         if self.greedy and (self.top_k is not None or self.top_p is not None):
             raise ValueError("top_k/top_p need temperature > 0 (temperature 0 is greedy)")
         if self.logprobs and not self.return_logprobs:

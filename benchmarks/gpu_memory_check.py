@@ -1,9 +1,9 @@
 """Checks paritybench's GPU memory readings against known allocations, on a machine with a GPU.
 
 What the memory sections of `paritybench bench` report on GPU comes from two places:
-  - the JAX side: `backends.jax_backend.memory_snapshot()` (XLA allocator's bytes_in_use and
+  - the JAX side: `backends.jax.memory_snapshot()` (XLA allocator's bytes_in_use and
     peak_bytes_in_use, live arrays);
-  - the vLLM side: `backends.vllm_backend._nvml_process_bytes(pids)` (NVML's per-process used
+  - the vLLM side: `backends.vllm.nvml_process_bytes(pids)` (NVML's per-process used
     memory of the server's process tree).
 This script allocates known amounts and prints what each reading says, so the readings can be
 trusted (or their limits documented). It needs jax with a GPU plugin, and torch for the NVML check
@@ -40,7 +40,7 @@ def jax_side() -> None:
     import jax
     import jax.numpy as jnp
 
-    from backends.jax_backend import memory_snapshot
+    from backends.jax import memory_snapshot
     from harness.bench import MemorySampler
 
     dev = jax.devices()[0]
@@ -82,22 +82,22 @@ CHILD = textwrap.dedent("""
 
 
 def nvml_side() -> None:
-    from backends.vllm_backend import _nvml_process_bytes
+    from backends.vllm import nvml_process_bytes
 
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(2 * GIB)], stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
     try:
         reserved = int(child.stdout.readline())
         time.sleep(1.0)
-        seen = _nvml_process_bytes([child.pid])
+        seen = nvml_process_bytes([child.pid])
         check("NVML per-process bytes of a torch process holding 2 GiB",
               seen is not None and reserved <= seen <= reserved + 1.5 * GIB,
               f"NVML {(seen or 0) / GIB:.3f} GiB, torch reserved {reserved / GIB:.3f} GiB "
               "(NVML adds the CUDA context)")
-        mine = _nvml_process_bytes([os.getpid()])
+        mine = nvml_process_bytes([os.getpid()])
         print(f"info  NVML bytes of this JAX process: {(mine or 0) / GIB:.1f} GiB (XLA's preallocated pool; "
               "the JAX side reports bytes_in_use instead)", flush=True)
-        none = _nvml_process_bytes([os.getpid() + 10_000_000])
+        none = nvml_process_bytes([os.getpid() + 10_000_000])
         check("NVML bytes of a pid not on the GPU", none == 0, f"{none}")
     finally:
         child.kill()

@@ -27,7 +27,7 @@ def main() -> None:
 
     import backends
     from backends import Request, SamplingParams
-    from backends.jax_backend import compile_stats
+    from backends.jax import compile_stats
 
     prompts = ["What is the capital of France?", "Count to ten: one, two,", "Hello there!", "Привет, как дела?"]
     reqs = [Request.from_text(prompts[i % len(prompts)] + f" ({i})") for i in range(args.batch)]

@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 
 import backends  # noqa: E402
 from backends import SamplingParams  # noqa: E402
-from backends import tokenizer as tok  # noqa: E402
-from backends.jax_backend import _PAD_BUCKETS, _without_end_tokens  # noqa: E402
+from backends import models as tok  # noqa: E402
+from backends.jax import PAD_BUCKETS, without_end_tokens  # noqa: E402
 from harness import bench  # noqa: E402
 
 
@@ -46,8 +46,8 @@ def main() -> None:
         s = SamplingParams(max_tokens=args.output_len, ignore_eos=True, return_logprobs=False)
         b.generate(wl.requests, s)  # compiles; the backend picks its sampler settings
         [(max_out, cache_length, _)] = list(b._samplers)
-        bare = gm.text.Sampler(model=b._model, params=b._params, tokenizer=_without_end_tokens(b._tokenizer),
-                               cache_length=cache_length, max_out_length=max_out, pad_length=_PAD_BUCKETS)
+        bare = gm.text.Sampler(model=b._model, params=b._params, tokenizer=without_end_tokens(b._tokenizer),
+                               cache_length=cache_length, max_out_length=max_out, pad_length=PAD_BUCKETS)
         texts = [tok.render_chat(r) for r in wl.requests]
 
         def run_bare() -> int:

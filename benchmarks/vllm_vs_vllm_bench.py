@@ -79,7 +79,7 @@ def main() -> None:
         ours, theirs = [], []
         def run_ours() -> None:
             time.sleep(args.idle)
-            ours.append(bench.run_vllm(b, wl, max_concurrency=args.concurrency, warmups=2))
+            ours.append(bench.run_serving(b, wl, max_concurrency=args.concurrency, warmups=2))
 
         def run_theirs(k: int) -> None:
             time.sleep(args.idle)  # vllm bench's own start-up (importing vLLM) adds several idle seconds more

@@ -14,14 +14,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
 
-from backends import MemorySnapshot, Request, SamplingParams
-
-from backends.jax_backend import own_peak_rss_bytes
+from backends import Backend, CompileCounting, MemorySnapshot, Request, SamplingParams, TimedStreaming, peak_rss_bytes
 
 from .metrics import PERCENTILES, RequestRecord, summarize
 
@@ -54,7 +53,7 @@ def synthetic(backend, *, num_prompts: int, input_len: int, output_len: int, ran
     word, cut to length with the backend's own tokenizer: `text_ids` / `detokenize`) and
     `output_len` output tokens, each length drawn uniformly from [L(1-r), L(1+r)] as vLLM's random
     dataset does, from a fixed seed. The chat template adds a few tokens to each prompt."""
-    from backends.tokenizer import CORPUS
+    from backends.models import CORPUS
 
     if not 0 <= range_ratio < 1:
         raise ValueError("range_ratio must be in [0, 1)")
@@ -102,7 +101,7 @@ class MemorySampler:
         except Exception:  # a missed sample is not worth stopping a benchmark for
             self.errors += 1
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> MemorySampler:
         # The baseline sample is taken before the measured block starts: on vLLM a sample scrapes
         # /metrics, which would compete with the first requests for the API server's CPU.
         self._sample()
@@ -150,10 +149,13 @@ def arrival_offsets(n: int, request_rate: float, burstiness: float = 1.0, seed: 
     return np.concatenate([[0.0], np.cumsum(gaps[:-1])]).tolist()
 
 
-def run_vllm(backend, workload: Workload, *, max_concurrency: int | None = None, request_rate: float = math.inf,
-             burstiness: float = 1.0, warmups: int = 1, percentiles: Sequence[float] = PERCENTILES,
-             memory_interval: float = MEMORY_INTERVAL_S) -> dict[str, Any]:
-    """One level: the whole workload through `backend` (a VllmBackend), streamed."""
+def run_serving(backend: Backend, workload: Workload, *, max_concurrency: int | None = None,
+                request_rate: float = math.inf, burstiness: float = 1.0, warmups: int = 1,
+                percentiles: Sequence[float] = PERCENTILES, memory_interval: float = MEMORY_INTERVAL_S) -> dict[str, Any]:
+    """One level: the whole workload through an engine that streams (`TimedStreaming`), each request
+    timed token by token, at most `max_concurrency` in flight."""
+    if not isinstance(backend, TimedStreaming):
+        raise TypeError(f"the {backend.name} engine does not stream timed requests; use run_batched")
     pairs = [(r, workload.sampling(i)) for i, r in enumerate(workload.requests)]
     if warmups:
         backend.run_timed(pairs[:warmups], concurrency=warmups)
@@ -170,34 +172,40 @@ def run_vllm(backend, workload: Workload, *, max_concurrency: int | None = None,
             records.append(RequestRecord.from_token_times(start, result.timings.token_times_s or [],
                                                           len(result.prompt_ids), request_id=req.id))
     out: dict[str, Any] = {
-        "backend": "vllm", "num_prompts": len(pairs), "max_concurrency": max_concurrency,
+        "backend": backend.name, "mode": "serving", "level": max_concurrency,
+        "num_prompts": len(pairs), "max_concurrency": max_concurrency,
         "request_rate": "inf" if math.isinf(request_rate) else request_rate, "burstiness": burstiness,
         **summarize(records, duration, percentiles),
         "input_lens": [r.prompt_len for r in records], "output_lens": [r.output_len for r in records],
         "ttfts": [r.ttft for r in records], "itls": [r.itl for r in records],
         "latencies": [r.latency for r in records], "errors": [r.error or "" for r in records],
         "memory": mem.summary(),
-        "harness_peak_rss_bytes": own_peak_rss_bytes(),
+        "harness_peak_rss_bytes": peak_rss_bytes(),
     }
     return out
 
 
-# ----------------------------------------------------------------------------- JAX
+# ----------------------------------------------------------------------------- batches
 
 
-def run_jax(backend, workload: Workload, *, batch_size: int, memory_interval: float = MEMORY_INTERVAL_S) -> dict[str, Any]:
-    """One batch size: a warm-up pass over the whole workload (compiles every shape it needs),
-    then the measured pass; steady-state tokens/s exclude nothing but are measured after warm-up."""
-    from backends.jax_backend import compile_stats
+def run_batched(backend: Backend, workload: Workload, *, batch_size: int,
+                memory_interval: float = MEMORY_INTERVAL_S) -> dict[str, Any]:
+    """One batch size: a warm-up pass over the whole workload (compiles every shape it needs on an
+    engine that compiles), then the measured pass; steady-state tokens/s exclude nothing but are
+    measured after warm-up. Compilations are counted where the engine reports them (`CompileCounting`)."""
 
-    stats = compile_stats()
+    def compiled() -> tuple[int, float]:
+        if isinstance(backend, CompileCounting):
+            c = backend.compilations()
+            return c.count, c.seconds
+        return 0, 0.0
     groups: dict[int, list[int]] = {}
     for i, n in enumerate(workload.output_lens):
         groups.setdefault(n, []).append(i)
     batches = [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
 
     def one_pass() -> tuple[float, float, int, int, list[float]]:
-        c0, s0 = stats.count, stats.seconds
+        c0, s0 = compiled()
         t0 = time.perf_counter()
         tokens, per_batch = 0, []
         for b in batches:
@@ -205,14 +213,16 @@ def run_jax(backend, workload: Workload, *, batch_size: int, memory_interval: fl
             gens = backend.generate([workload.requests[i] for i in b], workload.sampling(b[0]))
             per_batch.append(time.perf_counter() - tb)
             tokens += sum(len(g.token_ids) for g in gens)
-        return time.perf_counter() - t0, stats.seconds - s0, stats.count - c0, tokens, per_batch
+        c1, s1 = compiled()
+        return time.perf_counter() - t0, s1 - s0, c1 - c0, tokens, per_batch
 
     warm_s, warm_compile_s, warm_compiles, _, _ = one_pass()
     with MemorySampler(backend.memory, memory_interval) as mem:
         dur, compile_s, compiles, tokens, per_batch = one_pass()
     total_in = sum(len(backend.prompt_ids(r)) for r in workload.requests)
     return {
-        "backend": "jax", "batch_size": batch_size, "num_prompts": len(workload.requests), "batches": len(batches),
+        "backend": backend.name, "mode": "batch", "level": batch_size, "batch_size": batch_size,
+        "compilations_counted": isinstance(backend, CompileCounting), "num_prompts": len(workload.requests), "batches": len(batches),
         "warmup_s": warm_s, "compile_s": warm_compile_s, "compilations_warmup": warm_compiles,
         "duration": dur, "compilations_after_warmup": compiles, "compile_s_after_warmup": compile_s,
         "total_input_tokens": total_in, "total_output_tokens": tokens,
@@ -222,5 +232,5 @@ def run_jax(backend, workload: Workload, *, batch_size: int, memory_interval: fl
         "batch_latency_s": {"mean": float(np.mean(per_batch)), "median": float(np.median(per_batch)),
                             "max": float(np.max(per_batch))},
         "memory": mem.summary(),
-        "harness_peak_rss_bytes": own_peak_rss_bytes(),
+        "harness_peak_rss_bytes": peak_rss_bytes(),
     }

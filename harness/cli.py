@@ -9,7 +9,6 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -38,18 +37,18 @@ def models_list() -> None:
 @models_app.command("build")
 def models_build(
     name: str = typer.Argument(..., help="tiny-gemma3, tiny-gemma3-vision or tiny-gemma3n"),
-    out: Optional[Path] = typer.Option(None, "--out", help="folder to write (default: the cache folder)"),
+    out: Path | None = typer.Option(None, "--out", help="folder to write (default: the cache folder)"),
 ) -> None:
     """Build an embedded tiny model (gemma checkpoint + Hugging Face folder); prints its folder.
     tiny-gemma3n (vLLM only) has just the Hugging Face folder, in the cache."""
-    from backends import tiny
+    from backends import models
 
-    if name == "tiny-gemma3n":
+    if name == models.TINY_GEMMA3N:
         if out:
             raise typer.BadParameter("tiny-gemma3n is built in the cache only (no --out)")
-        print(tiny.ensure_gemma3n())
+        print(models.ensure_tiny_gemma3n())
         return
-    path = tiny.build(name, out) if out else tiny.ensure(name)
+    path = models.build_tiny(name, out) if out else models.ensure_tiny(name)
     print(path)
 
 
@@ -61,7 +60,7 @@ def convert(
     force: bool = typer.Option(False, "--force", help="replace DST if it exists"),
 ) -> None:
     """Convert weights between the gemma library and Hugging Face (Gemma 3 text and vision)."""
-    from backends import InputError, checkpoint, convert as conv
+    from backends import InputError, models
 
     if to not in ("hf", "gemma"):
         raise InputError(f"--to {to!r}: choose hf or gemma")
@@ -70,13 +69,13 @@ def convert(
     occupied = dst.is_file() or (dst.is_dir() and any(dst.iterdir()))
     if occupied and not force:
         raise InputError(f"{dst} already exists; choose another folder or pass --force")
-    tmp = checkpoint.atomic_dir(dst)
+    tmp = models.atomic_dir(dst)
     try:
-        (conv.gemma_dir_to_hf if to == "hf" else conv.hf_dir_to_gemma)(src, tmp)
+        (models.gemma_dir_to_hf if to == "hf" else models.hf_dir_to_gemma)(src, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    checkpoint.commit_dir(tmp, dst)
+    models.commit_dir(tmp, dst)
     print(dst)
 
 
@@ -107,7 +106,7 @@ def _config(config, backends_, **flags):
     return _cfg.with_overrides(base, backends=backends_, **flags)
 
 
-def _run(cfg, force: bool, resume: Optional[Path] = None) -> None:
+def _run(cfg, force: bool, resume: Path | None = None) -> None:
     from . import comparison as _compare
     from . import report as _report
 
@@ -121,6 +120,8 @@ def _run(cfg, force: bool, resume: Optional[Path] = None) -> None:
     out.print(_report.summary_table(results))
     if results.get("parity"):
         out.print(_report.parity_table(results))
+    if results.get("arbitration"):
+        out.print(_report.arbitration_table(results))
     out.print(f"report: {folder / 'report.html'} (also report.md, results.json, results.jsonl)")
     code = _compare.exit_code(results)
     if code:
@@ -130,18 +131,18 @@ def _run(cfg, force: bool, resume: Optional[Path] = None) -> None:
 
 @app.command("compare")
 def compare(
-    config: Optional[Path] = _SHARED["config"], model: Optional[str] = _SHARED["model"],
-    suite: Optional[Path] = _SHARED["suite"],
-    backends_: Optional[str] = typer.Option(None, "--backends", help="the two sides, in order [vllm,jax]"),
-    jax_model: Optional[str] = typer.Option(None, "--jax-model", help="another model on the JAX side"),
-    vllm_model: Optional[str] = typer.Option(None, "--vllm-model", help="another model on the vLLM side"),
-    vllm_url: Optional[str] = _SHARED["vllm_url"], out: Optional[Path] = _SHARED["out"],
-    force: bool = _SHARED["force"], max_tokens: Optional[int] = _SHARED["max_tokens"],
-    tolerance: Optional[str] = typer.Option(None, "--tolerance", help="auto, float32 or bfloat16 [auto]"),
-    seed: Optional[int] = _SHARED["seed"], no_bench: bool = _SHARED["no_bench"],
-    num_prompts: Optional[int] = _SHARED["num_prompts"], output_len: Optional[int] = _SHARED["output_len"],
-    concurrency: Optional[str] = _SHARED["concurrency"], batch_sizes: Optional[str] = _SHARED["batch_sizes"],
-    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the interrupted run in this folder "
+    config: Path | None = _SHARED["config"], model: str | None = _SHARED["model"],
+    suite: Path | None = _SHARED["suite"],
+    backends_: str | None = typer.Option(None, "--backends", help="the sides, in order [vllm,jax]; three or more compare every pair (e.g. vllm,jax,hf)"),
+    jax_model: str | None = typer.Option(None, "--jax-model", help="another model on the JAX side"),
+    vllm_model: str | None = typer.Option(None, "--vllm-model", help="another model on the vLLM side"),
+    vllm_url: str | None = _SHARED["vllm_url"], out: Path | None = _SHARED["out"],
+    force: bool = _SHARED["force"], max_tokens: int | None = _SHARED["max_tokens"],
+    tolerance: str | None = typer.Option(None, "--tolerance", help="auto, float32 or bfloat16 [auto]"),
+    seed: int | None = _SHARED["seed"], no_bench: bool = _SHARED["no_bench"],
+    num_prompts: int | None = _SHARED["num_prompts"], output_len: int | None = _SHARED["output_len"],
+    concurrency: str | None = _SHARED["concurrency"], batch_sizes: str | None = _SHARED["batch_sizes"],
+    resume: Path | None = typer.Option(None, "--resume", help="continue the interrupted run in this folder "
                                           "(its settings; finished prompts and levels are kept)"),
 ) -> None:
     """Both backends on one suite: parity, throughput, memory; writes a report. Exit 0 pass, 1 fail, 2 usage."""
@@ -149,33 +150,33 @@ def compare(
         _run(None, False, resume)
         return
     sides = [x.strip() for x in backends_.split(",")] if backends_ else None
-    if sides is not None and len(sides) != 2:
-        raise typer.BadParameter(f"--backends {backends_!r}: name two sides, e.g. vllm,jax (one side: paritybench run)")
+    if sides is not None and len(sides) < 2:
+        raise typer.BadParameter(f"--backends {backends_!r}: name two or more sides, e.g. vllm,jax or vllm,jax,hf "
+                                 "(one side: paritybench run)")
     cfg = _config(config, sides, model=model, suite=str(suite) if suite else None, jax_model=jax_model,
                   vllm_model=vllm_model, vllm_url=vllm_url, out=str(out) if out else None, max_tokens=max_tokens,
                   tolerance=tolerance, seed=seed, bench_enabled=False if no_bench else None,
                   bench_num_prompts=num_prompts, bench_output_len=output_len, bench_concurrency=concurrency,
                   bench_batch_sizes=batch_sizes)
-    if len(cfg.backends) != 2:
-        raise typer.BadParameter(f"compare needs two backends, the settings name {cfg.backends}; one side: paritybench run")
+    if len(cfg.backends) < 2:
+        raise typer.BadParameter(f"compare needs two or more backends, the settings name {cfg.backends}; "
+                                 "one side: paritybench run")
     _run(cfg, force)
 
 
 @app.command("run")
 def run(
-    backend: str = typer.Option(..., "--backend", help="jax or vllm"),
-    config: Optional[Path] = _SHARED["config"], model: Optional[str] = _SHARED["model"],
-    suite: Optional[Path] = _SHARED["suite"], vllm_url: Optional[str] = _SHARED["vllm_url"],
-    out: Optional[Path] = _SHARED["out"], force: bool = _SHARED["force"],
-    max_tokens: Optional[int] = _SHARED["max_tokens"],
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="answers' temperature [0: greedy]"),
-    seed: Optional[int] = _SHARED["seed"], no_bench: bool = _SHARED["no_bench"],
-    num_prompts: Optional[int] = _SHARED["num_prompts"], output_len: Optional[int] = _SHARED["output_len"],
-    concurrency: Optional[str] = _SHARED["concurrency"], batch_sizes: Optional[str] = _SHARED["batch_sizes"],
+    backend: str = typer.Option(..., "--backend", help="engine: vllm, jax, hf (or a plug-in)"),
+    config: Path | None = _SHARED["config"], model: str | None = _SHARED["model"],
+    suite: Path | None = _SHARED["suite"], vllm_url: str | None = _SHARED["vllm_url"],
+    out: Path | None = _SHARED["out"], force: bool = _SHARED["force"],
+    max_tokens: int | None = _SHARED["max_tokens"],
+    temperature: float | None = typer.Option(None, "--temperature", help="answers' temperature [0: greedy]"),
+    seed: int | None = _SHARED["seed"], no_bench: bool = _SHARED["no_bench"],
+    num_prompts: int | None = _SHARED["num_prompts"], output_len: int | None = _SHARED["output_len"],
+    concurrency: str | None = _SHARED["concurrency"], batch_sizes: str | None = _SHARED["batch_sizes"],
 ) -> None:
     """One backend alone: answers to a suite, throughput and memory; writes a report."""
-    if backend not in ("jax", "vllm"):
-        raise typer.BadParameter(f"--backend {backend!r}: choose jax or vllm")
     cfg = _config(config, [backend], model=model, suite=str(suite) if suite else None, vllm_url=vllm_url,
                   out=str(out) if out else None, max_tokens=max_tokens, temperature=temperature,
                   seed=seed, bench_enabled=False if no_bench else None, bench_num_prompts=num_prompts,
@@ -208,7 +209,7 @@ def suites_check(paths: list[Path] = typer.Argument(..., help="suite files")) ->
 @app.command("report")
 def report(
     results: list[Path] = typer.Argument(..., help="one or two results.json files (or run folders)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="where to write [the (second) run's folder]"),
+    out: Path | None = typer.Option(None, "--out", help="where to write [the (second) run's folder]"),
 ) -> None:
     """Re-render one run's report, or show what changed between two runs (verdicts, metrics, versions)."""
     from . import report as _report
@@ -262,15 +263,15 @@ _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 def serve(
     ctx: typer.Context,
     model: str = typer.Argument(..., help="registry name (tiny-gemma3, ...), Hugging Face folder or HF id"),
-    port: Optional[int] = typer.Option(None, "--port", help="default: a free port"),
-    dtype: Optional[str] = typer.Option(None, "--dtype"),
-    max_model_len: Optional[int] = typer.Option(None, "--max-model-len"),
-    gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization"),
-    tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size"),
-    kv_cache_dtype: Optional[str] = typer.Option(None, "--kv-cache-dtype"),
-    quantization: Optional[str] = typer.Option(None, "--quantization"),
-    speculative_config: Optional[str] = typer.Option(None, "--speculative-config", help="JSON, as vLLM takes it"),
-    enforce_eager: Optional[bool] = typer.Option(None, "--enforce-eager/--no-enforce-eager",
+    port: int | None = typer.Option(None, "--port", help="default: a free port"),
+    dtype: str | None = typer.Option(None, "--dtype"),
+    max_model_len: int | None = typer.Option(None, "--max-model-len"),
+    gpu_memory_utilization: float | None = typer.Option(None, "--gpu-memory-utilization"),
+    tensor_parallel_size: int | None = typer.Option(None, "--tensor-parallel-size"),
+    kv_cache_dtype: str | None = typer.Option(None, "--kv-cache-dtype"),
+    quantization: str | None = typer.Option(None, "--quantization"),
+    speculative_config: str | None = typer.Option(None, "--speculative-config", help="JSON, as vLLM takes it"),
+    enforce_eager: bool | None = typer.Option(None, "--enforce-eager/--no-enforce-eager",
                                                  help="default: eager on CPU"),
 ) -> None:
     """Run a managed vLLM server (any further flags go to `vllm serve`) until Ctrl-C or SIGTERM."""
@@ -281,14 +282,15 @@ def serve(
     # Python inherit SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    from backends.vllm_backend import VllmBackend
-    from backends.vllm_server import VllmServer
+    from backends import models
+    from backends.vllm import VllmServer
 
     opts = _vllm_options(port, dtype, max_model_len, gpu_memory_utilization, tensor_parallel_size, kv_cache_dtype,
                          quantization, speculative_config, enforce_eager, ctx.args)
-    hf, name, defaults = VllmBackend.resolve(model)
-    with VllmServer(hf, served_model_name=name, **{**defaults, **opts}) as server:
-        console.print(f"vLLM serving {name} at [bold]{server.url}[/] (healthy after {server.startup_s:.1f} s; "
+    m = models.resolve(model, want="hf")
+    defaults = {"dtype": m.dtype} if m.dtype else {}
+    with VllmServer(m.hf_source, served_model_name=m.name, **{**defaults, **opts}) as server:
+        console.print(f"vLLM serving {m.name} at [bold]{server.url}[/] (healthy after {server.startup_s:.1f} s; "
                       f"log {server.log_path}); Ctrl-C stops it")
         try:
             while server.alive():
@@ -301,13 +303,13 @@ def serve(
 @app.command("generate")
 def generate(
     prompt: str = typer.Argument(..., help="user message"),
-    backend: str = typer.Option("jax", "--backend", help="jax or vllm"),
+    backend: str = typer.Option("jax", "--backend", help="engine: vllm, jax, hf (or a plug-in)"),
     model: str = typer.Option("tiny-gemma3", "--model"),
-    vllm_url: Optional[str] = typer.Option(None, "--vllm-url", help="attach to a running vLLM (http://host:8000/v1); "
+    vllm_url: str | None = typer.Option(None, "--vllm-url", help="attach to a running vLLM (http://host:8000/v1); "
                                            "API key from VLLM_API_KEY"),
     max_tokens: int = typer.Option(24, "--max-tokens"),
     temperature: float = typer.Option(0.0, "--temperature"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: int | None = typer.Option(None, "--seed"),
     logprobs: int = typer.Option(0, "--logprobs", help="top alternatives per token (0-20)"),
 ) -> None:
     """One prompt through one backend: text, token ids, log-probs and timings (as JSON)."""
@@ -316,8 +318,6 @@ def generate(
     import backends
 
     opts = {"url": vllm_url} if vllm_url else {}
-    if vllm_url and backend != "vllm":
-        raise backends.InputError("--vllm-url needs --backend vllm")
     with backends.get(backend, model=model, **opts) as b:
         [g] = b.generate([backends.Request.from_text(prompt)],
                          backends.SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed,
@@ -334,19 +334,19 @@ def _floats(text: str, what: str) -> list[float]:
 
 @app.command("bench")
 def bench(
-    backend: str = typer.Option(..., "--backend", help="vllm or jax"),
+    backend: str = typer.Option(..., "--backend", help="engine: vllm, jax, hf (or a plug-in)"),
     model: str = typer.Option("tiny-gemma3", "--model"),
-    vllm_url: Optional[str] = typer.Option(None, "--vllm-url", help="attach to a running vLLM (API key from VLLM_API_KEY)"),
-    suite: Optional[Path] = typer.Option(None, "--suite", help="prompts from a suite YAML instead of synthetic ones"),
+    vllm_url: str | None = typer.Option(None, "--vllm-url", help="attach to a running vLLM (API key from VLLM_API_KEY)"),
+    suite: Path | None = typer.Option(None, "--suite", help="prompts from a suite YAML instead of synthetic ones"),
     num_prompts: int = typer.Option(32, "--num-prompts", help="synthetic prompts (or suite prompts repeated up to this)"),
     input_len: int = typer.Option(64, "--input-len", help="synthetic prompt length, tokens"),
     output_len: int = typer.Option(32, "--output-len", help="output tokens per request"),
     range_ratio: float = typer.Option(0.0, "--range-ratio", help="lengths drawn from [L(1-r), L(1+r)]"),
     ignore_eos: bool = typer.Option(True, "--ignore-eos/--stop-at-eos", help="fixed output lengths"),
-    concurrency: str = typer.Option("1,4,16", "--concurrency", help="vLLM: max concurrency levels to sweep"),
+    concurrency: str = typer.Option("1,4,16", "--concurrency", help="streaming engines (vLLM): max concurrency levels"),
     request_rate: float = typer.Option(float("inf"), "--request-rate", help="vLLM: requests/s (inf: all at once)"),
     burstiness: float = typer.Option(1.0, "--burstiness", help="vLLM: gamma shape of arrivals (1 = Poisson)"),
-    batch_sizes: str = typer.Option("1,4,16", "--batch-sizes", help="JAX: batch sizes to sweep"),
+    batch_sizes: str = typer.Option("1,4,16", "--batch-sizes", help="in-process engines (JAX, hf): batch sizes"),
     warmups: int = typer.Option(2, "--warmups", help="vLLM: warm-up requests before each level"),
     percentiles: str = typer.Option("50,90,99", "--percentiles", help="latency percentiles"),
     seed: int = typer.Option(0, "--seed"),
@@ -362,15 +362,13 @@ def bench(
     from . import report as _report
     from . import suites
 
-    if backend not in backends.BACKENDS:
-        raise backends.InputError(f"--backend {backend!r}: choose vllm or jax")
-    opts = {"url": vllm_url} if vllm_url else {}
-    if vllm_url and backend != "vllm":
-        raise backends.InputError("--vllm-url needs --backend vllm")
-    levels = _floats(concurrency if backend == "vllm" else batch_sizes, "--concurrency/--batch-sizes")
     pct = _floats(percentiles, "--percentiles")
-    with backends.get(backend, model=model, **({"max_concurrency": int(max(levels))} if backend == "vllm" else {}),
-                      **opts) as b:
+    opts: dict = {"url": vllm_url} if vllm_url else {}
+    if "max_concurrency" in _options_of(backend):  # an engine that sends requests concurrently
+        opts["max_concurrency"] = int(max(_floats(concurrency, "--concurrency")))
+    with backends.get(backend, model=model, **opts) as b:
+        serving = isinstance(b, backends.TimedStreaming)
+        levels = _floats(concurrency if serving else batch_sizes, "--concurrency/--batch-sizes")
         if suite is not None:
             _, reqs = suites.load(suite)
             reqs = [reqs[i % len(reqs)] for i in range(max(num_prompts, len(reqs)))]
@@ -380,13 +378,13 @@ def bench(
                                   range_ratio=range_ratio, seed=seed, ignore_eos=ignore_eos)
         runs = []
         for level in levels:
-            console.print(f"[bold]{backend}[/] {'concurrency' if backend == 'vllm' else 'batch size'} {int(level)} ...")
-            if backend == "vllm":
-                r = _bench.run_vllm(b, wl, max_concurrency=int(level), request_rate=request_rate,
-                                    burstiness=burstiness, warmups=warmups, percentiles=pct,
-                                    memory_interval=memory_interval)
+            console.print(f"[bold]{backend}[/] {'concurrency' if serving else 'batch size'} {int(level)} ...")
+            if serving:
+                r = _bench.run_serving(b, wl, max_concurrency=int(level), request_rate=request_rate,
+                                       burstiness=burstiness, warmups=warmups, percentiles=pct,
+                                       memory_interval=memory_interval)
             else:
-                r = _bench.run_jax(b, wl, batch_size=int(level), memory_interval=memory_interval)
+                r = _bench.run_batched(b, wl, batch_size=int(level), memory_interval=memory_interval)
             runs.append(r)
             _print_level(r)
         result = {"backend": backend, "model": model, "workload": wl.describe(), "describe": b.describe(),
@@ -396,8 +394,16 @@ def bench(
     console.print(f"results: {out}")
 
 
+def _options_of(engine: str) -> list[str]:
+    import inspect
+
+    import backends
+
+    return list(inspect.signature(backends.engine_class(engine).__init__).parameters)
+
+
 def _print_level(r: dict) -> None:
-    if r["backend"] == "vllm":
+    if r["mode"] == "serving":
         console.print(f"  completed {r['completed']} failed {r['failed']}  output {r['output_throughput']:.1f} tok/s  "
                       f"TTFT median {r['median_ttft_ms']:.1f} ms  TPOT median {r['median_tpot_ms']:.2f} ms  "
                       f"ITL median {r['median_itl_ms']:.2f} ms  peak RSS {r['memory'].get('peak_rss_bytes', 0) / 2**30:.2f} GiB")
@@ -409,9 +415,7 @@ def _print_level(r: dict) -> None:
 
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from backends import ParitybenchError
-
-    from .comparison import install_signal_handlers
+    from backends import ParitybenchError, install_signal_handlers
 
     install_signal_handlers()  # SIGINT / SIGTERM unwind: results kept, servers stopped
     try:

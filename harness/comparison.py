@@ -14,57 +14,22 @@ import contextlib
 import json
 import os
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import backends
-from backends import InputError, ParitybenchError, SamplingParams
+from backends import InputError, ParitybenchError, SamplingParams, TimedStreaming, stop_point
 
 from . import bench as _bench
 from . import environment, parity, report, suites
 from .config import CompareConfig
 
 FAILING = ("fail", "error")
-
-# The signal that asked the run to stop. A handler's exception can be swallowed when the signal
-# lands inside a garbage-collection callback (JAX has one), so the run also checks this at safe
-# points (each prompt, each level) and stops there.
-_stop_signal: int | None = None
-
-
-def install_signal_handlers() -> None:
-    """SIGINT -> KeyboardInterrupt, SIGTERM -> SystemExit(143), both also noted for `_stop_point`."""
-    import signal
-
-    def on_signal(signum: int, frame: Any) -> None:
-        import gc
-
-        global _stop_signal
-        _stop_signal = signum
-        if frame is not None and any(getattr(cb, "__code__", None) is frame.f_code for cb in gc.callbacks):
-            return  # Python would print and swallow it there; the next stop point raises instead
-        _raise_for(signum)
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
-
-def _raise_for(signum: int) -> None:
-    import signal
-
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise SystemExit(128 + signum)
-
-
-def _stop_point() -> None:
-    if _stop_signal is not None:
-        _raise_for(_stop_signal)
-
 
 class Recorder:
     """Appends one JSON object per line to `path`, flushed and synced to disk at once."""
@@ -83,7 +48,7 @@ class Recorder:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def prepare_out(out: Path, force: bool) -> None:
@@ -97,16 +62,7 @@ def prepare_out(out: Path, force: bool) -> None:
 
 
 def _open(name: str, config: CompareConfig) -> backends.Backend:
-    model = config.model_for(name)
-    if name == "vllm":
-        opts: dict[str, Any] = {"max_concurrency": max(config.bench.concurrency + [16]),
-                                "request_timeout": config.request_timeout}
-        if config.vllm_api_key is not None:
-            opts["api_key"] = config.vllm_api_key.get_secret_value()
-        if config.vllm_url:
-            return backends.get("vllm", model=config.vllm_served_model or model, url=config.vllm_url, **opts)
-        return backends.get("vllm", model=model, **opts)
-    return backends.get("jax", model=model)
+    return backends.get(name, model=config.model_for(name), **config.engine_options(name))
 
 
 class Previous:
@@ -117,7 +73,7 @@ class Previous:
         if not path.is_file():
             raise InputError(f"nothing to resume in {out}: no results.jsonl (start the run without --resume)")
         self.records = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 self.records.append(json.loads(line))
             except json.JSONDecodeError:  # a line cut by the interruption: everything after it is redone
@@ -182,36 +138,52 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
             sides: dict[str, backends.Backend] = {}
             for name in config.backends:
                 t0 = time.perf_counter()
-                with console.status(f"setting up {name} for {config.model_for(name)} "
-                                    f"({'starting vLLM' if name == 'vllm' and not config.vllm_url else 'loading'})"):
+                with console.status(f"setting up {name} for {config.model_for(name)}"):
                     side = stack.enter_context(_open(name, config))
                 setup = {"backend": name, "setup_s": time.perf_counter() - t0,
-                         "load_s": getattr(side, "load_s", None), "warmup_s": getattr(side, "warmup_s", None),
-                         "describe": side.describe(), "memory": side.memory().model_dump(mode="json")}
+                         "load_s": side.load_s, "warmup_s": side.warmup_s,
+                         "describe": side.describe(), "guide": side.guide_facts(),
+                         "bench_mode": "serving" if isinstance(side, TimedStreaming) else "batch",
+                         "memory": side.memory().model_dump(mode="json")}
                 sides[name] = side
                 results["setup"][name] = setup
                 results["capabilities"][name] = capability_row(side)
                 rec.add("setup", setup)
                 console.print(f"{name}: ready in {setup['setup_s']:.1f} s")
-                _stop_point()
-            if len(sides) == 2:
-                a, b = (sides[n] for n in config.backends)
+                stop_point()
+            if len(sides) >= 2:
                 tol = parity.PROFILES[config.tolerance] if config.tolerance != "auto" else None
-                todo = [r for r in requests if r.id not in reused]
-                with console.status(f"parity on {len(todo)} prompts (greedy, {config.max_tokens} tokens, "
-                                    "teacher-forced log-probs)"):
-                    rep = parity.compare(a, b, todo, max_tokens=config.max_tokens, top_k=config.top_k_logprobs,
-                                         tolerance=tol,
-                                         on_prompt=lambda p: (rec.add("parity_prompt", p.model_dump(mode="json")),
-                                                              _stop_point()))
-                _stop_point()
-                rep = _in_suite_order(rep, suite, reused)
-                results["parity"] = rep.model_dump(mode="json")
-                results["verdict"] = rep.verdict
-                texts = {p.id: {config.backends[0]: p.a.text if p.a else None, config.backends[1]: p.b.text if p.b else None}
-                         for p in rep.prompts}
-                results["scores"] = score_all(suite, texts, config.backends)
-                rec.add("parity", {"verdict": rep.verdict, "tolerance": rep.tolerance.model_dump(mode="json")})
+                names = list(config.backends)
+                pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1:]]
+                reports: dict[str, parity.ParityReport] = {}
+                for x, y in pairs:
+                    key = f"{x}-{y}"
+                    pair_reused = reused if len(pairs) == 1 else {}  # resume keeps prompts of a two-sided run
+                    todo = [r for r in requests if r.id not in pair_reused]
+                    with console.status(f"parity {x} vs {y} on {len(todo)} prompts (greedy, {config.max_tokens} "
+                                        "tokens, teacher-forced log-probs)"):
+                        rep = parity.compare(
+                            sides[x], sides[y], todo, max_tokens=config.max_tokens, top_k=config.top_k_logprobs,
+                            tolerance=tol,
+                            on_prompt=lambda p, k=key: (rec.add("parity_prompt", {**p.model_dump(mode="json"),
+                                                                                  "pair": k}), stop_point()))
+                    stop_point()
+                    reports[key] = _in_suite_order(rep, suite, pair_reused)
+                    rec.add("parity", {"pair": key, "verdict": reports[key].verdict,
+                                       "tolerance": reports[key].tolerance.model_dump(mode="json")})
+                first = reports[f"{pairs[0][0]}-{pairs[0][1]}"]
+                results["parity"] = first.model_dump(mode="json")
+                results["verdict"] = parity.worst(*[r.verdict for r in reports.values()])
+                if len(pairs) > 1:
+                    results["pairs"] = {k: r.model_dump(mode="json") for k, r in reports.items()}
+                    results["arbitration"] = [a.model_dump(mode="json") for a in parity.arbitrate(names, reports)]
+                texts: dict[str, dict[str, str | None]] = {}
+                for (x, y), rep in zip(pairs, reports.values()):
+                    for p in rep.prompts:
+                        row = texts.setdefault(p.id, {})
+                        row.setdefault(x, p.a.text if p.a else None)
+                        row.setdefault(y, p.b.text if p.b else None)
+                results["scores"] = score_all(suite, texts, names)
             else:
                 (name, side), = sides.items()
                 done = {k[1]: {x: y for x, y in v.items() if x not in ("type", "time", "backend")}
@@ -221,7 +193,7 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                 results["answers"][name] = rows
                 results["verdict"] = "error" if any("error" in r for r in rows) else "pass"
                 results["scores"] = score_all(suite, {r["id"]: {name: r.get("text")} for r in rows}, [name])
-            _stop_point()
+            stop_point()
             if config.bench.enabled:
                 _bench_all(sides, config, results, rec, console, previous.bench if previous else {})
     except ParitybenchError as e:
@@ -255,7 +227,7 @@ def _in_suite_order(rep: parity.ParityReport, suite: suites.Suite, reused: dict[
                  for pid, r in reused.items()})
     rows = [done.get(sp.id) or parity.PromptParity(id=sp.id, modalities=[], verdict="error", reasons=[sp.error or ""])
             for sp in suite.prompts]
-    return rep.model_copy(update={"prompts": rows, "verdict": parity._worst(*[r.verdict for r in rows])})
+    return rep.model_copy(update={"prompts": rows, "verdict": parity.worst(*[r.verdict for r in rows])})
 
 
 def _answers(side: backends.Backend, suite: suites.Suite, sampling: SamplingParams, done: dict[str, dict],
@@ -274,7 +246,7 @@ def _answers(side: backends.Backend, suite: suites.Suite, sampling: SamplingPara
             runnable.append(sp.request)
         except backends.UnsupportedError as e:
             rows[sp.id] = {"id": sp.id, "unsupported": str(e)}
-    for r, g in zip(runnable, parity._generate_each(side, runnable, sampling)):
+    for r, g in zip(runnable, parity.generate_each(side, runnable, sampling)):
         if isinstance(g, Exception):
             rows[r.id] = {"id": r.id, "error": str(g)}
         else:
@@ -306,40 +278,37 @@ def score_all(suite: suites.Suite, texts: dict[str, dict[str, str | None]], name
     return {"prompts": rows, "scored": len(both), "accuracy": acc, "difference": diff}
 
 
-def _bench_all(sides, config: CompareConfig, results: dict, rec: Recorder, console: Console,
-               reused: dict[tuple[str, int], dict]) -> None:
+def _bench_all(sides: dict[str, backends.Backend], config: CompareConfig, results: dict, rec: Recorder,
+               console: Console, reused: dict[tuple[str, int], dict]) -> None:
+    """Every side's levels: engines that stream (`TimedStreaming`) at each concurrency, the others
+    at each batch size."""
     s = config.bench
-    levels = {n: (s.concurrency if n == "vllm" else s.batch_sizes) for n in sides}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
         for name, side in sides.items():
+            serving = isinstance(side, TimedStreaming)
+            levels = s.concurrency if serving else s.batch_sizes
             wl = _bench.synthetic(side, num_prompts=s.num_prompts, input_len=s.input_len, output_len=s.output_len,
                                   seed=config.seed)
-            task = progress.add_task(f"{name} throughput ({'concurrency' if name == 'vllm' else 'batch size'})",
-                                     total=len(levels[name]))
-            results["bench"][name] = {"workload": wl.describe(), "runs": []}
-            for level in levels[name]:
+            task = progress.add_task(f"{name} throughput ({'concurrency' if serving else 'batch size'})",
+                                     total=len(levels))
+            results["bench"][name] = {"workload": wl.describe(), "mode": "serving" if serving else "batch", "runs": []}
+            for level in levels:
                 if (name, level) in reused:  # measured by the interrupted run
                     results["bench"][name]["runs"].append(
-                        {k: v for k, v in reused[(name, level)].items() if k not in ("type", "time", "level")})
+                        {k: v for k, v in reused[(name, level)].items() if k not in ("type", "time")})
                     progress.advance(task)
                     continue
-                if name == "vllm":
-                    run = _bench.run_vllm(side, wl, max_concurrency=level, request_rate=s.request_rate,
-                                          warmups=s.warmups, memory_interval=s.memory_interval)
+                if isinstance(side, TimedStreaming):
+                    run = _bench.run_serving(side, wl, max_concurrency=level, request_rate=s.request_rate,
+                                             warmups=s.warmups, memory_interval=s.memory_interval)
                 else:
-                    run = _bench.run_jax(side, wl, batch_size=level, memory_interval=s.memory_interval)
-                _check_alive(side)  # a server that died mid-level: stop, do not record a level of failures
+                    run = _bench.run_batched(side, wl, batch_size=level, memory_interval=s.memory_interval)
+                side.check_alive()  # a server that died mid-level: stop, do not record a level of failures
                 results["bench"][name]["runs"].append(run)
-                rec.add("bench", {"backend": name, "level": level, **run})
+                rec.add("bench", {"backend": name, **run})
                 progress.advance(task)
-                _stop_point()
-
-
-def _check_alive(side: backends.Backend) -> None:
-    server = getattr(side, "server", None)
-    if server is not None:
-        server.check_alive()
+                stop_point()
 
 
 def exit_code(results: dict[str, Any]) -> int:

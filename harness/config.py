@@ -17,8 +17,6 @@ from backends import InputError
 
 from . import yamlio
 
-BackendName = Literal["vllm", "jax"]
-
 
 class BenchSettings(BaseModel):
     """Throughput and memory runs (see docs/metrics.md); `enabled: false` skips them."""
@@ -41,7 +39,7 @@ class CompareConfig(BaseModel):
     jax_model: str | None = None  # a different model for one side (say a converted checkpoint)
     vllm_model: str | None = None
     suite: str | None = None  # default: evals/smoke.yaml
-    backends: list[BackendName] = Field(default_factory=lambda: ["vllm", "jax"], min_length=1)
+    backends: list[str] = Field(default_factory=lambda: ["vllm", "jax"], min_length=1)  # engine names
     vllm_url: str | None = None  # attach to a running server instead of starting one
     vllm_served_model: str | None = None  # the name a running server serves the model under
     vllm_api_key: SecretStr | None = None  # never written anywhere; VLLM_API_KEY works too
@@ -57,12 +55,30 @@ class CompareConfig(BaseModel):
     @field_validator("backends")
     @classmethod
     def _distinct(cls, v: list[str]) -> list[str]:
+        from backends import engines
+
+        known = engines()
+        unknown = [n for n in v if n not in known]
+        if unknown:
+            raise ValueError(f"unknown engine {unknown[0]!r}; choose from {', '.join(known)}")
         if len(set(v)) != len(v):
             raise ValueError("each backend at most once")
         return v
 
     def model_for(self, backend: str) -> str:
-        return (self.jax_model if backend == "jax" else self.vllm_model) or self.model
+        """The model of one side: its own (`jax_model`, `vllm_model`) or the shared one."""
+        own = {"jax": self.jax_model, "vllm": (self.vllm_url and self.vllm_served_model) or self.vllm_model}
+        return own.get(backend) or self.model
+
+    def engine_options(self, backend: str) -> dict[str, Any]:
+        """Options this comparison gives the engine `backend` (data per engine, no behaviour)."""
+        vllm: dict[str, Any] = {"max_concurrency": max(self.bench.concurrency + [16]),
+                                "request_timeout": self.request_timeout}
+        if self.vllm_api_key is not None:
+            vllm["api_key"] = self.vllm_api_key.get_secret_value()
+        if self.vllm_url:
+            vllm["url"] = self.vllm_url
+        return {"vllm": vllm}.get(backend, {})
 
     def public(self) -> dict[str, Any]:
         """The settings as recorded in results: the API key only as whether one was set."""

@@ -43,7 +43,7 @@ def harness_packages() -> dict[str, str]:
 
 def vllm_packages(env_dir: str | Path | None = None) -> dict[str, str]:
     """The vLLM environment's packages (its `installed.txt`, written when it was built)."""
-    from backends.vllm_server import vllm_env_dir
+    from backends import vllm_env_dir
 
     path = Path(env_dir or vllm_env_dir()) / "installed.txt"
     out: dict[str, str] = {}

@@ -13,7 +13,7 @@ the chosen percentiles (vLLM's `--metric-percentiles`), under vLLM's field names
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -36,7 +36,7 @@ class RequestRecord(BaseModel):
 
     @classmethod
     def from_token_times(cls, start_time: float, token_times: Sequence[float], prompt_len: int,
-                         request_id: str | None = None) -> "RequestRecord":
+                         request_id: str | None = None) -> RequestRecord:
         """From per-token arrival times (seconds since send; tokens of one chunk share a time)."""
         chunks = sorted(set(token_times))
         return cls(request_id=request_id, start_time=start_time, success=True, prompt_len=prompt_len,

@@ -26,14 +26,27 @@ attention inside images shows whether vLLM's CPU attention explains the gap.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from backends import Backend, BackendGone, InputError, ParitybenchError, Request, SamplingParams, UnsupportedError
-from backends.arch import BOS, START_OF_IMAGE
+from backends import (
+    Backend,
+    BackendGone,
+    CausalImageScoring,
+    ImagePart,
+    ImagePixels,
+    ImagePixelsResult,
+    InputError,
+    ParitybenchError,
+    Request,
+    SamplingParams,
+    UnsupportedError,
+)
+from backends.models import BOS, START_OF_IMAGE
 
 Verdict = Literal["pass", "warn", "fail", "unsupported", "error"]
 _ORDER = {"pass": 0, "unsupported": 0, "warn": 1, "fail": 2, "error": 2}
@@ -157,7 +170,7 @@ class ParityReport(BaseModel):
 
 def check_compatible(a: Backend, b: Backend) -> None:
     """Refuse, before any generation, two sides whose vocabularies or tokenizers differ."""
-    va, vb = getattr(a, "vocab_size", None), getattr(b, "vocab_size", None)
+    va, vb = a.vocab_size, b.vocab_size
     if va is not None and vb is not None and va != vb:
         raise InputError(f"the backends disagree on the vocabulary size: {a.name} {va}, {b.name} {vb}; "
                          "they do not serve the same model")
@@ -322,36 +335,21 @@ def position_profile(a: Backend, b: Backend, tol: Tolerance, top_k: int = 5) -> 
         evidence={"max_abs_dlogprob": float(d.max()), "rank_agreement": float(np.mean(ranks)) if ranks else None})
 
 
-def gemma_pixels(image: np.ndarray, size: int) -> np.ndarray:
-    """What the gemma library feeds its vision tower for an HxWx3 uint8 image: a bilinear,
-    antialiased resize in float to size x size, normalised to [-1, 1]."""
-    import jax.numpy as jnp
-    from gemma.gm.vision import _preprocess
-
-    return np.asarray(_preprocess.pre_process_image(jnp.asarray(image, jnp.float32), image_shape=(size, size, 3)))
+def side_pixels(side: Backend, request: Request) -> ImagePixelsResult | None:
+    """The pixels `side` feeds its vision tower for the request's images, when it can say."""
+    return side.image_pixels(request) if isinstance(side, ImagePixels) else None
 
 
-def vllm_pixels(side: Backend, request: Request):
-    """(processor, resized uint8 images, normalised pixels) on the vLLM side, or None."""
-    fn = getattr(side, "image_pixels", None)
-    return fn(request) if fn else None
-
-
-def image_pixel_diff(pixels, request: Request) -> float:
-    """Max |difference| between the normalised pixels gemma feeds its vision tower and those
-    vLLM's image processor feeds (`pixels` from `vllm_pixels`), over the request's images."""
-    _, _, theirs = pixels
-    worst = 0.0
-    for img, px in zip(request.images, theirs):
-        ours = gemma_pixels(img.to_rgb_array(), px.shape[0])
-        worst = max(worst, float(np.max(np.abs(ours - px))))
-    return worst
+def image_pixel_diff(pa: ImagePixelsResult | None, pb: ImagePixelsResult | None) -> float | None:
+    """Max |difference| between the normalised pixels two sides feed their vision towers (None
+    when a side cannot say)."""
+    if pa is None or pb is None:
+        return None
+    return max((float(np.max(np.abs(xa - xb))) for xa, xb in zip(pa.pixels, pb.pixels)), default=0.0)
 
 
 def with_images(request: Request, arrays: Sequence[np.ndarray]) -> Request:
     """`request` with its images replaced, in order, by `arrays` (HxWx3 uint8)."""
-    from backends import ImagePart
-
     it = iter(arrays)
     msgs = [m.model_copy(update={"content": [ImagePart(array=next(it)) if isinstance(p, ImagePart) else p
                                              for p in m.content]}) for m in request.messages]
@@ -362,44 +360,52 @@ def _max_gap(scores, gen) -> float:
     return max((abs(x - y) for x, y in zip(scores.logprobs, gen.logprobs)), default=0.0)
 
 
-def _explain_images(a, b, r, ga, gb, tol: Tolerance, before: float, res: PromptParity, verdicts: list[Verdict],
-                    pixels) -> None:
-    """Cross-checks for an image prompt that differs: re-score the JAX side on the other side's
-    output (1) with causal attention inside images, (2) also fed the Hugging Face processor's
-    resized pixels. Each cause is named with the gap before and after."""
-    if a.name == "jax":
-        jax_side, other_gen = a, gb
-    elif b.name == "jax":
-        jax_side, other_gen = b, ga
-    else:
+def _explain_images(a: Backend, b: Backend, r: Request, ga, gb, tol: Tolerance, before: float,
+                    res: PromptParity, verdicts: list[Verdict], pixels: dict[str, ImagePixelsResult | None]) -> None:
+    """Cross-checks for an image prompt that differs: a side that can score with causal attention
+    inside images (`CausalImageScoring`) re-scores the other side's output (1) that way, (2) also fed
+    the other side's resized pixels. A cause is named with the gap before and after; it explains
+    the difference when the gap falls below a tenth."""
+    checks = [(s, o, go) for s, o, go in ((a, b, gb), (b, a, ga)) if isinstance(s, CausalImageScoring)]
+    if not checks:
         return
-    try:
-        [causal] = jax_side.score([r], [other_gen.token_ids], causal_images=True)
-    except ParitybenchError as e:
-        res.reasons.append(f"image cross-check unavailable: {e}")
+    best: tuple[float, Backend, Backend, Any] | None = None
+    for scorer, other, other_gen in checks:
+        try:
+            [causal] = scorer.score_causal_images([r], [other_gen.token_ids])  # type: ignore[attr-defined]
+        except ParitybenchError as e:
+            res.reasons.append(f"image cross-check on {scorer.name} unavailable: {e}")
+            continue
+        after = _max_gap(causal, other_gen)
+        if best is None or after < best[0]:
+            best = (after, scorer, other, other_gen)
+    if best is None:
         return
-    after = _max_gap(causal, other_gen)
+    after, scorer, other, other_gen = best
+    explains = after < before / 10
     attention = Cause(
-        name="causal-image-attention", explains=after < before / 10,
-        detail=(f"with causal attention inside images on the JAX side the gap goes from {before:.3g} to {after:.3g}"
-                + (": the vLLM side attends causally inside images (vLLM's CPU attention backend has no "
-                   "bidirectional image attention; gemma attends both ways)" if after < before / 10 else
-                   ": attention inside images does not explain it")),
-        evidence={"max_abs_dlogprob_bidirectional": before, "max_abs_dlogprob_causal": after})
+        name="causal-image-attention", explains=explains,
+        detail=(f"with causal attention inside images on the {scorer.name} side the gap goes from {before:.3g} to "
+                f"{after:.3g}" + (f": {other.name} attends causally inside images where {scorer.name} attends both "
+                                  "ways (vLLM's CPU attention backend has no bidirectional image attention)"
+                                  if explains else ": attention inside images does not explain it")),
+        evidence={"max_abs_dlogprob_bidirectional": before, "max_abs_dlogprob_causal": after,
+                  "rescored_by": scorer.name, "odd_side": other.name if explains else None})
     res.causes.append(attention)
     res.reasons.append(f"cause ({attention.name}): {attention.detail}")
     closed = after <= tol.logprob_pass
-    if attention.explains and not closed and res.image_pixel_max_abs and pixels is not None:
-        [both] = jax_side.score([with_images(r, pixels[1])], [other_gen.token_ids], causal_images=True)
+    theirs = pixels.get(other.name)
+    if attention.explains and not closed and res.image_pixel_max_abs and theirs is not None:
+        [both] = scorer.score_causal_images([with_images(r, theirs.resized)], [other_gen.token_ids])  # type: ignore[attr-defined]
         final = _max_gap(both, other_gen)
         closed = final <= tol.logprob_pass
         resize = Cause(
             name="image-resize-rounding", explains=closed,
-            detail=(f"vLLM's image processor ({pixels[0]}) rounds the resized image to uint8, gemma resizes in float "
-                    f"(max normalised pixel difference {res.image_pixel_max_abs:.3g}); fed the processor's pixels, "
-                    f"the JAX side's gap goes from {after:.3g} to {final:.3g}"),
+            detail=(f"{other.name}'s image processor ({theirs.processor}) rounds the resized image to uint8, "
+                    f"{scorer.name} resizes in float (max normalised pixel difference {res.image_pixel_max_abs:.3g}); "
+                    f"fed {other.name}'s pixels, {scorer.name}'s gap goes from {after:.3g} to {final:.3g}"),
             evidence={"max_abs_pixel": res.image_pixel_max_abs, "max_abs_dlogprob_causal": after,
-                      "max_abs_dlogprob_causal_hf_pixels": final})
+                      "max_abs_dlogprob_causal_other_pixels": final})
         res.causes.append(resize)
         res.reasons.append(f"cause ({resize.name}): {resize.detail}")
     if attention.explains and closed:
@@ -410,11 +416,11 @@ def _explain_images(a, b, r, ga, gb, tol: Tolerance, before: float, res: PromptP
 # ----------------------------------------------------------------------------- the comparison
 
 
-def _worst(*verdicts: Verdict) -> Verdict:
+def worst(*verdicts: Verdict) -> Verdict:
     return max(verdicts, key=lambda v: _ORDER[v]) if verdicts else "pass"
 
 
-def _generate_each(backend: Backend, reqs: list[Request], s: SamplingParams) -> list[Any]:
+def generate_each(backend: Backend, reqs: list[Request], s: SamplingParams) -> list[Any]:
     """Generations, or the error per request: one bad prompt does not sink the others."""
     try:
         return list(backend.generate(reqs, s))
@@ -468,7 +474,7 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
         else:
             runnable.append((pid, r))
     reqs = [r for _, r in runnable]
-    gens_a, gens_b = _generate_each(a, reqs, s), _generate_each(b, reqs, s)
+    gens_a, gens_b = generate_each(a, reqs, s), generate_each(b, reqs, s)
     failing_on_logprobs: list[str] = []
     for (pid, r), ga, gb in zip(runnable, gens_a, gens_b):
         if isinstance(ga, Exception) or isinstance(gb, Exception):
@@ -493,7 +499,7 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
                 res.reasons.append(f"cause ({cause.name}): {cause.detail}")
     prompts = [results[pid] for pid in ids]
     return ParityReport(a=desc_a, b=desc_b, tolerance=tol, sampling=s.model_dump(mode="json"), prompts=prompts,
-                        probe=probe, verdict=_worst(*[p.verdict for p in prompts]))
+                        probe=probe, verdict=worst(*[p.verdict for p in prompts]))
 
 
 def _dtype(desc: dict[str, Any]) -> str | None:
@@ -546,12 +552,11 @@ def _compare_prompt(a: Backend, b: Backend, pid: str, r: Request, ga, gb, tol: T
                                     evidence={"index": i}))
             res.reasons.append(what + f"; a near-tie: each token is in the other's top-{tol.top_n} ({tol.name} rule)")
     # 3. image preprocessing: the pixels each side feeds its vision tower
-    pixels = None
+    pixels: dict[str, ImagePixelsResult | None] = {}
     if r.images:
         try:
-            pixels = vllm_pixels(a, r) or vllm_pixels(b, r)
-            if pixels is not None:
-                res.image_pixel_max_abs = image_pixel_diff(pixels, r)
+            pixels = {a.name: side_pixels(a, r), b.name: side_pixels(b, r)}
+            res.image_pixel_max_abs = image_pixel_diff(pixels[a.name], pixels[b.name])
         except ParitybenchError as e:  # the comparison stands without it
             res.reasons.append(f"image preprocessing check unavailable: {e}")
     # 4. teacher-forced cross-scoring: each side scores the other's output
@@ -580,7 +585,7 @@ def _compare_prompt(a: Backend, b: Backend, pid: str, r: Request, ga, gb, tol: T
                                f"bound {tol.logprob_pass:g} (mean {ag.mean_abs_dlogprob:.3g})")
             if r.images:
                 _explain_images(a, b, r, ga, gb, tol, ag.max_abs_dlogprob, res, verdicts, pixels)
-    res.verdict = _worst(*verdicts) if verdicts else "pass"
+    res.verdict = worst(*verdicts) if verdicts else "pass"
     if not res.reasons:
         res.reasons.append(f"greedy identical; teacher-forced max |dlogprob| {ag.max_abs_dlogprob:.2g} "
                            f"<= {tol.logprob_pass:g}")
@@ -592,3 +597,63 @@ def _cut(g, n: int) -> SimpleNamespace:
     return SimpleNamespace(logprobs=(g.logprobs or [])[:n], top_logprobs=(g.top_logprobs or [])[:n] or None)
 
 
+
+
+# ----------------------------------------------------------------------------- three or more sides
+
+
+class Arbitration(BaseModel):
+    """One prompt across three or more sides: which pairs agree, and the odd one out when all
+    the others agree with each other and it agrees with none of them."""
+
+    id: str
+    agreeing_pairs: list[str]
+    odd_one_out: str | None = None
+    causes: list[Cause] = Field(default_factory=list)
+    line: str
+
+
+def _agrees(p: PromptParity) -> bool:
+    """Two sides agree on a prompt when it passes, or warns only on float noise (no named cause
+    explains a difference)."""
+    if p.verdict == "pass":
+        return True
+    return p.verdict == "warn" and not any(c.explains for c in p.causes)
+
+
+def arbitrate(names: Sequence[str], reports: dict[str, ParityReport]) -> list[Arbitration]:
+    """Per prompt: the pairs that agree; when every side but one agrees with every other, that one
+    is the odd one out, with the causes its pairs named (e.g. causal attention inside images)."""
+    pairs = list(reports)
+    ids = [p.id for p in next(iter(reports.values())).prompts]
+    out = []
+    for pid in ids:
+        rows = {k: reports[k].by_id(pid) for k in pairs}
+        if any(r.verdict in ("unsupported", "error") for r in rows.values()):
+            skipped = sorted({r.verdict for r in rows.values() if r.verdict in ("unsupported", "error")})
+            out.append(Arbitration(id=pid, agreeing_pairs=[], line=f"not arbitrated ({', '.join(skipped)} on a pair)"))
+            continue
+        agree = [k for k in pairs if _agrees(rows[k])]
+        odd = None
+        for n in names:
+            others = [m for m in names if m != n]
+            inner = [f"{x}-{y}" for i, x in enumerate(names) for y in names[i + 1:] if n not in (x, y)]
+            with_n = [k for k in pairs if n in k.split("-")]
+            if all(k in agree for k in inner) and not any(k in agree for k in with_n) and len(others) >= 2:
+                odd = n
+                break
+        if len(agree) == len(pairs):
+            line = f"all {len(names)} sides agree"
+            causes: list[Cause] = []
+        elif odd is not None:
+            causes = [c for k in pairs if odd in k.split("-") for c in rows[k].causes if c.explains]
+            unique = {c.name: c for c in causes}
+            named = ", ".join(unique) or "no cause named"
+            others = " and ".join(m for m in names if m != odd)
+            line = f"{others} agree; {odd} is the odd one out ({named})"
+            causes = list(unique.values())
+        else:
+            line = "no side stands alone: " + (", ".join(agree) + " agree" if agree else "no two sides agree")
+            causes = []
+        out.append(Arbitration(id=pid, agreeing_pairs=agree, odd_one_out=odd, causes=causes, line=line))
+    return out

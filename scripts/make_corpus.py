@@ -1,4 +1,4 @@
-"""Write backends/data/tokenizer_corpus.txt, the text the tiny models' tokenizer is trained on.
+"""Write backends/models/data/tokenizer_corpus.txt, the text the tiny models' tokenizer is trained on.
 
 The corpus is the docstrings of a fixed list of Python standard-library modules (Python Software
 Foundation License, which allows redistribution) plus a few lines in other languages written for
@@ -44,7 +44,7 @@ def main() -> None:
         if mod.__doc__:
             out.insert(0, inspect.cleandoc(mod.__doc__))
     text = EXTRA * 20 + "\n".join(out)
-    path = pathlib.Path(__file__).resolve().parents[1] / "backends" / "data" / "tokenizer_corpus.txt"
+    path = pathlib.Path(__file__).resolve().parents[1] / "backends" / "models" / "data" / "tokenizer_corpus.txt"
     path.write_text(text, encoding="utf-8")
     print(path, len(text), "characters")
 

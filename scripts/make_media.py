@@ -113,7 +113,7 @@ def speech() -> dict[str, str]:
 def long_context() -> dict[str, str]:
     """About 3600 tokens of the tiny models' tokenizer (their limit is 4096): lines of paritybench's
     own tokenizer corpus in Latin and Cyrillic scripts, up to 5750 characters."""
-    corpus = Path(__file__).resolve().parent.parent / "backends" / "data" / "tokenizer_corpus.txt"
+    corpus = Path(__file__).resolve().parent.parent / "backends" / "models" / "data" / "tokenizer_corpus.txt"
     out, n = [], 0
     for line in corpus.read_text(encoding="utf-8").splitlines():
         if line.strip() and all(ord(c) < 0x2000 for c in line):

@@ -36,16 +36,16 @@ def _session_backend(name: str, model: str):
 
 @pytest.fixture(scope="session")
 def tiny_text_dir():
-    from backends import tiny
+    from backends import models
 
-    return tiny.ensure("tiny-gemma3")
+    return models.ensure_tiny("tiny-gemma3")
 
 
 @pytest.fixture(scope="session")
 def tiny_vision_dir():
-    from backends import tiny
+    from backends import models
 
-    return tiny.ensure("tiny-gemma3-vision")
+    return models.ensure_tiny("tiny-gemma3-vision")
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +92,7 @@ def still_running(pids) -> list[int]:
 
 
 def variant(tmp_path, base_dir, name, *, arch=None, params_fn=None):
-    from backends import checkpoint as ckpt
+    from backends import models as ckpt
 
     card = ckpt.read_card(base_dir)
     if arch:

@@ -62,7 +62,7 @@ def test_synthetic_workload_lengths(jax_text):
 
 def test_jax_no_compilation_after_warmup(jax_text):
     wl = bench.synthetic(jax_text, num_prompts=6, input_len=24, output_len=8, seed=0)
-    r = bench.run_jax(jax_text, wl, batch_size=3)
+    r = bench.run_batched(jax_text, wl, batch_size=3)
     assert r["compilations_after_warmup"] == 0, r
     assert r["total_output_tokens"] == 6 * 8  # ignore_eos: exactly the asked lengths
     assert r["output_throughput"] > 0 and r["memory"]["samples"] >= 1 and r["memory"]["peak_rss_bytes"] > 0
@@ -72,7 +72,7 @@ def test_vllm_run_counts_every_request(vllm_text):
     wl = bench.synthetic(vllm_text, num_prompts=6, input_len=24, output_len=8, seed=0)
     too_long = Request.from_text("word " * 6000, id="too-long")  # beyond the model's limit: HTTP 400
     wl = wl.model_copy(update={"requests": wl.requests + [too_long], "output_lens": wl.output_lens + [8]})
-    r = bench.run_vllm(vllm_text, wl, max_concurrency=3, warmups=1)
+    r = bench.run_serving(vllm_text, wl, max_concurrency=3, warmups=1)
     assert r["completed"] + r["failed"] == 7 and r["failed"] == 1
     assert "HTTP 400" in r["errors"][-1] and "maximum context length" in r["errors"][-1]
     assert r["output_lens"][:6] == [8] * 6 and r["total_output_tokens"] == 48

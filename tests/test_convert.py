@@ -5,9 +5,11 @@ import json
 
 import numpy as np
 import pytest
-
-from backends import ImagePart, Request, SamplingParams, checkpoint, convert
 from conftest import image
+
+from backends import ImagePart, Request, SamplingParams
+from backends import models as checkpoint
+from backends import models as convert
 
 
 @pytest.mark.parametrize("fixture", ["tiny_text_dir", "tiny_vision_dir"])

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import image
 
 import backends
 from backends import ImagePart, Request, SamplingParams, UnsupportedError
-from conftest import image
 
 PROMPTS = ["What is the capital of France?", "Count to ten: one, two,", "Hello there", "Привет, как дела?"]
 

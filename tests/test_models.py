@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from backends import REGISTRY, InputError, get_spec, models, tiny
-from backends.arch import GemmaArch
+from backends import REGISTRY, InputError, get_spec, models
+from backends.models import GemmaArch
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -16,8 +16,8 @@ def _digest(folder: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-gemma3-vision"])
 def test_rebuild_is_byte_identical(tmp_path, name):
-    a = _digest(tiny.build(name, tmp_path / "a"))
-    b = _digest(tiny.build(name, tmp_path / "b"))
+    a = _digest(models.build_tiny(name, tmp_path / "a"))
+    b = _digest(models.build_tiny(name, tmp_path / "b"))
     assert a == b
     assert "params/_METADATA" in a and "hf/model.safetensors" in a and "hf/tokenizer.json" in a
 

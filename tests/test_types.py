@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from backends import AudioPart, ImagePart, Request, SamplingParams
-from backends.tokenizer import render_chat
+from backends.models import render_chat
 
 
 def test_text_shorthand_and_modalities():
@@ -69,7 +69,7 @@ def test_render_chat_equals_hf_chat_template():
     """The JAX side's renderer and the template shipped to vLLM agree (jinja2, as HF renders)."""
     import jinja2
 
-    from backends.tokenizer import CHAT_TEMPLATE
+    from backends.models import CHAT_TEMPLATE
 
     msgs = [{"role": "system", "content": "Sys"}, {"role": "user", "content": " a "},
             {"role": "assistant", "content": "b"}, {"role": "user", "content": [{"type": "text", "text": "c"}]}]

@@ -3,13 +3,12 @@
 import httpx
 import numpy as np
 import pytest
+from conftest import image
 
 import backends
-from backends import Backend, InputError, ModelError, Request, SamplingParams, UnsupportedError
-from backends.vllm_backend import VllmBackend
-from backends.vllm_server import attach
-from conftest import image
 import evals
+from backends import Backend, InputError, ModelError, Request, SamplingParams, UnsupportedError
+from backends.vllm import VllmBackend, attach
 from harness import suites
 
 PROMPTS = ["What is the capital of France?", "Count to ten: one, two,", "Hello there", "Привет, как дела?"]

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import still_running
 
 import backends
 from backends import ModelError, Request, SamplingParams
-from backends.vllm_server import VllmServer, advice_for, attach
-from conftest import still_running
+from backends.vllm import VllmServer, advice_for, attach
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import image
 
 import backends
 from backends import AudioPart, ImagePart, Request, SamplingParams, TextPart
-from conftest import image
 
 VISION_TOKENS, AUDIO_TOKENS = 16, 32  # tiny_gemma3n_build.py: 4x4 MSFA output; audio_soft_tokens_per_image
 

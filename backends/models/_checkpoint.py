@@ -22,8 +22,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ._errors import ModelError
-from .arch import ModelCard
+from .._errors import ModelError
+from ._arch import ModelCard
 
 CARD = "paritybench-model.json"
 TOKENIZER = "tokenizer.model"

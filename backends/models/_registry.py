@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._errors import InputError, ModelError
-from .arch import GemmaArch
+from .._errors import InputError, ModelError
+from ._arch import GemmaArch
 
 GEMMA3N_TEXT_ONLY = "gemma 3.3's Gemma 3n on JAX is text-only (no audio or vision towers)"
 NO_AUDIO_GEMMA3 = "Gemma 3 has no audio encoder"
@@ -158,7 +158,7 @@ def gemma_model_class(arch: GemmaArch) -> type:
     return _model_class(arch.model_dump_json())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model_class(arch_json: str) -> type:
     from gemma import gm
 

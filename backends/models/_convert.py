@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint as _ckpt
-from . import tokenizer as _tok
-from ._errors import InputError, ModelError
-from .arch import BOS, END_OF_TURN, EOS, PAD, GemmaArch, ModelCard
+from .._errors import InputError, ModelError
+from . import _checkpoint as _ckpt
+from . import _tokenizer as _tok
+from ._arch import BOS, END_OF_TURN, EOS, PAD, GemmaArch, ModelCard
 
 VT = "model.vision_tower.vision_model."
 PROJ = "model.multi_modal_projector."
@@ -292,7 +292,7 @@ def hf_dir_to_gemma(src: Path, dst: Path, *, name: str | None = None) -> Path:
         raise InputError(f"{src} has no tokenizer.model (the SentencePiece model the gemma library needs)")
     like = None
     if arch.vision is not None:
-        from .models import gemma_model_class
+        from ._registry import gemma_model_class
 
         model = gemma_model_class(arch)()
         like = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens=np.zeros((1, 4), np.int32)))["params"]

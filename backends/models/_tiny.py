@@ -25,10 +25,11 @@ import os
 import shutil
 from pathlib import Path
 
-from . import checkpoint as _ckpt
-from . import convert as _convert
-from . import tokenizer as _tok
-from .arch import GemmaArch, ModelCard, VisionArch
+from .._envs import SCRIPTS
+from . import _checkpoint as _ckpt
+from . import _convert
+from . import _tokenizer as _tok
+from ._arch import GemmaArch, ModelCard, VisionArch
 
 # Bump when the recipe changes, so caches built by older code are rebuilt.
 RECIPE_VERSION = 1
@@ -80,15 +81,15 @@ def default_dir(name: str) -> Path:
     return cache_root() / "models" / f"{name}-{recipe_key(name)}"
 
 
-def _check(name: str) -> None:
+def check_buildable(name: str) -> None:
     if name == GEMMA3N:
-        from ._errors import UnsupportedError
-        from .models import TINY_GEMMA3N_VLLM_ONLY
+        from .._errors import UnsupportedError
+        from ._registry import TINY_GEMMA3N_VLLM_ONLY
 
         raise UnsupportedError(f"{name} has no gemma-format checkpoint: {TINY_GEMMA3N_VLLM_ONLY} "
-                               "(its Hugging Face folder: backends.tiny.ensure_gemma3n())")
+                               "(its Hugging Face folder: backends.models.ensure_tiny_gemma3n())")
     if name not in RECIPES:
-        from ._errors import InputError
+        from .._errors import InputError
 
         raise InputError(f"no tiny model {name!r}; tiny models: {', '.join(RECIPES)} "
                          "(real models: paritybench models list)")
@@ -96,7 +97,7 @@ def _check(name: str) -> None:
 
 def ensure(name: str) -> Path:
     """The tiny model's folder, built on first use."""
-    _check(name)
+    check_buildable(name)
     d = default_dir(name)
     if not (d / ".complete").is_file():
         build(name, d)
@@ -108,7 +109,7 @@ def init_params(arch: GemmaArch, *, seed: int, sharpen: float) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from .models import gemma_model_class
+    from ._registry import gemma_model_class
 
     model = gemma_model_class(arch)(dtype=jnp.float32 if arch.dtype == "float32" else jnp.bfloat16)
     kw = {}
@@ -137,7 +138,7 @@ def init_params(arch: GemmaArch, *, seed: int, sharpen: float) -> dict:
 
 def build(name: str, out: Path | None = None) -> Path:
     """Build tiny model `name` into `out` (default: the cache folder); returns the folder."""
-    _check(name)
+    check_buildable(name)
     r = RECIPES[name]
     final = Path(out) if out is not None else default_dir(name)
     tmp = _ckpt.atomic_dir(final)
@@ -154,7 +155,7 @@ def build(name: str, out: Path | None = None) -> Path:
 # ------------------------------------------------------------------------------ tiny-gemma3n (vLLM only)
 
 GEMMA3N = "tiny-gemma3n"
-GEMMA3N_BUILDER = Path(__file__).with_name("tiny_gemma3n_build.py")
+GEMMA3N_BUILDER = SCRIPTS / "tiny_gemma3n_build.py"
 GEMMA3N_BUILD_TIMEOUT_S = 900.0
 _BUILDER_PACKAGES = ("torch", "transformers", "timm", "sentencepiece", "safetensors")
 
@@ -191,8 +192,8 @@ def ensure_gemma3n() -> Path:
     import subprocess
     import time
 
-    from ._errors import ModelError
-    from .vllm_server import vllm_env_dir
+    from .._envs import vllm_env_dir
+    from .._errors import ModelError
 
     env = vllm_env_dir()
     python = env / "bin" / "python"

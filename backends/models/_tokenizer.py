@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import arch as _arch
+from . import _arch
 
 CORPUS = Path(__file__).parent / "data" / "tokenizer_corpus.txt"
 FULL_VOCAB = 262_144
@@ -124,7 +124,7 @@ def vocab_size(spm_path: Path) -> int:
     return spm.SentencePieceProcessor(model_file=str(spm_path)).GetPieceSize()
 
 
-def write_hf_tokenizer(spm_path: Path, out_dir: Path, arch: "_arch.GemmaArch") -> None:
+def write_hf_tokenizer(spm_path: Path, out_dir: Path, arch: _arch.GemmaArch) -> None:
     """Write tokenizer.model, tokenizer.json, tokenizer_config.json and chat_template.jinja.
 
     The fast tokenizer is converted from the same SentencePiece model by transformers (no torch
@@ -167,7 +167,7 @@ def render_chat(request) -> str:
     The same logic as `CHAT_TEMPLATE` (which the Hugging Face folder carries for vLLM), so both
     backends see the same prompt; the prompt-token parity check verifies it on every run.
     """
-    from ._types import ImagePart, TextPart
+    from .._types import ImagePart, TextPart
 
     msgs = list(request.messages)
     prefix = ""

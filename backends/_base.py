@@ -1,0 +1,86 @@
+"""What every engine shares: argument checks, capability checks, warm-up timing, liveness, the
+context manager. Engines subclass `BaseBackend` and implement the rest of `Backend`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from ._errors import InputError
+from ._types import Capabilities, Request, SamplingParams
+
+MAX_TOP_LOGPROBS = 20
+
+
+class BaseBackend:
+    name: ClassVar[str]
+    model: str
+    capabilities: Capabilities
+    load_s: float | None = None
+    warmup_s: float | None = None
+
+    # ---------------------------------------------------------------- shared checks
+
+    def check_requests(self, requests: Sequence[Request]) -> None:
+        """Every request's modalities are supported (else `UnsupportedError` naming the reason)."""
+        for r in requests:
+            self.capabilities.check(r, self.name)
+
+    def check_top(self, top_logprobs: int, what: str = "top_logprobs") -> None:
+        limit = self.capabilities.max_top_logprobs
+        if top_logprobs > limit:
+            raise InputError(f"{what}={top_logprobs}: the {self.name} engine returns at most {limit} alternatives")
+
+    def check_ids(self, ids: Sequence[int], what: str) -> None:
+        """Every id indexes into the vocabulary (when the engine knows its size)."""
+        n = self.vocab_size
+        if n is None:
+            return
+        bad = [t for t in ids if not 0 <= int(t) < n]
+        if bad:
+            raise InputError(f"{what} has ids outside the vocabulary (0..{n - 1}): {bad[:5]}")
+
+    def check_score_args(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]],
+                         top_logprobs: int) -> None:
+        if len(requests) != len(continuation_ids):
+            raise InputError(f"score: {len(requests)} requests but {len(continuation_ids)} continuations")
+        self.check_top(top_logprobs)
+        self.check_requests(requests)
+        for i, (r, cont) in enumerate(zip(requests, continuation_ids)):
+            self.check_ids(cont, f"score: request {r.id or i}")
+
+    def check_score_ids(self, ids: Sequence[int], top_logprobs: int) -> list[int]:
+        out = [int(t) for t in ids]
+        if len(out) < 2:
+            raise InputError("score_ids needs at least two ids (the first is only context)")
+        self.check_top(top_logprobs)
+        self.check_ids(out, "score_ids")
+        return out
+
+    @property
+    def vocab_size(self) -> int | None:
+        return None
+
+    # ---------------------------------------------------------------- lifetime
+
+    def warm_up(self) -> None:
+        """Answer one tiny request and record how long it took (`warmup_s`)."""
+        t0 = time.perf_counter()
+        self.generate([Request.from_text("Hello")], SamplingParams(max_tokens=2, logprobs=1))  # type: ignore[attr-defined]
+        self.warmup_s = time.perf_counter() - t0
+
+    def check_alive(self) -> None:
+        """In-process engines are alive while the process is."""
+
+    def guide_facts(self) -> dict[str, str]:
+        return {}
+
+    def close(self) -> None:
+        """Release what the engine holds."""
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

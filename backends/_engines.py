@@ -1,0 +1,52 @@
+"""Engines as plug-ins: a name -> the class that implements `Backend` for it.
+
+The three engines paritybench ships are listed here; another package adds its own through the
+`paritybench.engines` entry-point group (`name = "package.module:Class"`), and nothing in the
+harness changes. Engines are imported only when asked for (each pulls in its own libraries).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+from typing import Any
+
+from ._errors import InputError
+from ._protocol import Backend
+
+BUILTIN = {
+    "vllm": "backends.vllm:VllmBackend",  # a vLLM server through its OpenAI-compatible API
+    "jax": "backends.jax:JaxBackend",  # Google DeepMind's gemma library, in process
+    "hf": "backends.hf:HfBackend",  # Hugging Face transformers, in process
+}
+ENTRY_POINT_GROUP = "paritybench.engines"
+
+
+def engines() -> dict[str, str]:
+    """Every engine name -> "module:Class" (built-ins, then installed plug-ins)."""
+    found = dict(BUILTIN)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def engine_class(name: str) -> type:
+    known = engines()
+    if name not in known:
+        raise InputError(f"unknown engine {name!r}; choose one of: {', '.join(known)}")
+    module, _, attr = known[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def get(name: str, *, model: str, **options: Any) -> Backend:
+    """The engine `name` serving `model` (registry name, folder path or Hugging Face id). An option
+    the engine does not take is refused in one line, before anything loads."""
+    cls = engine_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepted = [p for p in params if p not in ("self", "model") and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown and not takes_any:
+        raise InputError(f"the {name} engine takes no option {unknown[0]!r}; its options: {', '.join(accepted)}")
+    return cls(model, **options)

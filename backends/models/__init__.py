@@ -1,0 +1,73 @@
+"""Model plumbing: the registry, one resolver, the architecture description, the tokenizer, gemma
+checkpoints, gemma <-> Hugging Face conversion and the embedded tiny models.
+
+    from backends import models
+    m = models.resolve("tiny-gemma3", want="hf")     # ResolvedModel(gemma_dir=..., hf_dir=...)
+    models.ensure_tiny("tiny-gemma3-vision")          # built on first use, cached
+    models.gemma_dir_to_hf(src, dst)                  # the converter behind `paritybench convert`
+
+Engines never read a model path themselves: they call `resolve` and load what it returns.
+"""
+
+from ._arch import (
+    BOS,
+    END_OF_IMAGE,
+    END_OF_TURN,
+    EOS,
+    PAD,
+    START_OF_IMAGE,
+    START_OF_TURN,
+    GemmaArch,
+    ModelCard,
+    VisionArch,
+)
+from ._checkpoint import (
+    CARD,
+    PARAMS,
+    TOKENIZER,
+    atomic_dir,
+    commit_dir,
+    dir_fingerprint,
+    load_params,
+    read_card,
+    save_params,
+    tree_digest,
+    write_model_dir,
+)
+from ._convert import gemma_dir_to_hf, hf_dir_to_gemma, hf_to_params, params_to_hf
+from ._registry import (
+    GEMMA3N_TEXT_ONLY,
+    NO_AUDIO_GEMMA3,
+    REGISTRY,
+    TINY_GEMMA3N_VLLM_ONLY,
+    ModelSpec,
+    abstract_params,
+    download_kaggle,
+    find_spec,
+    gemma_model_class,
+    get_spec,
+    is_path,
+    locate_kaggle_download,
+    looks_like_hf_id,
+    real_model,
+)
+from ._resolve import ResolvedModel, converted, resolve
+from ._tiny import GEMMA3N as TINY_GEMMA3N
+from ._tiny import RECIPES as TINY_RECIPES
+from ._tiny import build as build_tiny
+from ._tiny import cache_root
+from ._tiny import ensure as ensure_tiny
+from ._tiny import ensure_gemma3n as ensure_tiny_gemma3n
+from ._tokenizer import CHAT_TEMPLATE, CORPUS, FULL_VOCAB, IMAGE_SOFT_TOKEN, render_chat
+from ._tokenizer import train_tiny as train_tiny_tokenizer
+
+__all__ = [
+    "BOS", "CARD", "CHAT_TEMPLATE", "CORPUS", "END_OF_IMAGE", "END_OF_TURN", "EOS", "FULL_VOCAB",
+    "GEMMA3N_TEXT_ONLY", "IMAGE_SOFT_TOKEN", "NO_AUDIO_GEMMA3", "PAD", "PARAMS", "REGISTRY", "START_OF_IMAGE",
+    "START_OF_TURN", "TINY_GEMMA3N", "TINY_GEMMA3N_VLLM_ONLY", "TINY_RECIPES", "TOKENIZER", "GemmaArch",
+    "ModelCard", "ModelSpec", "ResolvedModel", "VisionArch", "abstract_params", "atomic_dir", "build_tiny", "cache_root",
+    "commit_dir", "converted", "dir_fingerprint", "download_kaggle", "ensure_tiny", "ensure_tiny_gemma3n", "find_spec",
+    "gemma_dir_to_hf", "gemma_model_class", "get_spec", "hf_dir_to_gemma", "hf_to_params", "is_path",
+    "load_params", "locate_kaggle_download", "looks_like_hf_id", "params_to_hf", "read_card", "real_model",
+    "render_chat", "resolve", "save_params", "train_tiny_tokenizer", "tree_digest", "write_model_dir",
+]
