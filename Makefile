@@ -3,7 +3,7 @@
 #   make test   set up everything, then run the test suite
 # Both are idempotent: the two environments are built once and reused (scripts/ensure_env.sh for
 # the harness and the gemma library, scripts/ensure_vllm_env.sh for the vLLM server).
-.PHONY: demo test env bench clean
+.PHONY: demo test lint env bench clean
 
 OUT ?= out/demo
 
@@ -14,9 +14,14 @@ env:
 demo: env
 	.venv/bin/paritybench compare --out $(OUT) --force
 
-test: env
+test: env lint
 	@scripts/ensure_chromium.sh
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest --durations=10 $(PYTEST_ARGS)
+
+# ruff (lint + import order) and mypy (types), configured in pyproject.toml
+lint: env
+	.venv/bin/ruff check backends harness evals tests benchmarks scripts
+	.venv/bin/mypy
 
 bench: env
 	.venv/bin/python benchmarks/jax_compile_vs_steady.py

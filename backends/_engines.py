@@ -43,9 +43,9 @@ def get(name: str, *, model: str, **options: Any) -> Backend:
     """The engine `name` serving `model` (registry name, folder path or Hugging Face id). An option
     the engine does not take is refused in one line, before anything loads."""
     cls = engine_class(name)
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters  # the constructor's, without self
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    accepted = [p for p in params if p not in ("self", "model") and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    accepted = [p for p in params if p != "model" and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
     unknown = sorted(set(options) - set(accepted))
     if unknown and not takes_any:
         raise InputError(f"the {name} engine takes no option {unknown[0]!r}; its options: {', '.join(accepted)}")

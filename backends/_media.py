@@ -81,7 +81,7 @@ def downscaled(path: Path, max_side: int = MAX_IMAGE_SIDE) -> np.ndarray | None:
         if max(im.size) <= max_side:
             return None
         k = max_side / max(im.size)
-        small = im.convert("RGB").resize((max(1, round(im.width * k)), max(1, round(im.height * k))), Image.LANCZOS)
+        small = im.convert("RGB").resize((max(1, round(im.width * k)), max(1, round(im.height * k))), Image.Resampling.LANCZOS)
     return np.asarray(small, dtype=np.uint8)
 
 
@@ -148,7 +148,7 @@ def read_wav(path: Path, data: bytes | None = None) -> tuple[np.ndarray, int]:
     except (wave.Error, EOFError) as e:
         raise InputError(f"audio file {path}: not a readable PCM WAV file ({e or 'empty'}); convert it to 16-bit WAV") from None
     if width == 1:
-        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
+        x: np.ndarray = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
     elif width in (2, 4):
         x = np.frombuffer(raw, f"<i{width}").astype(np.float32) / float(2 ** (8 * width - 1))
     elif width == 3:

@@ -289,6 +289,7 @@ def serve(
                          quantization, speculative_config, enforce_eager, ctx.args)
     m = models.resolve(model, want="hf")
     defaults = {"dtype": m.dtype} if m.dtype else {}
+    assert m.hf_source is not None  # resolve(want="hf") always names a folder or a hub id
     with VllmServer(m.hf_source, served_model_name=m.name, **{**defaults, **opts}) as server:
         console.print(f"vLLM serving {m.name} at [bold]{server.url}[/] (healthy after {server.startup_s:.1f} s; "
                       f"log {server.log_path}); Ctrl-C stops it")
@@ -399,7 +400,7 @@ def _options_of(engine: str) -> list[str]:
 
     import backends
 
-    return list(inspect.signature(backends.engine_class(engine).__init__).parameters)
+    return list(inspect.signature(backends.engine_class(engine)).parameters)  # the constructor's, without self
 
 
 def _print_level(r: dict) -> None:

@@ -160,13 +160,16 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                     key = f"{x}-{y}"
                     pair_reused = reused if len(pairs) == 1 else {}  # resume keeps prompts of a two-sided run
                     todo = [r for r in requests if r.id not in pair_reused]
+
+                    def on_prompt(p: parity.PromptParity, key: str = key) -> None:
+                        rec.add("parity_prompt", {**p.model_dump(mode="json"), "pair": key})
+                        stop_point()
+
                     with console.status(f"parity {x} vs {y} on {len(todo)} prompts (greedy, {config.max_tokens} "
                                         "tokens, teacher-forced log-probs)"):
                         rep = parity.compare(
                             sides[x], sides[y], todo, max_tokens=config.max_tokens, top_k=config.top_k_logprobs,
-                            tolerance=tol,
-                            on_prompt=lambda p, k=key: (rec.add("parity_prompt", {**p.model_dump(mode="json"),
-                                                                                  "pair": k}), stop_point()))
+                            tolerance=tol, on_prompt=on_prompt)
                     stop_point()
                     reports[key] = _in_suite_order(rep, suite, pair_reused)
                     rec.add("parity", {"pair": key, "verdict": reports[key].verdict,
@@ -247,6 +250,7 @@ def _answers(side: backends.Backend, suite: suites.Suite, sampling: SamplingPara
         except backends.UnsupportedError as e:
             rows[sp.id] = {"id": sp.id, "unsupported": str(e)}
     for r, g in zip(runnable, parity.generate_each(side, runnable, sampling)):
+        assert r.id is not None  # a suite's requests carry their prompt's id
         if isinstance(g, Exception):
             rows[r.id] = {"id": r.id, "error": str(g)}
         else:
@@ -263,18 +267,20 @@ def score_all(suite: suites.Suite, texts: dict[str, dict[str, str | None]], name
     answered) and the difference of the first two."""
     from . import scoring
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for sp in suite.prompts:
         if not sp.scorer:
             continue
         got = texts.get(sp.id, {})
         row = {"id": sp.id, "scorer": sp.scorer, "reference": sp.reference}
         for n in names:
-            row[n] = None if got.get(n) is None else scoring.score(sp.scorer, sp.reference, got[n], sp.tolerance)
+            answer = got.get(n)
+            row[n] = None if answer is None else scoring.score(sp.scorer, sp.reference, answer, sp.tolerance)
         rows.append(row)
     both = [r for r in rows if all(r[n] is not None for n in names)]
     acc = {n: scoring.accuracy([r[n] for r in both]) for n in names}
-    diff = acc[names[0]] - acc[names[1]] if len(names) == 2 and None not in acc.values() else None
+    first, second = (acc[names[0]], acc[names[1]]) if len(names) == 2 else (None, None)
+    diff = first - second if first is not None and second is not None else None
     return {"prompts": rows, "scored": len(both), "accuracy": acc, "difference": diff}
 
 

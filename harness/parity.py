@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -37,10 +37,12 @@ from backends import (
     Backend,
     BackendGone,
     CausalImageScoring,
+    Generation,
     ImagePart,
     ImagePixels,
     ImagePixelsResult,
     InputError,
+    ModelError,
     ParitybenchError,
     Request,
     SamplingParams,
@@ -293,10 +295,13 @@ def position_profile(a: Backend, b: Backend, tol: Tolerance, top_k: int = 5) -> 
     sa, sb = a.score_ids(ids, top_logprobs=top_k), b.score_ids(ids, top_logprobs=top_k)
     d = np.abs(np.array(sa.logprobs) - np.array(sb.logprobs))
     bad = np.nonzero(d > tol.logprob_pass)[0]
-    _, _, argmax, ranks = topk_stats(sa.top_logprobs, sb.top_logprobs)
+    top_a, top_b = sa.top_logprobs, sb.top_logprobs
+    if top_a is None or top_b is None:
+        raise ModelError(f"{(a if top_a is None else b).name} returned no top log-probs (top_logprobs={top_k})")
+    _, _, argmax, ranks = topk_stats(top_a, top_b)
     # spread of each side's top-k log-probs over the same ids: a soft-cap narrows every position
     ratios = []
-    for ta, tb in zip(sa.top_logprobs, sb.top_logprobs):
+    for ta, tb in zip(top_a, top_b):
         db = dict(tb)
         shared = [t for t, _ in ta if t in db]
         if len(shared) >= 2:
@@ -360,19 +365,24 @@ def _max_gap(scores, gen) -> float:
     return max((abs(x - y) for x, y in zip(scores.logprobs, gen.logprobs)), default=0.0)
 
 
+class _CausalScorer(Backend, CausalImageScoring, Protocol):
+    """A side that can score with causal attention inside images."""
+
+
 def _explain_images(a: Backend, b: Backend, r: Request, ga, gb, tol: Tolerance, before: float,
                     res: PromptParity, verdicts: list[Verdict], pixels: dict[str, ImagePixelsResult | None]) -> None:
     """Cross-checks for an image prompt that differs: a side that can score with causal attention
     inside images (`CausalImageScoring`) re-scores the other side's output (1) that way, (2) also fed
     the other side's resized pixels. A cause is named with the gap before and after; it explains
     the difference when the gap falls below a tenth."""
-    checks = [(s, o, go) for s, o, go in ((a, b, gb), (b, a, ga)) if isinstance(s, CausalImageScoring)]
+    checks: list[tuple[_CausalScorer, Backend, Any]] = [
+        (s, o, go) for s, o, go in ((a, b, gb), (b, a, ga)) if isinstance(s, CausalImageScoring)]
     if not checks:
         return
-    best: tuple[float, Backend, Backend, Any] | None = None
+    best: tuple[float, _CausalScorer, Backend, Any] | None = None
     for scorer, other, other_gen in checks:
         try:
-            [causal] = scorer.score_causal_images([r], [other_gen.token_ids])  # type: ignore[attr-defined]
+            [causal] = scorer.score_causal_images([r], [other_gen.token_ids])
         except ParitybenchError as e:
             res.reasons.append(f"image cross-check on {scorer.name} unavailable: {e}")
             continue
@@ -396,7 +406,7 @@ def _explain_images(a: Backend, b: Backend, r: Request, ga, gb, tol: Tolerance, 
     closed = after <= tol.logprob_pass
     theirs = pixels.get(other.name)
     if attention.explains and not closed and res.image_pixel_max_abs and theirs is not None:
-        [both] = scorer.score_causal_images([with_images(r, theirs.resized)], [other_gen.token_ids])  # type: ignore[attr-defined]
+        [both] = scorer.score_causal_images([with_images(r, theirs.resized)], [other_gen.token_ids])
         final = _max_gap(both, other_gen)
         closed = final <= tol.logprob_pass
         resize = Cause(
@@ -427,7 +437,7 @@ def generate_each(backend: Backend, reqs: list[Request], s: SamplingParams) -> l
     except BackendGone:
         raise
     except ParitybenchError:
-        out = []
+        out: list[Generation | ParitybenchError] = []
         for r in reqs:
             try:
                 out.append(backend.generate([r], s)[0])
@@ -567,9 +577,9 @@ def _compare_prompt(a: Backend, b: Backend, pid: str, r: Request, ga, gb, tol: T
         pairs[f"{a.name} output"] = (ga, sb_on_a)
     if sa_on_b is not None and not isinstance(sa_on_b, Exception):
         pairs[f"{b.name} output"] = (sa_on_b, gb)
-    for scorer, other, e in ((a, b, sa_on_b), (b, a, sb_on_a)):
-        if isinstance(e, Exception):
-            res.reasons.append(f"{scorer.name} cannot score {other.name}'s output: {e}")
+    for scorer, other, err in ((a, b, sa_on_b), (b, a, sb_on_a)):
+        if isinstance(err, Exception):
+            res.reasons.append(f"{scorer.name} cannot score {other.name}'s output: {err}")
     if not pairs:  # fall back on the generation log-probs over the shared prefix (same context)
         n = _first_diff(ga.token_ids, gb.token_ids)
         pairs["shared prefix"] = (_cut(ga, n), _cut(gb, n))
@@ -649,8 +659,8 @@ def arbitrate(names: Sequence[str], reports: dict[str, ParityReport]) -> list[Ar
             causes = [c for k in pairs if odd in k.split("-") for c in rows[k].causes if c.explains]
             unique = {c.name: c for c in causes}
             named = ", ".join(unique) or "no cause named"
-            others = " and ".join(m for m in names if m != odd)
-            line = f"{others} agree; {odd} is the odd one out ({named})"
+            rest = " and ".join(m for m in names if m != odd)
+            line = f"{rest} agree; {odd} is the odd one out ({named})"
             causes = list(unique.values())
         else:
             line = "no side stands alone: " + (", ".join(agree) + " agree" if agree else "no two sides agree")

@@ -127,7 +127,8 @@ def guide_table(results: dict) -> tuple[list[str], list[tuple[str, ...]]]:
         cells["Setup"][name] += f"; set up in {_s(s.get('setup_s'))}"
         cells["Model loading"][name] += f"; load {_s(s.get('load_s'))}"
         m = peak_memory(results, name)
-        mem = [f"peak KV-cache use {m['kv_cache_usage'] * 100:.2g}%"] if m.get("kv_cache_usage") is not None else []
+        kv = m.get("kv_cache_usage")
+        mem = [f"peak KV-cache use {kv * 100:.2g}%"] if kv is not None else []
         mem.append(f"RSS peak {_gib(m['rss_bytes'])}")
         if m.get("live_array_bytes"):
             mem.append(f"live arrays {_gib(m['live_array_bytes'])}")

@@ -26,6 +26,7 @@ own and the suite's other prompts still run (`read`); `load` is the strict form.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -158,7 +159,8 @@ def read(path: str | Path) -> Suite:
     seen: dict[str, int | None] = {}
     for i, raw in enumerate(spec.prompts):
         line = yamlio.line_of(node, ["prompts", i])
-        pid = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else f"prompt-{i + 1}"
+        raw_id = raw.get("id") if isinstance(raw, dict) else None
+        pid = raw_id if isinstance(raw_id, str) else f"prompt-{i + 1}"
         try:
             p = yamlio.validate(PromptSpec, raw, path, node, prefix=["prompts", i])
             if p.id in seen:
@@ -182,7 +184,7 @@ def load(path: str | Path) -> tuple[str, list[Request]]:
     return suite.name, suite.requests
 
 
-def check(paths: list[str | Path]) -> list[str]:
+def check(paths: Sequence[str | Path]) -> list[str]:
     """Every problem in the given suite files (empty: all good), each one line."""
     problems: list[str] = []
     for p in paths:
@@ -207,7 +209,7 @@ def _media_path(path: Path, rel: str, allow_outside: bool) -> tuple[Path, str | 
 
 
 def _request(p: PromptSpec, path: Path, node, i: int, allow_outside: bool = False) -> Request:
-    msgs = []
+    msgs: list[dict[str, Any]] = []
     for j, m in enumerate(p.messages):
         if isinstance(m.content, str):
             msgs.append({"role": m.role, "content": m.content})

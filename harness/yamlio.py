@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from backends import InputError
 
@@ -67,7 +68,7 @@ def _real_loc(loc: Sequence[Any]) -> list[Any]:
     return [x for x in loc if not (isinstance(x, str) and (x in _TYPE_TAGS or "[" in x or x.startswith("function-")))]
 
 
-def _most_telling(errors: list[dict]) -> dict:
+def _most_telling(errors: list[ErrorDetails]) -> ErrorDetails:
     """An unknown field (most often a typo) first, then the deepest location (a union's right branch)."""
     return min(errors, key=lambda err: (err["type"] != "extra_forbidden", -len(_real_loc(err["loc"]))))
 

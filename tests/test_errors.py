@@ -58,7 +58,7 @@ def test_unknown_model_name_cli():
 
 
 def test_unknown_backend():
-    with pytest.raises(backends.InputError, match="unknown backend 'tpu'; choose one of: jax, vllm"):
+    with pytest.raises(backends.InputError, match="unknown engine 'tpu'; choose one of: vllm, jax, hf"):
         backends.get("tpu", model="tiny-gemma3")
 
 

@@ -45,10 +45,10 @@ class _CompileStats:
         self.seconds = 0.0
         self._lock = threading.Lock()
 
-    def __call__(self, event: str, duration: float, **_: Any) -> None:
+    def __call__(self, event: str, duration_secs: float, **_: Any) -> None:
         if event.startswith("/jax/core/compile/"):
             with self._lock:
-                self.seconds += duration
+                self.seconds += duration_secs
                 if event.endswith("backend_compile_duration"):
                     self.count += 1
 
@@ -117,6 +117,7 @@ class JaxBackend(BaseBackend):
             self._model = models.gemma_model_class(self.arch)(dtype=jdtype)
         else:
             ckpt_path, tok_path = self._real_sources(checkpoint, tokenizer)
+            assert self.spec is not None  # _real_sources checked it
             self._model = models.real_model(self.spec, text_only=text_only)
             self._model = type(self._model)(**{**_model_kwargs(self._model), "dtype": jdtype})
         self._tokenizer = self._load_tokenizer(tok_path)
@@ -235,6 +236,7 @@ class JaxBackend(BaseBackend):
             return ids
         expanded = _gemma.expand_image_tokens(ids, n_img, self._model.config.vision_encoder.num_mm_tokens_per_image)
         soft = self.arch.hf_image_token_id if self.arch else 262144
+        assert soft is not None  # capabilities.check refused images for a model without vision
         placeholder = _gemma.soft_token_placeholder()
         return [soft if t == placeholder else int(t) for t in expanded]
 
@@ -283,7 +285,7 @@ class JaxBackend(BaseBackend):
             raise InputError(f"logprobs={sampling.logprobs}: the JAX backend returns at most {TOP_K_MAX} alternatives")
         prepared = [(r, self._text_ids(r), self._images(r)) for r in requests]
         # The sampler batches prompts whose images have the same shapes; group by that.
-        groups: dict[tuple, list[int]] = {}
+        groups: dict[tuple[int, ...] | None, list[int]] = {}
         for i, (_, _, im) in enumerate(prepared):
             groups.setdefault(None if im is None else im.shape, []).append(i)
         results: list[Generation | None] = [None] * len(requests)
@@ -293,7 +295,8 @@ class JaxBackend(BaseBackend):
             for start in range(0, len(idx), self.max_batch_size):
                 chunk = idx[start:start + self.max_batch_size]
                 prompts = [models.render_chat(prepared[i][0]) for i in chunk]
-                images = None if shape is None else np.stack([prepared[i][2] for i in chunk])
+                # every image array of a group with a shape is there
+                images = None if shape is None else np.stack([im for i in chunk if (im := prepared[i][2]) is not None])
                 n_mm = 0 if shape is None else shape[0] * (self._model.config.vision_encoder.num_mm_tokens_per_image + 3)
                 longest = max(len(prepared[i][1]) for i in chunk) + n_mm
                 cache_length = self._cache_length or _bucket(_bucket(longest) + max_out, PAD_BUCKETS[3:])

@@ -180,6 +180,8 @@ def real_model(spec: ModelSpec, *, text_only: bool = False) -> Any:
     """The gemma library's model object for a registry entry (no weights)."""
     from gemma import gm
 
+    if spec.gemma_class is None:
+        raise ModelError(f"{spec.name} has no gemma library model class: it is built locally, not by the gemma library")
     cls = getattr(gm.nn, spec.gemma_class)
     if spec.gemma_class.startswith("Gemma3_") and spec.gemma_class != "Gemma3_1B":
         return cls(text_only=text_only)

@@ -71,6 +71,9 @@ def train_tiny(vocab_size: int = 1024, *, full: bool = False) -> bytes:
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2 as pb
 
+    # generated protobuf module: its classes are made at import time, so mypy cannot see them
+    ModelProto = pb.ModelProto  # type: ignore[attr-defined]
+
     lines = [ln for ln in CORPUS.read_text(encoding="utf-8").splitlines() if ln.strip()]
     user_defined = (
         ["<mask>", "[multimodal]"] + [f"<unused{i}>" for i in range(99)]
@@ -86,27 +89,27 @@ def train_tiny(vocab_size: int = 1024, *, full: bool = False) -> bytes:
         allow_whitespace_only_pieces=True, character_coverage=1.0, hard_vocab_limit=False,
         num_threads=1, minloglevel=2,
     )
-    proto = pb.ModelProto()
+    proto = ModelProto()
     proto.ParseFromString(buf.getvalue())
     assert proto.pieces[_arch.START_OF_TURN].piece == "<start_of_turn>", "special-token layout broke"
     assert proto.pieces[108].piece == "\n\n"
     if full:
-        unused = pb.ModelProto.SentencePiece.Type.UNUSED
-        user = pb.ModelProto.SentencePiece.Type.USER_DEFINED
+        unused = ModelProto.SentencePiece.Type.UNUSED
+        user = ModelProto.SentencePiece.Type.USER_DEFINED
         k = 99
 
         def filler():
             nonlocal k
             k += 1
-            return pb.ModelProto.SentencePiece(piece=f"<unused{k - 1}>", score=0.0, type=unused)
+            return ModelProto.SentencePiece(piece=f"<unused{k - 1}>", score=0.0, type=unused)
 
         while len(proto.pieces) < _arch.START_OF_IMAGE:
             proto.pieces.append(filler())
         for piece in ("<start_of_image>", "<end_of_image>"):
-            proto.pieces.append(pb.ModelProto.SentencePiece(piece=piece, score=0.0, type=user))
+            proto.pieces.append(ModelProto.SentencePiece(piece=piece, score=0.0, type=user))
         while len(proto.pieces) < FULL_VOCAB - 1:
             proto.pieces.append(filler())
-        proto.pieces.append(pb.ModelProto.SentencePiece(piece=IMAGE_SOFT_TOKEN, score=0.0, type=user))
+        proto.pieces.append(ModelProto.SentencePiece(piece=IMAGE_SOFT_TOKEN, score=0.0, type=user))
     return proto.SerializeToString()
 
 

@@ -29,9 +29,9 @@ import json
 import os
 import threading
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -53,6 +53,9 @@ from .._types import (
     TokenScores,
 )
 from ._server import VllmServer, advice_for, attach, root_url
+
+if TYPE_CHECKING:
+    import aiohttp
 
 T = TypeVar("T")
 _NO_AUDIO = "Gemma 3 has no audio encoder"
@@ -86,7 +89,7 @@ def _audio_payload(part: AudioPart) -> dict[str, str]:
 def openai_messages(request: Request) -> list[dict[str, Any]]:
     """The request as OpenAI chat messages: a message of one text part as a plain string (the
     common case, and vLLM's cheaper path), others as a list of parts."""
-    out = []
+    out: list[dict[str, Any]] = []
     for m in request.messages:
         if len(m.content) == 1 and isinstance(m.content[0], TextPart):
             out.append({"role": m.role, "content": m.content[0].text})
@@ -131,7 +134,7 @@ class VllmBackend(BaseBackend):
         self.load_s: float | None = None
         self.warmup_s: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._session = None
+        self._session: aiohttp.ClientSession | None = None
         t0 = time.perf_counter()
         if url is not None:
             if server_options:
@@ -145,6 +148,7 @@ class VllmBackend(BaseBackend):
             self.hf_dir = str(resolved.hf_dir) if resolved.hf_dir is not None else None
             defaults = {"dtype": resolved.dtype} if resolved.dtype else {}
             opts = {"served_model_name": resolved.name, **defaults, **server_options}
+            assert resolved.hf_source is not None  # resolve(want="hf") always names a folder or a hub id
             self.server = VllmServer(resolved.hf_source, api_key=self._api_key, **opts)
             self.server.start()
             self.url = self.server.url
@@ -241,8 +245,10 @@ class VllmBackend(BaseBackend):
 
         self._run(make())
 
-    def _run(self, coro: Awaitable[T]) -> T:
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None:
+            raise RuntimeError("VllmBackend used after close()")
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return fut.result()
         except BaseException:
@@ -273,7 +279,8 @@ class VllmBackend(BaseBackend):
     async def _request(self, method: str, path: str, what: str, body: dict | None = None):
         """An HTTP response with status 200 (the caller reads it), or the server's error as ours:
         HTTP 400 -> InputError (the request is at fault), anything else -> ModelError."""
-        resp = await self._session.request(method, path, json=body)  # type: ignore[union-attr]
+        assert self._session is not None  # made by _start_loop, before any request
+        resp = await self._session.request(method, path, json=body)
         if resp.status == 200:
             return resp
         try:
@@ -343,7 +350,7 @@ class VllmBackend(BaseBackend):
         """What this side is, for the record next to every result (never the API key)."""
         version = self._run(self._get_json("/version")).get("version")
         models = self._run(self._get_json("/v1/models")).get("data", [])
-        served = next((m for m in models if m.get("id") == self.served_model), {})
+        served: dict[str, Any] = next((m for m in models if m.get("id") == self.served_model), {})
         out: dict[str, Any] = {
             "backend": self.name, "model": self.model, "served_model": self.served_model, "url": self.url,
             "managed": self.server is not None, "vllm": version, "max_model_len": served.get("max_model_len"),
@@ -370,7 +377,8 @@ class VllmBackend(BaseBackend):
             return None
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp, "in.npz"), Path(tmp, "out.npz")
-            np.savez(src, **{f"img{i}": p.to_rgb_array() for i, p in enumerate(request.images)})
+            arrays: dict[str, Any] = {f"img{i}": p.to_rgb_array() for i, p in enumerate(request.images)}
+            np.savez(src, **arrays)  # typed Any: mypy would match the names against savez's allow_pickle
             run = subprocess.run([str(py), str(SCRIPTS / "pixels.py"), str(self.hf_dir), str(src), str(dst)],
                                  capture_output=True, text=True, timeout=300)
             if run.returncode != 0:

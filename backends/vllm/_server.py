@@ -30,6 +30,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -175,7 +176,7 @@ class VllmServer:
         api_key: str | None = None,
         colocate_engine_core: bool | None = None,
     ) -> None:
-        from .tiny import cache_root
+        from ..models import cache_root
 
         self.model = str(model)
         self.served_model_name = served_model_name or Path(self.model).name or self.model
@@ -214,7 +215,7 @@ class VllmServer:
         self.placement: dict[str, list[int]] = {}
         self.proc: subprocess.Popen | None = None
         self.startup_s: float | None = None
-        self._log_file = None
+        self._log_file: BinaryIO | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -316,6 +317,7 @@ class VllmServer:
 
         procs = self.process_tree()
         workers = [p for p in procs if _name(p).startswith("VLLM::Worker")]
+        assert self.proc is not None  # only called from start(), once the process runs
         try:
             worker_cores = sorted({c for w in workers for c in w.cpu_affinity()})
             allowed = set(os.sched_getaffinity(self.proc.pid))
@@ -337,6 +339,7 @@ class VllmServer:
         return placed
 
     def _wait_healthy(self, t0: float) -> None:
+        assert self.proc is not None  # only called from start(), once the process runs
         health = self.base_url + "/health"
         with httpx.Client(timeout=5.0) as client:
             while True:
@@ -370,6 +373,7 @@ class VllmServer:
 
         if not self.alive():
             return []
+        assert self.proc is not None  # alive() checked it
         try:
             root = psutil.Process(self.proc.pid)
             return [root, *root.children(recursive=True)]
