@@ -404,23 +404,48 @@ def _explain_images(a: Backend, b: Backend, r: Request, ga, gb, tol: Tolerance, 
     res.causes.append(attention)
     res.reasons.append(f"cause ({attention.name}): {attention.detail}")
     closed = after <= tol.logprob_pass
-    theirs = pixels.get(other.name)
-    if attention.explains and not closed and res.image_pixel_max_abs and theirs is not None:
-        [both] = scorer.score_causal_images([with_images(r, theirs.resized)], [other_gen.token_ids])
-        final = _max_gap(both, other_gen)
-        closed = final <= tol.logprob_pass
-        resize = Cause(
-            name="image-resize-rounding", explains=closed,
-            detail=(f"{other.name}'s image processor ({theirs.processor}) rounds the resized image to uint8, "
-                    f"{scorer.name} resizes in float (max normalised pixel difference {res.image_pixel_max_abs:.3g}); "
-                    f"fed {other.name}'s pixels, {scorer.name}'s gap goes from {after:.3g} to {final:.3g}"),
-            evidence={"max_abs_pixel": res.image_pixel_max_abs, "max_abs_dlogprob_causal": after,
-                      "max_abs_dlogprob_causal_other_pixels": final})
-        res.causes.append(resize)
-        res.reasons.append(f"cause ({resize.name}): {resize.detail}")
-    if attention.explains and closed:
+    if not closed and res.image_pixel_max_abs:
+        _explain_resize(a, b, r, ga, gb, tol, after if explains else before, scorer if explains else None, res,
+                        pixels)
+        closed = any(c.name == "image-resize-rounding" and c.explains for c in res.causes)
+    if closed and any(c.explains for c in res.causes):
         # known, named and confirmed down to float noise: a warning, not a failure
         verdicts[:] = ["warn" if v == "fail" else v for v in verdicts]
+
+
+def _explain_resize(a: Backend, b: Backend, r: Request, ga, gb, tol: Tolerance, gap: float,
+                    causal_scorer: _CausalScorer | None, res: PromptParity,
+                    pixels: dict[str, ImagePixelsResult | None]) -> None:
+    """The sides feed their vision towers different pixels: re-score one side fed the other side's
+    resized image (with causal image attention on `causal_scorer` when that cause was confirmed);
+    the best of the two directions names `image-resize-rounding`, explaining when the gap closes."""
+    tries = []
+    for scorer, other, other_gen in ((a, b, gb), (b, a, ga)):
+        theirs = pixels.get(other.name)
+        if theirs is None or (causal_scorer is not None and scorer is not causal_scorer):
+            continue
+        fn = causal_scorer.score_causal_images if causal_scorer is not None else scorer.score
+        try:
+            [sc] = fn([with_images(r, theirs.resized)], [other_gen.token_ids])
+        except ParitybenchError as e:
+            res.reasons.append(f"pixel cross-check on {scorer.name} unavailable: {e}")
+            continue
+        tries.append((_max_gap(sc, other_gen), scorer, other, theirs))
+    if not tries:
+        return
+    final, scorer, other, theirs = min(tries, key=lambda t: t[0])
+    closed = final <= tol.logprob_pass
+    resize = Cause(
+        name="image-resize-rounding", explains=closed,
+        detail=(f"{other.name}'s image preprocessing ({theirs.processor}) and {scorer.name}'s differ (max normalised "
+                f"pixel difference {res.image_pixel_max_abs:.3g}: one rounds the resized image to uint8, the other "
+                f"resizes in float); fed {other.name}'s resized image, {scorer.name}'s gap goes from {gap:.3g} to "
+                f"{final:.3g}"),
+        evidence={"max_abs_pixel": res.image_pixel_max_abs, "max_abs_dlogprob_causal": gap,
+                  "max_abs_dlogprob_causal_other_pixels": final, "causal_image_attention": causal_scorer is not None,
+                  "rescored_by": scorer.name})
+    res.causes.append(resize)
+    res.reasons.append(f"cause ({resize.name}): {resize.detail}")
 
 
 # ----------------------------------------------------------------------------- the comparison
@@ -623,12 +648,23 @@ class Arbitration(BaseModel):
     line: str
 
 
+# Confirmed causes that lie in the input preprocessing (pixels, prompt tokens), not in the model's
+# computation: two sides that differ only by these compute the same function on what they are fed.
+PREPROCESSING_CAUSES = frozenset({"image-resize-rounding", "newline-merge-before-image", "tokenization"})
+
+
 def _agrees(p: PromptParity) -> bool:
-    """Two sides agree on a prompt when it passes, or warns only on float noise (no named cause
-    explains a difference)."""
+    """Two sides agree on a prompt when it passes, or warns only on float noise or on confirmed
+    differences in input preprocessing (`PREPROCESSING_CAUSES`)."""
     if p.verdict == "pass":
         return True
-    return p.verdict == "warn" and not any(c.explains for c in p.causes)
+    return p.verdict == "warn" and all(c.name in PREPROCESSING_CAUSES for c in p.causes if c.explains)
+
+
+def _agree_text(key: str, p: PromptParity) -> str:
+    x, y = key.split("-")
+    up_to = sorted({c.name for c in p.causes if c.explains})
+    return f"{x} and {y} agree" + (f" (up to {', '.join(up_to)})" if up_to else "")
 
 
 def arbitrate(names: Sequence[str], reports: dict[str, ParityReport]) -> list[Arbitration]:
@@ -659,11 +695,14 @@ def arbitrate(names: Sequence[str], reports: dict[str, ParityReport]) -> list[Ar
             causes = [c for k in pairs if odd in k.split("-") for c in rows[k].causes if c.explains]
             unique = {c.name: c for c in causes}
             named = ", ".join(unique) or "no cause named"
-            rest = " and ".join(m for m in names if m != odd)
-            line = f"{rest} agree; {odd} is the odd one out ({named})"
+            rest = "; ".join(_agree_text(k, rows[k]) for k in pairs if odd not in k.split("-"))
+            line = f"{rest}; {odd} is the odd one out ({named})"
             causes = list(unique.values())
         else:
-            line = "no side stands alone: " + (", ".join(agree) + " agree" if agree else "no two sides agree")
-            causes = []
+            named_list = [f"{k} ({', '.join(dict.fromkeys(c.name for c in rows[k].causes if c.explains)) or 'unexplained'})"
+                     for k in pairs if k not in agree]
+            line = ("no side stands alone: " + (", ".join(agree) + " agree; " if agree else "")
+                    + "differ: " + "; ".join(named_list))
+            causes = [c for k in pairs if k not in agree for c in rows[k].causes if c.explains]
         out.append(Arbitration(id=pid, agreeing_pairs=agree, odd_one_out=odd, causes=causes, line=line))
     return out

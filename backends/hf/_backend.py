@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import os
-import resource
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from .._base import BaseBackend
 from .._errors import InputError, ModelError
 from .._protocol import ImagePixelsResult
+from .._system import peak_rss_bytes
 from .._types import (
     Capabilities,
     Generation,
@@ -54,7 +54,7 @@ class _Encoded:
     token_type_ids: list[int] | None = None
 
 
-class HfBackend:
+class HfBackend(BaseBackend):
     """`Backend` on Hugging Face transformers, in process, on the CPU.
 
     `hf_dir` is a local Hugging Face folder (config.json, model.safetensors, tokenizer files, chat
@@ -97,7 +97,7 @@ class HfBackend:
         self.has_vision = getattr(self._config, "vision_config", None) is not None
         self._model = self._load_model()
         self._processor, self._tokenizer = self._load_tokenizer()
-        self.vocab_size = int(self._config.get_text_config().vocab_size)
+        self._vocab_size = int(self._config.get_text_config().vocab_size)
         self.capabilities = Capabilities(
             modalities=frozenset({"text", "image"} if self.has_vision else {"text"}), streaming=False,
             max_top_logprobs=TOP_K_MAX,
@@ -307,25 +307,16 @@ class HfBackend:
 
     # ---------------------------------------------------------------- scoring
 
-    def _check_ids(self, ids: Sequence[int], what: str) -> None:
-        bad = [int(t) for t in ids if not 0 <= int(t) < self.vocab_size]
-        if bad:
-            raise InputError(f"{what} has ids outside the vocabulary (0..{self.vocab_size - 1}): {bad[:5]}")
-
-    def _check_top(self, top_logprobs: int) -> None:
-        if not 0 <= top_logprobs <= TOP_K_MAX:
-            raise InputError(f"top_logprobs={top_logprobs}: the hf engine returns 0 to {TOP_K_MAX} alternatives")
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
 
     def score(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], *,
               top_logprobs: int = 0, causal_images: bool = False) -> list[TokenScores]:
         """Teacher-forced log-probs of `continuation_ids` after each request's prompt (one forward
         each). `causal_images=True` passes no token types, so image tokens attend causally."""
-        if len(requests) != len(continuation_ids):
-            raise InputError(f"score: {len(requests)} requests but {len(continuation_ids)} continuations")
-        self._check_top(top_logprobs)
+        self.check_score_args(requests, continuation_ids, top_logprobs)
         encoded = [self._encode(r) for r in requests]
-        for i, (r, cont) in enumerate(zip(requests, continuation_ids)):
-            self._check_ids(cont, f"score: request {r.id or i}")
         out = []
         for r, e, cont in zip(requests, encoded, continuation_ids):
             sc = self._score_one(e, [int(t) for t in cont], top_logprobs, causal_images)
@@ -339,11 +330,7 @@ class HfBackend:
 
     def score_ids(self, ids: Sequence[int], *, top_logprobs: int = 0) -> TokenScores:
         """Log-probs of ids[1:], each given the ids before it (no chat template; text only)."""
-        ids = [int(t) for t in ids]
-        if len(ids) < 2:
-            raise InputError("score_ids needs at least two ids (the first is only context)")
-        self._check_top(top_logprobs)
-        self._check_ids(ids, "score_ids")
+        ids = self.check_score_ids(ids, top_logprobs)
         return self._score_one(_Encoded(ids=ids[:1]), ids[1:], top_logprobs, causal_images=False)
 
     def _score_one(self, e: _Encoded, cont: list[int], top: int, causal_images: bool) -> TokenScores:
@@ -403,20 +390,12 @@ class HfBackend:
         import psutil
 
         return MemorySnapshot(backend=self.name, device="cpu", rss_bytes=psutil.Process().memory_info().rss,
-                              peak_rss_bytes=_peak_rss_bytes())
-
-    def check_alive(self) -> None:
-        """In process: alive while the process is."""
+                              peak_rss_bytes=peak_rss_bytes())
 
     def close(self) -> None:
         self._model = None
         gc.collect()
 
-    def __enter__(self) -> HfBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # ------------------------------------------------------------------------- helpers
@@ -451,15 +430,6 @@ def _apply_stop_strings(ids: list[int], stops: Sequence[str],
         if hits:
             return ids[:k], text[: min(hits)], True
     return ids, decode(ids), False
-
-
-def _peak_rss_bytes() -> int:
-    """Peak RSS of this process: Linux's VmHWM, else ru_maxrss."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _first_line(e: BaseException) -> str:
