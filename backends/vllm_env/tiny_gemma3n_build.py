@@ -26,8 +26,8 @@ transformers initialises some tensors (projections, norms) to zero, which would 
 and clip look alike; every all-zero tensor gets seeded noise. The token embedding (tied to the
 output layer) is multiplied by 6 so next-token distributions are peaked, as in `backends.tiny`.
 
-The chat template is the project's Gemma 3 template (`CHAT_TEMPLATE` in backends/tokenizer.py,
-read from the source beside this file, not imported) with Gemma 3n's placeholders: images render
+The chat template is the project's Gemma 3 template (`CHAT_TEMPLATE` in backends/models/_tokenizer.py,
+read from the package source, not imported) with Gemma 3n's placeholders: images render
 as <image_soft_token>, audio as <audio_soft_token>; the processor expands each into
 "\\n\\n<start_of_X>" + N soft tokens + "<end_of_X>\\n\\n".
 """
@@ -64,7 +64,7 @@ def fail(msg: str) -> None:
 
 def chat_template() -> str:
     """The project's Gemma 3 template with Gemma 3n's image and audio placeholders."""
-    src = Path(__file__).with_name("tokenizer.py")
+    src = Path(__file__).resolve().parent.parent / "models" / "_tokenizer.py"
     for node in ast.parse(src.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "CHAT_TEMPLATE" for t in node.targets):
             template = ast.literal_eval(node.value)
