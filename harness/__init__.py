@@ -6,5 +6,6 @@
 
 from .comparison import compare, exit_code
 from .config import BenchSettings, CompareConfig
+from .results import BatchRun, ComparisonResults, ServingRun
 
-__all__ = ["BenchSettings", "CompareConfig", "compare", "exit_code"]
+__all__ = ["BatchRun", "BenchSettings", "CompareConfig", "ComparisonResults", "ServingRun", "compare", "exit_code"]

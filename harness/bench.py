@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from backends import Backend, CompileCounting, MemorySnapshot, Request, SamplingParams, TimedStreaming, peak_rss_bytes
 
 from .metrics import PERCENTILES, RequestRecord, summarize
+from .results import BatchRun, MemorySummary, ServingRun
 
 # Seconds between memory samples. Each vLLM sample scrapes the server's /metrics, which costs the
 # API server CPU: at 0.5 s that cost ~3% of output throughput on 2 cores (medians of 12 rounds).
@@ -113,11 +114,11 @@ class MemorySampler:
         self._thread.join(timeout=30)
         self._sample()
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> MemorySummary:
         """Peak and steady (median) of each field, and the timeline (seconds from the first sample)."""
         out: dict[str, Any] = {"samples": len(self.samples), "interval_s": self.interval}
         if not self.samples:
-            return out
+            return MemorySummary.model_validate(out)
         t0 = self.samples[0].timestamp
         fields = ("rss_bytes", "live_array_bytes", "device_bytes_in_use", "device_peak_bytes", "kv_cache_usage",
                   "requests_running", "requests_waiting")
@@ -131,7 +132,7 @@ class MemorySampler:
             out[f"peak_{f}"] = max(known)
             out[f"steady_{f}"] = float(np.median(known))
         out["timeline"] = timeline
-        return out
+        return MemorySummary.model_validate(out)
 
 
 # ----------------------------------------------------------------------------- vLLM
@@ -151,7 +152,7 @@ def arrival_offsets(n: int, request_rate: float, burstiness: float = 1.0, seed: 
 
 def run_serving(backend: Backend, workload: Workload, *, max_concurrency: int | None = None,
                 request_rate: float = math.inf, burstiness: float = 1.0, warmups: int = 1,
-                percentiles: Sequence[float] = PERCENTILES, memory_interval: float = MEMORY_INTERVAL_S) -> dict[str, Any]:
+                percentiles: Sequence[float] = PERCENTILES, memory_interval: float = MEMORY_INTERVAL_S) -> ServingRun:
     """One level: the whole workload through an engine that streams (`TimedStreaming`), each request
     timed token by token, at most `max_concurrency` in flight."""
     if not isinstance(backend, TimedStreaming):
@@ -171,7 +172,7 @@ def run_serving(backend: Backend, workload: Workload, *, max_concurrency: int | 
         else:
             records.append(RequestRecord.from_token_times(start, result.timings.token_times_s or [],
                                                           len(result.prompt_ids), request_id=req.id))
-    out: dict[str, Any] = {
+    return ServingRun.model_validate({
         "backend": backend.name, "mode": "serving", "level": max_concurrency,
         "num_prompts": len(pairs), "max_concurrency": max_concurrency,
         "request_rate": "inf" if math.isinf(request_rate) else request_rate, "burstiness": burstiness,
@@ -181,15 +182,14 @@ def run_serving(backend: Backend, workload: Workload, *, max_concurrency: int | 
         "latencies": [r.latency for r in records], "errors": [r.error or "" for r in records],
         "memory": mem.summary(),
         "harness_peak_rss_bytes": peak_rss_bytes(),
-    }
-    return out
+    })
 
 
 # ----------------------------------------------------------------------------- batches
 
 
 def run_batched(backend: Backend, workload: Workload, *, batch_size: int,
-                memory_interval: float = MEMORY_INTERVAL_S) -> dict[str, Any]:
+                memory_interval: float = MEMORY_INTERVAL_S) -> BatchRun:
     """One batch size: a warm-up pass over the whole workload (compiles every shape it needs on an
     engine that compiles), then the measured pass; steady-state tokens/s exclude nothing but are
     measured after warm-up. Compilations are counted where the engine reports them (`CompileCounting`)."""
@@ -199,6 +199,7 @@ def run_batched(backend: Backend, workload: Workload, *, batch_size: int,
             c = backend.compilations()
             return c.count, c.seconds
         return 0, 0.0
+
     groups: dict[int, list[int]] = {}
     for i, n in enumerate(workload.output_lens):
         groups.setdefault(n, []).append(i)
@@ -220,17 +221,17 @@ def run_batched(backend: Backend, workload: Workload, *, batch_size: int,
     with MemorySampler(backend.memory, memory_interval) as mem:
         dur, compile_s, compiles, tokens, per_batch = one_pass()
     total_in = sum(len(backend.prompt_ids(r)) for r in workload.requests)
-    return {
-        "backend": backend.name, "mode": "batch", "level": batch_size, "batch_size": batch_size,
-        "compilations_counted": isinstance(backend, CompileCounting), "num_prompts": len(workload.requests), "batches": len(batches),
-        "warmup_s": warm_s, "compile_s": warm_compile_s, "compilations_warmup": warm_compiles,
-        "duration": dur, "compilations_after_warmup": compiles, "compile_s_after_warmup": compile_s,
-        "total_input_tokens": total_in, "total_output_tokens": tokens,
-        "output_throughput": tokens / dur, "total_token_throughput": (total_in + tokens) / dur,
-        "request_throughput": len(workload.requests) / dur,
-        "batch_latencies_s": per_batch,
-        "batch_latency_s": {"mean": float(np.mean(per_batch)), "median": float(np.median(per_batch)),
-                            "max": float(np.max(per_batch))},
-        "memory": mem.summary(),
-        "harness_peak_rss_bytes": peak_rss_bytes(),
-    }
+    return BatchRun(
+        backend=backend.name, level=batch_size, batch_size=batch_size,
+        compilations_counted=isinstance(backend, CompileCounting), num_prompts=len(workload.requests),
+        batches=len(batches), warmup_s=warm_s, compile_s=warm_compile_s, compilations_warmup=warm_compiles,
+        duration=dur, compilations_after_warmup=compiles, compile_s_after_warmup=compile_s,
+        total_input_tokens=total_in, total_output_tokens=tokens,
+        output_throughput=tokens / dur, total_token_throughput=(total_in + tokens) / dur,
+        request_throughput=len(workload.requests) / dur,
+        batch_latencies_s=per_batch,
+        batch_latency_s={"mean": float(np.mean(per_batch)), "median": float(np.median(per_batch)),
+                         "max": float(np.max(per_batch))},
+        memory=mem.summary(),
+        harness_peak_rss_bytes=peak_rss_bytes(),
+    )

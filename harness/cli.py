@@ -9,10 +9,14 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from .results import BatchRun, ServingRun
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Parity, memory and speed of vLLM vs JAX gemma.")
 models_app = typer.Typer(no_args_is_help=True, help="Known models and the embedded tiny models.")
@@ -118,14 +122,14 @@ def _run(cfg, force: bool, resume: Path | None = None) -> None:
         folder = Path(cfg.out)
     out = Console()
     out.print(_report.summary_table(results))
-    if results.get("parity"):
+    if results.parity:
         out.print(_report.parity_table(results))
-    if results.get("arbitration"):
+    if results.arbitration:
         out.print(_report.arbitration_table(results))
     out.print(f"report: {folder / 'report.html'} (also report.md, results.json, results.jsonl)")
     code = _compare.exit_code(results)
     if code:
-        out.print(f"[red]parity {results['verdict']}[/]: see the table above and the report")
+        out.print(f"[red]parity {results.verdict}[/]: see the table above and the report")
     raise typer.Exit(code)
 
 
@@ -377,9 +381,10 @@ def bench(
         else:
             wl = _bench.synthetic(b, num_prompts=num_prompts, input_len=input_len, output_len=output_len,
                                   range_ratio=range_ratio, seed=seed, ignore_eos=ignore_eos)
-        runs = []
+        runs: list[ServingRun | BatchRun] = []
         for level in levels:
             console.print(f"[bold]{backend}[/] {'concurrency' if serving else 'batch size'} {int(level)} ...")
+            r: ServingRun | BatchRun
             if serving:
                 r = _bench.run_serving(b, wl, max_concurrency=int(level), request_rate=request_rate,
                                        burstiness=burstiness, warmups=warmups, percentiles=pct,
@@ -389,7 +394,7 @@ def bench(
             runs.append(r)
             _print_level(r)
         result = {"backend": backend, "model": model, "workload": wl.describe(), "describe": b.describe(),
-                  "runs": runs}
+                  "runs": [r.model_dump(mode="json") for r in runs]}
     out.parent.mkdir(parents=True, exist_ok=True)
     _report.write_atomic(out, json.dumps(result, indent=1, default=str))
     console.print(f"results: {out}")
@@ -403,15 +408,17 @@ def _options_of(engine: str) -> list[str]:
     return list(inspect.signature(backends.engine_class(engine)).parameters)  # the constructor's, without self
 
 
-def _print_level(r: dict) -> None:
-    if r["mode"] == "serving":
-        console.print(f"  completed {r['completed']} failed {r['failed']}  output {r['output_throughput']:.1f} tok/s  "
-                      f"TTFT median {r['median_ttft_ms']:.1f} ms  TPOT median {r['median_tpot_ms']:.2f} ms  "
-                      f"ITL median {r['median_itl_ms']:.2f} ms  peak RSS {r['memory'].get('peak_rss_bytes', 0) / 2**30:.2f} GiB")
+def _print_level(r: ServingRun | BatchRun) -> None:
+    from .results import ServingRun
+
+    rss = (r.memory.peak_rss_bytes or 0) / 2**30
+    if isinstance(r, ServingRun):
+        console.print(f"  completed {r.completed} failed {r.failed}  output {r.output_throughput:.1f} tok/s  "
+                      f"TTFT median {r.median_ttft_ms:.1f} ms  TPOT median {r.median_tpot_ms:.2f} ms  "
+                      f"ITL median {r.median_itl_ms:.2f} ms  peak RSS {rss:.2f} GiB")
     else:
-        console.print(f"  steady {r['output_throughput']:.1f} tok/s  compile {r['compile_s']:.1f} s  "
-                      f"compilations after warm-up {r['compilations_after_warmup']}  "
-                      f"peak RSS {r['memory'].get('peak_rss_bytes', 0) / 2**30:.2f} GiB")
+        console.print(f"  steady {r.output_throughput:.1f} tok/s  compile {r.compile_s:.1f} s  "
+                      f"compilations after warm-up {r.compilations_after_warmup}  peak RSS {rss:.2f} GiB")
 
 
 def main() -> None:

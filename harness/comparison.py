@@ -2,7 +2,7 @@
 
     from harness import compare, CompareConfig
     results = compare(CompareConfig(model="tiny-gemma3", out="out/x"))
-    results["verdict"]          # pass | warn | fail | error (parity of the two sides)
+    results.verdict             # pass | warn | fail | error (the worst pair of sides); a ComparisonResults
 
 Every record is appended to OUT/results.jsonl (flushed) as soon as it is measured; at the end
 OUT/results.json holds the whole run and OUT/report.md, OUT/report.html render it.
@@ -28,6 +28,7 @@ from backends import InputError, ParitybenchError, SamplingParams, TimedStreamin
 from . import bench as _bench
 from . import environment, parity, report, suites
 from .config import CompareConfig
+from .results import AnswerRow, BenchSection, ComparisonResults, Run, ScoreRow, Scores, SideSetup, SuiteInfo
 
 FAILING = ("fail", "error")
 
@@ -89,14 +90,14 @@ class Previous:
                         if r.get("type") == "answer" and "error" not in r}
 
 
-def resume(out: str | Path, *, console: Console | None = None) -> dict[str, Any]:
+def resume(out: str | Path, *, console: Console | None = None) -> ComparisonResults:
     """Continue the interrupted run in `out`: same settings, finished prompts and levels kept."""
     prev = Previous(Path(out))
     return compare(prev.config.model_copy(update={"out": str(out)}), console=console, previous=prev)
 
 
 def compare(config: CompareConfig, *, force: bool = False, console: Console | None = None,
-            previous: Previous | None = None) -> dict[str, Any]:
+            previous: Previous | None = None) -> ComparisonResults:
     """Run the comparison `config` describes; returns the results (also written under config.out).
     With `previous` (see `resume`), what it measured is reused and only the rest is run."""
     import evals
@@ -114,24 +115,23 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
     parity_sampling = SamplingParams(max_tokens=config.max_tokens, logprobs=config.top_k_logprobs)
     answer_sampling = SamplingParams(max_tokens=config.max_tokens, temperature=config.temperature,
                                      seed=config.seed, logprobs=config.top_k_logprobs)
-    results: dict[str, Any] = {
-        "kind": "compare" if len(config.backends) == 2 else "run",
-        "config": config.public(),
-        "suite": {"name": suite.name, "path": str(suite_path), "prompts": len(suite.prompts), "errors": suite.errors},
-        "started": _now(), "setup": {}, "capabilities": {}, "parity": None, "answers": {}, "scores": None,
-        "bench": {}, "verdict": None,
-        "reproducibility": environment.reproducibility(
+    results = ComparisonResults(
+        kind="compare" if len(config.backends) >= 2 else "run", config=config.public(),
+        suite=SuiteInfo(name=suite.name, path=str(suite_path), prompts=len(suite.prompts), errors=suite.errors),
+        started=_now(),
+        reproducibility=environment.reproducibility(
             config.public(), {"parity": parity_sampling.model_dump(mode="json"),
                               "answers": answer_sampling.model_dump(mode="json")}),
-    }
+    )
     if previous is not None:
-        results["resumed"] = {
+        results.resumed = {
             "from_run_started": previous.started, "parity_prompts_reused": len(previous.parity),
             "bench_levels_reused": len(previous.bench),
             "note": "set-up, parity and bench sections of reused parts were measured in the earlier, separate run"}
-        rec.add("resume", results["resumed"])
+        rec.add("resume", results.resumed)
     else:
-        rec.add("run", {k: results[k] for k in ("kind", "config", "suite", "reproducibility")})
+        head = results.to_json()
+        rec.add("run", {k: head[k] for k in ("schema_version", "kind", "config", "suite", "reproducibility")})
     reused = previous.parity if previous else {}
     try:
         with contextlib.ExitStack() as stack:
@@ -140,16 +140,15 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                 t0 = time.perf_counter()
                 with console.status(f"setting up {name} for {config.model_for(name)}"):
                     side = stack.enter_context(_open(name, config))
-                setup = {"backend": name, "setup_s": time.perf_counter() - t0,
-                         "load_s": side.load_s, "warmup_s": side.warmup_s,
-                         "describe": side.describe(), "guide": side.guide_facts(),
-                         "bench_mode": "serving" if isinstance(side, TimedStreaming) else "batch",
-                         "memory": side.memory().model_dump(mode="json")}
+                setup = SideSetup(backend=name, setup_s=time.perf_counter() - t0, load_s=side.load_s,
+                                  warmup_s=side.warmup_s, describe=side.describe(), guide=side.guide_facts(),
+                                  bench_mode="serving" if isinstance(side, TimedStreaming) else "batch",
+                                  memory=side.memory())
                 sides[name] = side
-                results["setup"][name] = setup
-                results["capabilities"][name] = capability_row(side)
-                rec.add("setup", setup)
-                console.print(f"{name}: ready in {setup['setup_s']:.1f} s")
+                results.setup[name] = setup
+                results.capabilities[name] = capability_row(side)
+                rec.add("setup", setup.model_dump(mode="json"))
+                console.print(f"{name}: ready in {setup.setup_s:.1f} s")
                 stop_point()
             if len(sides) >= 2:
                 tol = parity.PROFILES[config.tolerance] if config.tolerance != "auto" else None
@@ -175,42 +174,43 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                     rec.add("parity", {"pair": key, "verdict": reports[key].verdict,
                                        "tolerance": reports[key].tolerance.model_dump(mode="json")})
                 first = reports[f"{pairs[0][0]}-{pairs[0][1]}"]
-                results["parity"] = first.model_dump(mode="json")
-                results["verdict"] = parity.worst(*[r.verdict for r in reports.values()])
+                results.parity = first
+                results.verdict = parity.worst(*[r.verdict for r in reports.values()])
                 if len(pairs) > 1:
-                    results["pairs"] = {k: r.model_dump(mode="json") for k, r in reports.items()}
-                    results["arbitration"] = [a.model_dump(mode="json") for a in parity.arbitrate(names, reports)]
+                    results.pairs = reports
+                    results.arbitration = parity.arbitrate(names, reports)
                 texts: dict[str, dict[str, str | None]] = {}
                 for (x, y), rep in zip(pairs, reports.values()):
                     for p in rep.prompts:
                         row = texts.setdefault(p.id, {})
                         row.setdefault(x, p.a.text if p.a else None)
                         row.setdefault(y, p.b.text if p.b else None)
-                results["scores"] = score_all(suite, texts, names)
+                results.scores = score_all(suite, texts, names)
             else:
                 (name, side), = sides.items()
                 done = {k[1]: {x: y for x, y in v.items() if x not in ("type", "time", "backend")}
                         for k, v in (previous.answers if previous else {}).items() if k[0] == name}
                 with console.status(f"{name}: answering {len(requests) - len(done)} prompts"):
                     rows = _answers(side, suite, answer_sampling, done, lambda row: rec.add("answer", {"backend": name, **row}))
-                results["answers"][name] = rows
-                results["verdict"] = "error" if any("error" in r for r in rows) else "pass"
-                results["scores"] = score_all(suite, {r["id"]: {name: r.get("text")} for r in rows}, [name])
+                results.answers[name] = [AnswerRow.model_validate(r) for r in rows]
+                results.verdict = "error" if any("error" in r for r in rows) else "pass"
+                results.scores = score_all(suite, {r["id"]: {name: r.get("text")} for r in rows}, [name])
             stop_point()
             if config.bench.enabled:
                 _bench_all(sides, config, results, rec, console, previous.bench if previous else {})
     except ParitybenchError as e:
-        results["error"] = str(e)
+        results.error = str(e)
         rec.add("error", {"error": str(e)})
         raise
     except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM (turned into SystemExit)
-        results["error"] = f"interrupted ({'SIGINT' if isinstance(e, KeyboardInterrupt) else 'SIGTERM'})"
-        rec.add("error", {"error": results["error"]})
+        results.error = f"interrupted ({'SIGINT' if isinstance(e, KeyboardInterrupt) else 'SIGTERM'})"
+        rec.add("error", {"error": results.error})
         raise
     finally:
-        results["finished"] = _now()
+        results.finished = _now()
         rec.close()
-        report.write_atomic(out / "results.json", json.dumps(results, indent=1, default=str, ensure_ascii=False) + "\n")
+        report.write_atomic(out / "results.json",
+                            json.dumps(results.to_json(), indent=1, default=str, ensure_ascii=False) + "\n")
         report.render(results, out)
     return results
 
@@ -262,7 +262,7 @@ def _answers(side: backends.Backend, suite: suites.Suite, sampling: SamplingPara
     return [rows[sp.id] for sp in suite.prompts]
 
 
-def score_all(suite: suites.Suite, texts: dict[str, dict[str, str | None]], names: list[str]) -> dict[str, Any]:
+def score_all(suite: suites.Suite, texts: dict[str, dict[str, str | None]], names: list[str]) -> Scores:
     """Each scored prompt's result per backend, accuracy per backend (over the prompts both sides
     answered) and the difference of the first two."""
     from . import scoring
@@ -281,10 +281,10 @@ def score_all(suite: suites.Suite, texts: dict[str, dict[str, str | None]], name
     acc = {n: scoring.accuracy([r[n] for r in both]) for n in names}
     first, second = (acc[names[0]], acc[names[1]]) if len(names) == 2 else (None, None)
     diff = first - second if first is not None and second is not None else None
-    return {"prompts": rows, "scored": len(both), "accuracy": acc, "difference": diff}
+    return Scores(prompts=[ScoreRow.model_validate(r) for r in rows], scored=len(both), accuracy=acc, difference=diff)
 
 
-def _bench_all(sides: dict[str, backends.Backend], config: CompareConfig, results: dict, rec: Recorder,
+def _bench_all(sides: dict[str, backends.Backend], config: CompareConfig, results: ComparisonResults, rec: Recorder,
                console: Console, reused: dict[tuple[str, int], dict]) -> None:
     """Every side's levels: engines that stream (`TimedStreaming`) at each concurrency, the others
     at each batch size."""
@@ -298,25 +298,36 @@ def _bench_all(sides: dict[str, backends.Backend], config: CompareConfig, result
                                   seed=config.seed)
             task = progress.add_task(f"{name} throughput ({'concurrency' if serving else 'batch size'})",
                                      total=len(levels))
-            results["bench"][name] = {"workload": wl.describe(), "mode": "serving" if serving else "batch", "runs": []}
+            section = results.bench[name] = BenchSection(workload=wl.describe(), mode="serving" if serving else "batch")
             for level in levels:
                 if (name, level) in reused:  # measured by the interrupted run
-                    results["bench"][name]["runs"].append(
-                        {k: v for k, v in reused[(name, level)].items() if k not in ("type", "time")})
+                    section.runs.append(_reused_run(reused[(name, level)]))
                     progress.advance(task)
                     continue
+                run: Run
                 if isinstance(side, TimedStreaming):
                     run = _bench.run_serving(side, wl, max_concurrency=level, request_rate=s.request_rate,
                                              warmups=s.warmups, memory_interval=s.memory_interval)
                 else:
                     run = _bench.run_batched(side, wl, batch_size=level, memory_interval=s.memory_interval)
                 side.check_alive()  # a server that died mid-level: stop, do not record a level of failures
-                results["bench"][name]["runs"].append(run)
-                rec.add("bench", {"backend": name, **run})
+                section.runs.append(run)
+                rec.add("bench", run.model_dump(mode="json"))
                 progress.advance(task)
                 stop_point()
 
 
-def exit_code(results: dict[str, Any]) -> int:
+def _reused_run(record: dict[str, Any]) -> Run:
+    """A benchmark level recorded by an interrupted run (results.jsonl), typed again."""
+    from pydantic import TypeAdapter
+
+    from .results import upgrade
+
+    data = {k: v for k, v in record.items() if k not in ("type", "time")}
+    [run] = upgrade({"bench": {"x": {"runs": [data]}}})["bench"]["x"]["runs"]
+    return TypeAdapter(Run).validate_python(run)
+
+
+def exit_code(results: ComparisonResults) -> int:
     """0 when parity passes (or warns), 1 when it fails or a prompt errs."""
-    return 1 if results.get("verdict") in FAILING else 0
+    return 1 if results.verdict in FAILING else 0

@@ -1,5 +1,6 @@
-"""Reports of a results dict: report.md, a self-contained report.html (plots embedded), terminal
-tables, and the differences between two runs (say before and after a vLLM upgrade)."""
+"""Reports of a comparison's results: report.md, a self-contained report.html (plots embedded),
+terminal tables, and the differences between two runs (say before and after a vLLM upgrade).
+Everything here reads the typed records of `harness.results`."""
 
 from __future__ import annotations
 
@@ -12,9 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.table import Table
 
 from backends import InputError
+
+from .parity import PromptParity
+from .results import AnswerRow, BatchRun, ComparisonResults, ServingRun, level_kind, upgrade
 
 GUIDE_ROWS = ("Setup", "Model loading", "Memory efficiency", "Throughput", "API", "Multi-GPU", "Quantization",
               "Parity")
@@ -23,8 +28,8 @@ GUIDE_ROWS = ("Setup", "Model loading", "Memory efficiency", "Throughput", "API"
 # ----------------------------------------------------------------------------- loading
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """A results dict from a results.json file or a run folder holding one."""
+def load(path: str | Path) -> ComparisonResults:
+    """The results in a results.json file or a run folder holding one (older layouts upgraded)."""
     p = Path(path)
     if p.is_dir():
         p = p / "results.json"
@@ -36,7 +41,12 @@ def load(path: str | Path) -> dict[str, Any]:
         raise InputError(f"{p}: not a paritybench results file ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict) or "config" not in data or "setup" not in data:
         raise InputError(f"{p}: not a paritybench results file (no config/setup sections)")
-    return data
+    try:
+        return ComparisonResults.model_validate(upgrade(data))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise InputError(f"{p}: field {where}: {first['msg']} (not a results file this paritybench reads)") from None
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -53,42 +63,37 @@ def _s(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f} s"
 
 
-def _peak(runs: list[dict], field: str) -> float | None:
-    vals = [r.get("memory", {}).get(f"peak_{field}") for r in runs]
-    vals = [v for v in vals if v is not None]
-    return max(vals) if vals else None
+def _runs(results: ComparisonResults, backend: str) -> list[ServingRun | BatchRun]:
+    section = results.bench.get(backend)
+    return list(section.runs) if section else []
 
 
-def level_of(run: dict) -> tuple[str, int | None]:
-    """("concurrency" | "batch size", level) of a benchmark run (older files: by their fields)."""
-    if run.get("mode") == "serving" or (run.get("mode") is None and "max_concurrency" in run):
-        return "concurrency", run.get("max_concurrency")
-    return "batch size", run.get("batch_size")
-
-
-def best_throughput(results: dict, backend: str) -> tuple[float, str, int | None] | None:
+def best_throughput(results: ComparisonResults, backend: str) -> tuple[float, str, int | None] | None:
     """(output tokens/s, level kind, level) of the fastest level of `backend`."""
-    runs = (results.get("bench") or {}).get(backend, {}).get("runs") or []
+    runs = _runs(results, backend)
     if not runs:
         return None
-    best = max(runs, key=lambda r: r.get("output_throughput") or 0)
-    return (best.get("output_throughput") or 0.0, *level_of(best))
+    best = max(runs, key=lambda r: r.output_throughput)
+    return (best.output_throughput, *level_kind(best))
 
 
-def peak_memory(results: dict, backend: str) -> dict[str, float | None]:
-    runs = (results.get("bench") or {}).get(backend, {}).get("runs") or []
-    load_mem = (results.get("setup") or {}).get(backend, {}).get("memory") or {}
-    out = {}
+def peak_memory(results: ComparisonResults, backend: str) -> dict[str, float | None]:
+    """Per memory field, the largest value seen at load or in any measured level."""
+    runs = _runs(results, backend)
+    setup = results.setup.get(backend)
+    at_load = setup.memory if setup is not None else None
+    out: dict[str, float | None] = {}
     for f in ("rss_bytes", "device_bytes_in_use", "device_peak_bytes", "kv_cache_usage", "live_array_bytes"):
-        vals = [v for v in (_peak(runs, f), load_mem.get(f)) if v is not None]
-        out[f] = max(vals) if vals else None
+        vals = [r.memory.peak(f) for r in runs] + [getattr(at_load, f) if at_load is not None else None]
+        known = [v for v in vals if v is not None]
+        out[f] = max(known) if known else None
     return out
 
 
-def parity_counts(results: dict) -> dict[str, int]:
+def parity_counts(results: ComparisonResults) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for p in (results.get("parity") or {}).get("prompts") or []:
-        counts[p["verdict"]] = counts.get(p["verdict"], 0) + 1
+    for p in results.parity.prompts if results.parity else []:
+        counts[p.verdict] = counts.get(p.verdict, 0) + 1
     return counts
 
 
@@ -104,28 +109,30 @@ LEGACY_GUIDE: dict[str, dict[str, str]] = {
             "API": "Python, in process (gm.text.Sampler)"},
 }
 
+# Column titles of the well-known engines; any other engine is titled by its name.
+ENGINE_TITLES = {"vllm": "vLLM", "jax": "JAX (gemma library)", "hf": "transformers"}
+ENGINE_SHORT = {"vllm": "vLLM", "jax": "JAX", "hf": "transformers"}
 
-def side_names(results: dict) -> list[str]:
-    """The sides of a run, in the order they were set up."""
-    return list((results.get("setup") or {}).keys()) or list((results.get("config") or {}).get("backends") or [])
+
+def _versus(results: ComparisonResults) -> str:
+    return " vs ".join(ENGINE_SHORT.get(n, n) for n in results.sides())
 
 
-def guide_table(results: dict) -> tuple[list[str], list[tuple[str, ...]]]:
+def guide_table(results: ComparisonResults) -> tuple[list[str], list[tuple[str, ...]]]:
     """The provider guide's table (one column per side), filled with what each engine says of
     itself (`guide_facts`) and what this run measured: set-up and load seconds, peak memory, best
     throughput and where, parity."""
-    setup = results.get("setup") or {}
-    names = side_names(results)
+    names = results.sides()
     cells: dict[str, dict[str, str]] = {row: {} for row in GUIDE_ROWS}
     for name in names:
-        s = setup.get(name) or {}
-        facts = s.get("guide") or LEGACY_GUIDE.get(name, {})
+        s = results.setup.get(name)
+        facts = (s.guide if s is not None else None) or LEGACY_GUIDE.get(name, {})
         for row in GUIDE_ROWS:
-            cells[row][name] = facts.get(row, "n/a") if s else "not run"
-        if not s:
+            cells[row][name] = facts.get(row, "n/a") if s is not None else "not run"
+        if s is None:
             continue
-        cells["Setup"][name] += f"; set up in {_s(s.get('setup_s'))}"
-        cells["Model loading"][name] += f"; load {_s(s.get('load_s'))}"
+        cells["Setup"][name] += f"; set up in {_s(s.setup_s)}"
+        cells["Model loading"][name] += f"; load {_s(s.load_s)}"
         m = peak_memory(results, name)
         kv = m.get("kv_cache_usage")
         mem = [f"peak KV-cache use {kv * 100:.2g}%"] if kv is not None else []
@@ -140,26 +147,17 @@ def guide_table(results: dict) -> tuple[list[str], list[tuple[str, ...]]]:
         best = best_throughput(results, name)
         cells["Throughput"][name] = (f"{best[0]:.0f} output tok/s (best, at {best[1]} {best[2]})" if best
                                      else "not measured")
-        if results.get("parity"):
+        if results.parity:
             c = parity_counts(results)
-            cells["Parity"][name] = f"{results['verdict']}: " + ", ".join(f"{n} {v}" for v, n in sorted(c.items()))
+            cells["Parity"][name] = f"{results.verdict}: " + ", ".join(f"{n} {v}" for v, n in sorted(c.items()))
     header = [""] + [ENGINE_TITLES.get(n, n) for n in names]
     return header, [(row, *(cells[row][n] for n in names)) for row in GUIDE_ROWS]
-
-
-# Column titles of the well-known engines; any other engine is titled by its name.
-ENGINE_TITLES = {"vllm": "vLLM", "jax": "JAX (gemma library)", "hf": "transformers"}
-ENGINE_SHORT = {"vllm": "vLLM", "jax": "JAX", "hf": "transformers"}
-
-
-def _versus(results: dict) -> str:
-    return " vs ".join(ENGINE_SHORT.get(n, n) for n in side_names(results))
 
 
 # ----------------------------------------------------------------------------- plots
 
 
-def plots(results: dict) -> dict[str, bytes]:
+def plots(results: ComparisonResults) -> dict[str, bytes]:
     """PNG images by name; a plot without data is left out."""
     import matplotlib
 
@@ -167,45 +165,44 @@ def plots(results: dict) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     out: dict[str, bytes] = {}
-    bench = results.get("bench") or {}
 
-    def save(fig, name: str) -> None:
+    def save(fig: Any, name: str) -> None:
         buf = io.BytesIO()
         fig.tight_layout()
         fig.savefig(buf, format="png", dpi=90)
         plt.close(fig)
         out[name] = buf.getvalue()
 
-    sides = [(n, (bench.get(n) or {}).get("runs") or []) for n in side_names(results)]
+    sides = [(n, _runs(results, n)) for n in results.sides()]
     sides = [(n, runs) for n, runs in sides if runs]
     if sides:
         colors = ["tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:red"]
         fig, axes = plt.subplots(1, len(sides), figsize=(5 * len(sides), 3.4), squeeze=False)
         for ax, (name, runs) in zip(axes[0], sides):
             r = runs[-1]
-            kind, level = level_of(r)
-            if kind == "concurrency":
-                e2el = [x * 1000 for x in r.get("latencies") or [] if x]
-                ttft = [x * 1000 for x in r.get("ttfts") or [] if x]
+            kind, level = level_kind(r)
+            if isinstance(r, ServingRun):
+                e2el = [x * 1000 for x in r.latencies if x]
+                ttft = [x * 1000 for x in r.ttfts if x]
                 ax.hist([e2el, ttft], bins=20, label=["E2EL", "TTFT"])
                 ax.set_title(f"{ENGINE_TITLES.get(name, name)} latency per request ({kind} {level})")
                 ax.legend()
             else:
-                ax.hist([x * 1000 for x in r.get("batch_latencies_s") or []], bins=20, color="tab:green")
+                ax.hist([x * 1000 for x in r.batch_latencies_s], bins=20, color="tab:green")
                 ax.set_title(f"{ENGINE_TITLES.get(name, name)} latency per batch ({kind} {level})")
             ax.set_xlabel("ms")
         save(fig, "latency")
         fig, axes = plt.subplots(1, len(sides), figsize=(5 * len(sides), 3.4), squeeze=False)
         for ax, (name, runs), color in zip(axes[0], sides, colors):
-            levels = [level_of(r)[1] for r in runs]
-            ax.plot(levels, [r["output_throughput"] for r in runs], "o-", color=color)
+            levels = [level_kind(r)[1] for r in runs]
+            ax.plot(levels, [r.output_throughput for r in runs], "o-", color=color)
             ax.set_xticks(levels)
-            ax.set_xlabel(level_of(runs[0])[0])
+            ax.set_xlabel(level_kind(runs[0])[0])
             ax.set_title(f"{ENGINE_TITLES.get(name, name)} output tokens/s")
         save(fig, "throughput")
         fig, ax = plt.subplots(figsize=(10, 3.4))
         for (name, runs), color in zip(sides, colors):
-            tl = runs[-1].get("memory", {}).get("timeline") or {}
+            tl = runs[-1].memory.timeline
             if tl.get("rss_bytes"):
                 ax.plot(tl["t_s"], [(v or 0) / 2**20 for v in tl["rss_bytes"]], "o-",
                         label=f"{ENGINE_TITLES.get(name, name)} RSS", color=color)
@@ -217,16 +214,14 @@ def plots(results: dict) -> dict[str, bytes]:
         ax.set_title("Memory over time")
         ax.legend()
         save(fig, "memory")
-    prompts = (results.get("parity") or {}).get("prompts") or []
-    seqs = [(p["id"], name, v) for p in prompts for name, v in ((p.get("agreement") or {}).get("per_token") or {}).items()
+    prompts = results.parity.prompts if results.parity else []
+    seqs = [(p.id, name, v) for p in prompts for name, v in (p.agreement.per_token if p.agreement else {}).items()
             if v]
-    if seqs:
+    if seqs and results.parity is not None:
         fig, ax = plt.subplots(figsize=(10, 3.6))
         for pid, name, v in seqs:
             ax.plot(range(len(v)), [max(x, 1e-9) for x in v], ".-", label=f"{pid} ({name})")
-        tol = (results.get("parity") or {}).get("tolerance") or {}
-        if tol.get("logprob_pass"):
-            ax.axhline(tol["logprob_pass"], color="gray", ls=":", label="pass bound")
+        ax.axhline(results.parity.tolerance.logprob_pass, color="gray", ls=":", label="pass bound")
         ax.set_yscale("log")
         ax.set_xlabel("token position in the generated sequence")
         ax.set_ylabel("|Δ log-prob|")
@@ -239,103 +234,103 @@ def plots(results: dict) -> dict[str, bytes]:
 # ----------------------------------------------------------------------------- parity rows
 
 
-def _tok(t: dict | None) -> str:
-    return "(stopped)" if t is None else repr(t.get("text", ""))
-
-
-def divergence_text(p: dict) -> str:
-    d = p.get("divergence")
+def divergence_text(p: PromptParity) -> str:
+    d = p.divergence
     if d:
-        return f"token {d['index']}: {_tok(d.get('a'))} vs {_tok(d.get('b'))}"
-    if p.get("prompt_diff"):
-        return f"prompt ids differ at position {p['prompt_diff']['position']}"
+        show = lambda t: "(stopped)" if t is None else repr(t.text)  # noqa: E731
+        return f"token {d.index}: {show(d.a)} vs {show(d.b)}"
+    if p.prompt_diff:
+        return f"prompt ids differ at position {p.prompt_diff.position}"
     return "none"
 
 
-def parity_rows(results: dict) -> list[dict[str, str]]:
+def parity_rows(results: ComparisonResults) -> list[dict[str, str]]:
     rows = []
-    for p in (results.get("parity") or {}).get("prompts") or []:
-        ag = p.get("agreement") or {}
+    for p in results.parity.prompts if results.parity else []:
+        ag = p.agreement
         rows.append({
-            "id": p["id"], "modalities": ",".join(p.get("modalities") or []), "verdict": p["verdict"],
-            "max |Δlogprob|": f"{ag['max_abs_dlogprob']:.2e}" if ag else "n/a",
-            "greedy equal": {True: "yes", False: "no", None: "n/a"}[p.get("greedy_equal")],
+            "id": p.id, "modalities": ",".join(p.modalities), "verdict": p.verdict,
+            "max |Δlogprob|": f"{ag.max_abs_dlogprob:.2e}" if ag else "n/a",
+            "greedy equal": {True: "yes", False: "no", None: "n/a"}[p.greedy_equal],
             "first divergence": divergence_text(p),
-            "reasons": "; ".join(p.get("reasons") or []),
+            "reasons": "; ".join(p.reasons),
         })
     return rows
 
 
-def pair_rows(results: dict) -> list[dict[str, str]]:
+def pair_rows(results: ComparisonResults) -> list[dict[str, str]]:
     """With three or more sides: per prompt, each pair's verdict and max |Δlogprob|, and the
     arbitration line (who is the odd one out, and why)."""
-    pairs = results.get("pairs") or {}
     rows = []
-    for arb in results.get("arbitration") or []:
-        row = {"id": arb["id"]}
-        for key, rep in pairs.items():
-            p = next((q for q in rep["prompts"] if q["id"] == arb["id"]), None)
-            ag = (p or {}).get("agreement") or {}
-            row[key] = f"{p['verdict']} ({ag['max_abs_dlogprob']:.1e})" if p and ag else (p or {}).get("verdict", "n/a")
-        row["arbitration"] = arb["line"]
+    for arb in results.arbitration or []:
+        row = {"id": arb.id}
+        for key, rep in (results.pairs or {}).items():
+            p = next((q for q in rep.prompts if q.id == arb.id), None)
+            if p is None:
+                row[key] = "n/a"
+            else:
+                row[key] = f"{p.verdict} ({p.agreement.max_abs_dlogprob:.1e})" if p.agreement else p.verdict
+        row["arbitration"] = arb.line
         rows.append(row)
     return rows
 
 
-def bench_rows(results: dict) -> list[dict[str, str]]:
+def bench_rows(results: ComparisonResults) -> list[dict[str, str]]:
     rows = []
-    for name, b in (results.get("bench") or {}).items():
-        for r in b.get("runs") or []:
-            kind, level = level_of(r)
+    for name, section in results.bench.items():
+        for r in section.runs:
+            kind, level = level_kind(r)
             rows.append({
                 "backend": name, "level": f"{kind} {level}",
-                "output tok/s": f"{r.get('output_throughput', 0):.1f}",
-                "median TTFT ms": f"{r['median_ttft_ms']:.1f}" if "median_ttft_ms" in r else "n/a",
-                "median TPOT ms": f"{r['median_tpot_ms']:.2f}" if "median_tpot_ms" in r else "n/a",
-                "failed": str(r.get("failed", 0)),
-                "peak RSS": _gib(r.get("memory", {}).get("peak_rss_bytes")),
-                "compilations after warm-up": str(r.get("compilations_after_warmup", "n/a")),
+                "output tok/s": f"{r.output_throughput:.1f}",
+                "median TTFT ms": f"{r.median_ttft_ms:.1f}" if isinstance(r, ServingRun) else "n/a",
+                "median TPOT ms": f"{r.median_tpot_ms:.2f}" if isinstance(r, ServingRun) else "n/a",
+                "failed": str(r.failed) if isinstance(r, ServingRun) else "0",
+                "peak RSS": _gib(r.memory.peak_rss_bytes),
+                "compilations after warm-up": (str(r.compilations_after_warmup)
+                                               if isinstance(r, BatchRun) and r.compilations_counted else "n/a"),
             })
     return rows
 
 
-def capability_rows(results: dict) -> list[dict[str, str]]:
+def capability_rows(results: ComparisonResults) -> list[dict[str, str]]:
     """The capability matrix: per modality, per backend, supported or why not, and how many of the
     suite's prompts use it."""
-    caps = results.get("capabilities") or {}
     counts: dict[str, int] = {}
-    for p in (results.get("parity") or {}).get("prompts") or []:
-        for m in p.get("modalities") or []:
+    for p in results.parity.prompts if results.parity else []:
+        for m in p.modalities:
             counts[m] = counts.get(m, 0) + 1
     rows = []
     for m in ("text", "image", "audio"):
         row = {"modality": m}
         if counts:
             row["prompts"] = str(counts.get(m, 0))
-        for name, c in caps.items():
+        for name, c in results.capabilities.items():
             row[name] = c.get(m, "n/a")
         rows.append(row)
     return rows
 
 
-def accuracy_rows(results: dict) -> list[dict[str, str]]:
-    sc = results.get("scores") or {}
-    names = list((sc.get("accuracy") or {}).keys())
+def accuracy_rows(results: ComparisonResults) -> list[dict[str, str]]:
+    sc = results.scores
+    if sc is None:
+        return []
+    names = list(sc.accuracy)
     rows = []
-    for r in sc.get("prompts") or []:
-        row = {"id": r["id"], "scorer": r["scorer"], "reference": str(r["reference"])}
+    for r in sc.prompts:
+        row = {"id": r.id, "scorer": r.scorer, "reference": str(r.reference)}
         for n in names:
-            row[n] = {True: "right", False: "wrong", None: "n/a"}[r.get(n)]
+            row[n] = {True: "right", False: "wrong", None: "n/a"}[r.result(n)]
         rows.append(row)
     if rows:
-        total = {"id": f"accuracy ({sc.get('scored', 0)} prompts answered by every side)", "scorer": "", "reference": ""}
+        total = {"id": f"accuracy ({sc.scored} prompts answered by every side)", "scorer": "", "reference": ""}
         for n in names:
-            a = sc["accuracy"].get(n)
+            a = sc.accuracy.get(n)
             total[n] = "n/a" if a is None else f"{a:.0%}"
         rows.append(total)
-        if sc.get("difference") is not None:
+        if sc.difference is not None:
             rows.append({"id": f"difference {names[0]} - {names[1]}", "scorer": "", "reference": "",
-                         names[0]: f"{sc['difference'] * 100:+.0f} points", names[1]: ""})
+                         names[0]: f"{sc.difference * 100:+.0f} points", names[1]: ""})
     return rows
 
 
@@ -353,13 +348,22 @@ def _md_table(rows: list[dict[str, str]] | list[tuple], header: list[str] | None
             + ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows])
 
 
-def _title(results: dict) -> str:
-    cfg = results["config"]
-    return f"paritybench {results.get('kind', 'compare')}: {cfg['model']} ({' vs '.join(cfg['backends'])})"
+def _answer_rows(answers: list[AnswerRow]) -> list[dict[str, str]]:
+    return [{k: str(v) for k, v in a.model_dump(exclude_none=True).items()} for a in answers]
 
 
-def _repro_lines(results: dict) -> list[str]:
-    r = results.get("reproducibility") or {}
+def _title(results: ComparisonResults) -> str:
+    """The run's kind, each side's model and the sides."""
+    names = results.sides()
+    models = {n: (results.setup[n].describe.get("model") if n in results.setup else None) or results.config.get("model")
+              for n in names}
+    shown = next(iter(models.values())) if len(set(models.values())) == 1 else ", ".join(
+        f"{n}: {m}" for n, m in models.items())
+    return f"paritybench {results.kind}: {shown} ({' vs '.join(names)})"
+
+
+def _repro_lines(results: ComparisonResults) -> list[str]:
+    r = results.reproducibility
     code = r.get("code") or {}
     hw = r.get("hardware") or {}
     pk = r.get("packages") or {}
@@ -370,37 +374,37 @@ def _repro_lines(results: dict) -> list[str]:
         "- harness environment: " + ", ".join(f"{k} {v}" for k, v in (pk.get("harness") or {}).items()),
         "- vLLM environment: " + (", ".join(f"{k} {v}" for k, v in (pk.get("vllm") or {}).items()) or "n/a"),
         f"- sampling: {json.dumps(r.get('sampling'), sort_keys=True)}",
-        f"- seed {r.get('seed')}; settings: `{json.dumps(results.get('config'), sort_keys=True)}`",
-        f"- started {results.get('started')}, finished {results.get('finished')}",
+        f"- seed {r.get('seed')}; settings: `{json.dumps(results.config, sort_keys=True)}`",
+        f"- started {results.started}, finished {results.finished}",
     ]
 
 
-def markdown(results: dict, images: dict[str, bytes]) -> str:
+def markdown(results: ComparisonResults, images: dict[str, bytes]) -> str:
     lines = [f"# {_title(results)}", ""]
-    if results.get("error"):
-        lines += [f"**The run stopped early:** {results['error']}", ""]
+    if results.error:
+        lines += [f"**The run stopped early:** {results.error}", ""]
     lines += [f"## {_versus(results)}, measured", ""]
     header, rows = guide_table(results)
     lines += _md_table(rows, header)
-    if results.get("capabilities"):
+    if results.capabilities:
         lines += ["", "## Capabilities (per modality)", ""]
         lines += _md_table(capability_rows(results))
-    if results.get("parity"):
-        tol = results["parity"].get("tolerance") or {}
-        lines += ["", f"## Parity: {results['verdict']}", "",
-                  f"Tolerance profile {tol.get('name')}: pass if max |Δ log-prob| <= {tol.get('logprob_pass')}, "
-                  f"warn up to {tol.get('logprob_warn')}; greedy, {results['config']['max_tokens']} tokens.", ""]
+    if results.parity:
+        tol = results.parity.tolerance
+        lines += ["", f"## Parity: {results.verdict}", "",
+                  f"Tolerance profile {tol.name}: pass if max |Δ log-prob| <= {tol.logprob_pass}, "
+                  f"warn up to {tol.logprob_warn}; greedy, {results.config.get('max_tokens')} tokens.", ""]
         lines += _md_table(parity_rows(results))
-    if results.get("arbitration"):
+    if results.arbitration:
         lines += ["", "## Every pair of sides", ""]
         lines += _md_table(pair_rows(results))
-    for name, rows in (results.get("answers") or {}).items():
+    for name, answers in results.answers.items():
         lines += ["", f"## Answers ({name})", ""]
-        lines += _md_table([{k: str(v) for k, v in r.items()} for r in rows])
+        lines += _md_table(_answer_rows(answers))
     if accuracy_rows(results):
         lines += ["", "## Accuracy (suite scorers; meaningful on real models)", ""]
         lines += _md_table(accuracy_rows(results))
-    if results.get("bench"):
+    if results.bench:
         lines += ["", "## Throughput, latency and memory", ""]
         lines += _md_table(bench_rows(results))
     for name in images:
@@ -431,33 +435,34 @@ def _html_table(rows: list[dict[str, str]] | list[tuple], header: list[str] | No
     return f"<table{tid}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def html_page(results: dict, images: dict[str, bytes]) -> str:
+def html_page(results: ComparisonResults, images: dict[str, bytes]) -> str:
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(_title(results))}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(_title(results))}</h1>"]
-    if results.get("error"):
-        parts.append(f"<p class=fail><b>The run stopped early:</b> {html.escape(results['error'])}</p>")
+    if results.error:
+        parts.append(f"<p class=fail><b>The run stopped early:</b> {html.escape(results.error)}</p>")
     parts.append(f"<h2>{html.escape(_versus(results))}, measured</h2>")
     header, rows = guide_table(results)
     parts.append(_html_table(rows, header, "guide"))
-    if results.get("capabilities"):
+    if results.capabilities:
         parts.append("<h2>Capabilities (per modality)</h2>")
         parts.append(_html_table(capability_rows(results), table_id="capabilities"))
-    if results.get("parity"):
-        tol = results["parity"].get("tolerance") or {}
-        parts.append(f"<h2>Parity: <span class={html.escape(results['verdict'])}>{html.escape(results['verdict'])}"
-                     f"</span></h2><p>Tolerance profile {html.escape(str(tol.get('name')))}: pass if max |Δ log-prob| "
-                     f"&le; {tol.get('logprob_pass')}, warn up to {tol.get('logprob_warn')}.</p>")
+    if results.parity:
+        tol = results.parity.tolerance
+        verdict = html.escape(str(results.verdict))
+        parts.append(f"<h2>Parity: <span class={verdict}>{verdict}"
+                     f"</span></h2><p>Tolerance profile {html.escape(tol.name)}: pass if max |Δ log-prob| "
+                     f"&le; {tol.logprob_pass}, warn up to {tol.logprob_warn}.</p>")
         parts.append(_html_table(parity_rows(results), table_id="verdicts", verdict_col="verdict"))
-    if results.get("arbitration"):
+    if results.arbitration:
         parts.append("<h2>Every pair of sides</h2>")
         parts.append(_html_table(pair_rows(results), table_id="pairs"))
-    for name, rows in (results.get("answers") or {}).items():
+    for name, answers in results.answers.items():
         parts.append(f"<h2>Answers ({html.escape(name)})</h2>")
-        parts.append(_html_table([{k: str(v) for k, v in r.items()} for r in rows]))
+        parts.append(_html_table(_answer_rows(answers)))
     if accuracy_rows(results):
         parts.append("<h2>Accuracy (suite scorers; meaningful on real models)</h2>")
         parts.append(_html_table(accuracy_rows(results), table_id="accuracy"))
-    if results.get("bench"):
+    if results.bench:
         parts.append("<h2>Throughput, latency and memory</h2>")
         parts.append(_html_table(bench_rows(results), table_id="bench"))
     for name, png in images.items():
@@ -475,7 +480,7 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def render(results: dict, out: str | Path) -> Path:
+def render(results: ComparisonResults, out: str | Path) -> Path:
     """Write report.md (with PNGs beside it) and the self-contained report.html into `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -490,7 +495,7 @@ def render(results: dict, out: str | Path) -> Path:
 # ----------------------------------------------------------------------------- terminal
 
 
-def summary_table(results: dict) -> Table:
+def summary_table(results: ComparisonResults) -> Table:
     t = Table(title=_title(results))
     header, rows = guide_table(results)
     for col in header:
@@ -500,8 +505,8 @@ def summary_table(results: dict) -> Table:
     return t
 
 
-def parity_table(results: dict) -> Table:
-    t = Table(title=f"parity: {results.get('verdict')}")
+def parity_table(results: ComparisonResults) -> Table:
+    t = Table(title=f"parity: {results.verdict}")
     rows = parity_rows(results)
     for col in ("id", "verdict", "max |Δlogprob|", "greedy equal", "first divergence"):
         t.add_column(col, overflow="fold")
@@ -512,7 +517,7 @@ def parity_table(results: dict) -> Table:
     return t
 
 
-def arbitration_table(results: dict) -> Table:
+def arbitration_table(results: ComparisonResults) -> Table:
     rows = pair_rows(results)
     t = Table(title="every pair of sides")
     for col in rows[0] if rows else ["id"]:
@@ -525,49 +530,49 @@ def arbitration_table(results: dict) -> Table:
 # ----------------------------------------------------------------------------- two runs
 
 
-def _metrics(results: dict) -> dict[str, float]:
+def _metrics(results: ComparisonResults) -> dict[str, float]:
     """Comparable numbers of a run, by a stable name."""
     m: dict[str, float] = {}
-    for name, s in (results.get("setup") or {}).items():
-        if s.get("setup_s") is not None:
-            m[f"{name} set-up s"] = s["setup_s"]
-    for name, b in (results.get("bench") or {}).items():
-        for r in b.get("runs") or []:
-            kind, lv = level_of(r)
+    for name, s in results.setup.items():
+        if s.setup_s is not None:
+            m[f"{name} set-up s"] = s.setup_s
+    for name, section in results.bench.items():
+        for r in section.runs:
+            kind, lv = level_kind(r)
             level = f"{kind[0]}{lv}"
-            for key, label in (("output_throughput", "output tok/s"), ("median_ttft_ms", "median TTFT ms"),
-                               ("median_tpot_ms", "median TPOT ms")):
-                if r.get(key) is not None:
-                    m[f"{name} {level} {label}"] = r[key]
-            if r.get("memory", {}).get("peak_rss_bytes") is not None:
-                m[f"{name} {level} peak RSS MiB"] = r["memory"]["peak_rss_bytes"] / 2**20
-    for name, a in ((results.get("scores") or {}).get("accuracy") or {}).items():
+            m[f"{name} {level} output tok/s"] = r.output_throughput
+            if isinstance(r, ServingRun):
+                m[f"{name} {level} median TTFT ms"] = r.median_ttft_ms
+                m[f"{name} {level} median TPOT ms"] = r.median_tpot_ms
+            if r.memory.peak_rss_bytes is not None:
+                m[f"{name} {level} peak RSS MiB"] = r.memory.peak_rss_bytes / 2**20
+    for name, a in (results.scores.accuracy if results.scores else {}).items():
         if a is not None:
             m[f"{name} accuracy"] = a
-    for p in (results.get("parity") or {}).get("prompts") or []:
-        if p.get("agreement"):
-            m[f"parity {p['id']} max |Δlogprob|"] = p["agreement"]["max_abs_dlogprob"]
+    for p in results.parity.prompts if results.parity else []:
+        if p.agreement:
+            m[f"parity {p.id} max |Δlogprob|"] = p.agreement.max_abs_dlogprob
     return m
 
 
-def diff(old: dict, new: dict) -> dict[str, Any]:
+def diff(old: ComparisonResults, new: ComparisonResults) -> dict[str, Any]:
     """Changed verdicts (per prompt and overall) and metric deltas from `old` to `new`."""
-    vo = {p["id"]: p["verdict"] for p in (old.get("parity") or {}).get("prompts") or []}
-    vn = {p["id"]: p["verdict"] for p in (new.get("parity") or {}).get("prompts") or []}
+    vo = {p.id: p.verdict for p in (old.parity.prompts if old.parity else [])}
+    vn = {p.id: p.verdict for p in (new.parity.prompts if new.parity else [])}
     verdicts = [{"id": k, "before": vo.get(k, "absent"), "after": vn.get(k, "absent")}
                 for k in sorted(set(vo) | set(vn)) if vo.get(k) != vn.get(k)]
     mo, mn = _metrics(old), _metrics(new)
     metrics = []
     for k in sorted(set(mo) | set(mn)):
         a, b = mo.get(k), mn.get(k)
-        rel = (b - a) / a if a not in (None, 0) and b is not None else None
+        rel = (b - a) / a if a not in (None, 0) and a is not None and b is not None else None
         metrics.append({"metric": k, "before": a, "after": b, "change": rel})
-    vers_o = (old.get("reproducibility") or {}).get("packages") or {}
-    vers_n = (new.get("reproducibility") or {}).get("packages") or {}
+    vers_o = old.reproducibility.get("packages") or {}
+    vers_n = new.reproducibility.get("packages") or {}
     packages = [{"package": f"{env}/{k}", "before": (vers_o.get(env) or {}).get(k), "after": (vers_n.get(env) or {}).get(k)}
                 for env in ("harness", "vllm") for k in sorted(set(vers_o.get(env) or {}) | set(vers_n.get(env) or {}))
                 if (vers_o.get(env) or {}).get(k) != (vers_n.get(env) or {}).get(k)]
-    return {"verdict": {"before": old.get("verdict"), "after": new.get("verdict")}, "verdicts": verdicts,
+    return {"verdict": {"before": old.verdict, "after": new.verdict}, "verdicts": verdicts,
             "metrics": metrics, "packages": packages}
 
 
@@ -585,7 +590,7 @@ def diff_rows(d: dict) -> list[dict[str, str]]:
             for m in d["metrics"]]
 
 
-def render_diff(old: dict, new: dict, out: str | Path, names: tuple[str, str] = ("before", "after")) -> dict:
+def render_diff(old: ComparisonResults, new: ComparisonResults, out: str | Path, names: tuple[str, str] = ("before", "after")) -> dict:
     d = diff(old, new)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
