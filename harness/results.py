@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from backends import MemorySnapshot
 
@@ -26,7 +26,8 @@ Number = int | float
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # infinities (a request rate of inf) stay numbers, written as JSON's Infinity as before
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
 
 class MemorySummary(_Record):
@@ -175,7 +176,8 @@ class SuiteInfo(_Record):
 
 
 class AnswerRow(_Record):
-    """One prompt answered by one side alone (`paritybench run`)."""
+    """One prompt answered by one side alone (`paritybench run`): the answer, or why there is none
+    (`error`, `unsupported`). Fields that do not apply are left out of the file."""
 
     id: str
     text: str | None = None
@@ -185,6 +187,10 @@ class AnswerRow(_Record):
     e2e_s: float | None = None
     error: str | None = None
     unsupported: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_none(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ScoreRow(BaseModel):
