@@ -421,6 +421,13 @@ def _print_level(r: ServingRun | BatchRun) -> None:
                       f"compilations after warm-up {r.compilations_after_warmup}  peak RSS {rss:.2f} GiB")
 
 
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", help="show the libraries' start-up output "
+                                          "(TensorFlow, grain) instead of keeping it in the library log")) -> None:
+    if verbose:
+        os.environ["PARITYBENCH_VERBOSE"] = "1"
+
+
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from backends import ParitybenchError, install_signal_handlers

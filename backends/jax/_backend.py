@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _gemma, _media, models
+from .. import _gemma, _media, _quiet, models
 from .._base import MAX_TOP_LOGPROBS, BaseBackend
 from .._errors import InputError, ModelError
 from .._protocol import CompileCount, ImagePixelsResult
@@ -88,6 +88,7 @@ class JaxBackend(BaseBackend):
         max_batch_size: int = 64,
         text_only: bool = False,
     ) -> None:
+        _quiet.load_noisy_libraries()  # TensorFlow/grain start-up lines go to a log file, not the console
         import jax.numpy as jnp
 
         compile_stats()

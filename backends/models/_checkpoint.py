@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ModelError
+from .._quiet import load_noisy_libraries
 from ._arch import ModelCard
 
 CARD = "paritybench-model.json"
@@ -53,6 +54,7 @@ def save_params(params: Any, path: Path) -> None:
 
 def load_params(path: Path | str) -> Any:
     """Load gemma params from an Orbax checkpoint (local folder, or gs:// with gcsfs)."""
+    load_noisy_libraries()
     from gemma import gm
 
     s = str(path)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import InputError, ModelError
+from .._quiet import load_noisy_libraries
 from ._arch import GemmaArch
 
 GEMMA3N_TEXT_ONLY = "gemma 3.3's Gemma 3n on JAX is text-only (no audio or vision towers)"
@@ -160,6 +161,7 @@ def gemma_model_class(arch: GemmaArch) -> type:
 
 @functools.cache
 def _model_class(arch_json: str) -> type:
+    load_noisy_libraries()
     from gemma import gm
 
     arch = GemmaArch.model_validate_json(arch_json)
@@ -178,6 +180,7 @@ def _model_class(arch_json: str) -> type:
 
 def real_model(spec: ModelSpec, *, text_only: bool = False) -> Any:
     """The gemma library's model object for a registry entry (no weights)."""
+    load_noisy_libraries()
     from gemma import gm
 
     if spec.gemma_class is None:
