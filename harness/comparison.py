@@ -321,11 +321,9 @@ def _reused_run(record: dict[str, Any]) -> Run:
     """A benchmark level recorded by an interrupted run (results.jsonl), typed again."""
     from pydantic import TypeAdapter
 
-    from .results import upgrade
+    from .results import upgrade_run
 
-    data = {k: v for k, v in record.items() if k not in ("type", "time")}
-    [run] = upgrade({"bench": {"x": {"runs": [data]}}})["bench"]["x"]["runs"]
-    return TypeAdapter(Run).validate_python(run)
+    return TypeAdapter(Run).validate_python(upgrade_run({k: v for k, v in record.items() if k not in ("type", "time")}))
 
 
 def exit_code(results: ComparisonResults) -> int:

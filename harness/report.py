@@ -100,15 +100,6 @@ def parity_counts(results: ComparisonResults) -> dict[str, int]:
 # ----------------------------------------------------------------------------- the guide's table
 
 
-# What results files written before engines described themselves (no `guide` in their set-up
-# records) said of each engine: data for reading old files, not behaviour.
-LEGACY_GUIDE: dict[str, dict[str, str]] = {
-    "vllm": {"Model loading": "from a Hugging Face folder/id", "Memory efficiency": "paged KV cache",
-             "API": "OpenAI-compatible HTTP (chat, completions, tokenize, metrics)"},
-    "jax": {"Model loading": "gemma params", "Memory efficiency": "static KV cache per sampler",
-            "API": "Python, in process (gm.text.Sampler)"},
-}
-
 # Column titles of the well-known engines; any other engine is titled by its name.
 ENGINE_TITLES = {"vllm": "vLLM", "jax": "JAX (gemma library)", "hf": "transformers"}
 ENGINE_SHORT = {"vllm": "vLLM", "jax": "JAX", "hf": "transformers"}
@@ -126,7 +117,7 @@ def guide_table(results: ComparisonResults) -> tuple[list[str], list[tuple[str, 
     cells: dict[str, dict[str, str]] = {row: {} for row in GUIDE_ROWS}
     for name in names:
         s = results.setup.get(name)
-        facts = (s.guide if s is not None else None) or LEGACY_GUIDE.get(name, {})
+        facts = s.guide if s is not None else {}
         for row in GUIDE_ROWS:
             cells[row][name] = facts.get(row, "n/a") if s is not None else "not run"
         if s is None:

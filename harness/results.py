@@ -245,22 +245,32 @@ class ComparisonResults(_Record):
         return self.model_dump(mode="json", exclude=drop)
 
 
+# What results files written before engines described themselves (version 1: no `guide` in the
+# set-up records) said of the two engines of that time, for their report tables.
+_V1_GUIDE: dict[str, dict[str, str]] = {
+    "vllm": {"Model loading": "from a Hugging Face folder/id", "Memory efficiency": "paged KV cache",
+             "API": "OpenAI-compatible HTTP (chat, completions, tokenize, metrics)"},
+    "jax": {"Model loading": "gemma params", "Memory efficiency": "static KV cache per sampler",
+            "API": "Python, in process (gm.text.Sampler)"},
+}
+
+
+def upgrade_run(run: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark run of a version-1 file (no `mode`/`level`) in the current layout."""
+    run = dict(run)
+    run.setdefault("mode", "serving" if "max_concurrency" in run else "batch")
+    run.setdefault("level", run.get("max_concurrency") if run["mode"] == "serving" else run.get("batch_size"))
+    return run
+
+
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
     """A results dict of an older layout in the current one (version 1: benchmark runs without
-    `mode`/`level`; reused levels may carry `level` only in the run records)."""
+    `mode`/`level`, set-up records without the engine's `guide`)."""
     data = dict(data)
-    version = data.get("schema_version", 1)
-    if version >= SCHEMA_VERSION:
+    if data.get("schema_version", 1) >= SCHEMA_VERSION:
         return data
-    bench = {}
-    for name, section in (data.get("bench") or {}).items():
-        runs = []
-        for r in section.get("runs") or []:
-            r = dict(r)
-            r.setdefault("mode", "serving" if "max_concurrency" in r else "batch")
-            r.setdefault("level", r.get("max_concurrency") if r["mode"] == "serving" else r.get("batch_size"))
-            runs.append(r)
-        bench[name] = {**section, "runs": runs}
-    data["bench"] = bench
+    data["bench"] = {name: {**section, "runs": [upgrade_run(r) for r in section.get("runs") or []]}
+                     for name, section in (data.get("bench") or {}).items()}
+    data["setup"] = {name: {"guide": _V1_GUIDE.get(name, {}), **setup} for name, setup in (data.get("setup") or {}).items()}
     data["schema_version"] = SCHEMA_VERSION
     return data

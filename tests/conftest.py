@@ -54,6 +54,11 @@ def jax_text(tiny_text_dir):
 
 
 @pytest.fixture(scope="session")
+def hf_text(tiny_text_dir):
+    yield from _session_backend("hf", "tiny-gemma3")
+
+
+@pytest.fixture(scope="session")
 def jax_vision(tiny_vision_dir):
     yield from _session_backend("jax", "tiny-gemma3-vision")
 

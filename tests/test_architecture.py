@@ -131,7 +131,7 @@ def _engine_name_branches(path: Path, engine_names: set[str]) -> list[str]:
 
     def names_engine(expr: ast.AST) -> bool:
         text = ast.unparse(expr).lower()
-        return any(w in text for w in ("name", "backend", "engine", "side"))
+        return any(w in text for w in ("name", "backend", "engine", "side", "provider"))
 
     def literals(expr: ast.AST) -> set[str]:
         if isinstance(expr, ast.Constant) and isinstance(expr.value, str):

@@ -37,13 +37,6 @@ NO_AUDIO = "Gemma 3 has no audio encoder"
 NO_VISION = "the model has no vision encoder (text-only Gemma 3 folder)"
 
 
-class HfImagePixels(ImagePixelsResult):
-    """`ImagePixelsResult` that also unpacks as the tuple (processor, resized, pixels)."""
-
-    def __iter__(self):
-        return iter((self.processor, self.resized, self.pixels))
-
-
 @dataclasses.dataclass(frozen=True)
 class _Encoded:
     """One request as the model takes it: prompt ids (BOS, template, expanded image tokens),
@@ -200,7 +193,7 @@ class HfBackend(BaseBackend):
         inside the text before tokenizing (so those newlines merge with neighbouring ones)."""
         return self._encode(request).ids
 
-    def image_pixels(self, request: Request) -> HfImagePixels | None:
+    def image_pixels(self, request: Request) -> ImagePixelsResult | None:
         """(processor class, resized uint8 HxWx3 images before rescale/normalise, normalised float32
         HxWx3 pixels the vision tower receives), one per image; None for a request without images."""
         self.capabilities.check(request, self.name)
@@ -214,7 +207,7 @@ class HfBackend(BaseBackend):
             norm = proc(images=img, return_tensors="np")["pixel_values"][0]
             resized.append(np.clip(np.rint(np.transpose(raw, (1, 2, 0))), 0, 255).astype(np.uint8))
             pixels.append(np.transpose(norm, (1, 2, 0)).astype(np.float32))
-        return HfImagePixels(processor=type(proc).__name__, resized=resized, pixels=pixels)
+        return ImagePixelsResult(processor=type(proc).__name__, resized=resized, pixels=pixels)
 
     # ---------------------------------------------------------------- generation
 
