@@ -33,6 +33,7 @@ from ._protocol import (
     CompileCounting,
     ImagePixels,
     ImagePixelsResult,
+    SettingsRescoring,
     TimedStreaming,
 )
 from ._signals import install_signal_handlers, stop_point
@@ -45,6 +46,7 @@ from ._types import (
     MemorySnapshot,
     Message,
     Modality,
+    ModelSettings,
     Request,
     SamplingParams,
     TextPart,
@@ -56,7 +58,7 @@ from .models import REGISTRY, ModelSpec, get_spec
 __all__ = [
     "AudioPart", "Backend", "BackendGone", "BaseBackend", "Capabilities", "CausalImageScoring", "CompileCount",
     "CompileCounting", "Generation", "ImagePart", "ImagePixels", "ImagePixelsResult", "InputError",
-    "MemorySnapshot", "Message", "Modality", "ModelError", "ModelSpec", "ParitybenchError", "REGISTRY", "Request",
+    "MemorySnapshot", "Message", "Modality", "ModelError", "ModelSettings", "SettingsRescoring", "ModelSpec", "ParitybenchError", "REGISTRY", "Request",
     "SamplingParams", "TextPart", "TimedStreaming", "Timings", "TokenScores", "UnsupportedError", "engine_class",
     "engines", "get", "get_spec", "install_signal_handlers", "media", "peak_rss_bytes", "stop_point", "vllm_env_dir",
 ]

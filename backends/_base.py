@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from ._errors import InputError
-from ._types import Capabilities, Request, SamplingParams
+from ._types import Capabilities, ModelSettings, Request, SamplingParams
 
 MAX_TOP_LOGPROBS = 20
 
@@ -75,6 +75,10 @@ class BaseBackend:
 
     def guide_facts(self) -> dict[str, str]:
         return {}
+
+    def model_settings(self) -> ModelSettings:
+        """What this side computes where engines part by design; nothing known by default."""
+        return ModelSettings()
 
     def close(self) -> None:
         """Release what the engine holds."""

@@ -10,6 +10,10 @@ runtime-checkable protocol the harness picks with `isinstance`, never by the eng
 - `ImagePixels`: the pixels the engine feeds its vision tower for a request's images.
 - `CausalImageScoring`: teacher-forced scoring with causal attention inside images (a diagnostic:
   an engine that attends both ways inside images reproduces one that attends causally).
+- `SettingsRescoring`: teacher-forced scoring with other `ModelSettings` (another soft-cap,
+  vocabulary rows, KV-sharing targets, AltUp clip): confirms a cause named from the settings diff.
+
+Every engine reports `model_settings()` (what it computes where engines part by design).
 
 Engines without `TimedStreaming` are benchmarked in batches (`generate` on batch sizes).
 """
@@ -23,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ._errors import ParitybenchError
-from ._types import Capabilities, Generation, MemorySnapshot, Request, SamplingParams, TokenScores
+from ._types import Capabilities, Generation, MemorySnapshot, ModelSettings, Request, SamplingParams, TokenScores
 
 
 @runtime_checkable
@@ -39,6 +43,7 @@ class Backend(Protocol):
       position-by-position comparison of two models.
     - `text_ids` / `detokenize`: the engine's tokenizer, plain (no template, no BOS).
     - `describe`: what this side is (model, dtype, versions, ...), for the record.
+    - `model_settings`: what the engine computes where engines part by design (`ModelSettings`).
     - `guide_facts`: the engine's own words for the provider guide's table rows (setup, API,
       model loading, memory model, multi-device, quantization).
     - `memory`: a snapshot of what the engine holds now.
@@ -73,6 +78,8 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
     def guide_facts(self) -> dict[str, str]: ...
+
+    def model_settings(self) -> ModelSettings: ...
 
     def memory(self) -> MemorySnapshot: ...
 
@@ -127,3 +134,9 @@ class ImagePixels(Protocol):
 class CausalImageScoring(Protocol):
     def score_causal_images(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], *,
                             top_logprobs: int = 0) -> list[TokenScores]: ...
+
+
+@runtime_checkable
+class SettingsRescoring(Protocol):
+    def score_with_settings(self, settings: ModelSettings, requests: Sequence[Request],
+                            continuation_ids: Sequence[Sequence[int]], *, top_logprobs: int = 0) -> list[TokenScores]: ...

@@ -234,3 +234,31 @@ class Capabilities(_Model):
         for m in sorted(request.modalities - self.modalities):
             why = self.unsupported.get(m, "the model takes no such input")
             raise UnsupportedError(f"{backend}: request {request.id or ''} has {m} input, which is unsupported: {why}")
+
+
+class ModelSettings(_Model):
+    """What a side's engine really computes where Gemma engines are known to part, by design.
+
+    A field not set is unknown for that side (for example a hub model an attached server loaded);
+    None is a value: no soft-cap, no clipping, no KV sharing.
+
+    convention: whose rules the side follows ("gemma": the gemma library's, "hf": transformers',
+    "vllm": vLLM's). family: the architecture ("gemma3", "gemma3n"). final_logit_softcap: the cap c of c * tanh(logits / c). text_vocab_size: the
+    text ids. logit_rows: how many logits each softmax normalises over (the output embedding's rows;
+    more than the text ids where vision/audio ids or padding rows follow). kv_sharing: for each layer,
+    the layer whose keys and values it attends with (Gemma 3n's KV-shared layers).
+    altup_coef_clip: the bound AltUp's prediction and correction coefficients are clipped to at
+    inference (Gemma 3n); None when nothing is clipped (no bound, or every coefficient within it).
+    """
+
+    convention: str | None = None
+    family: str | None = None
+    final_logit_softcap: float | None = None
+    text_vocab_size: int | None = None
+    logit_rows: int | None = None
+    kv_sharing: tuple[int, ...] | None = None
+    altup_coef_clip: float | None = None
+
+    def known(self) -> dict[str, Any]:
+        """The fields this side knows, by name."""
+        return {k: getattr(self, k) for k in sorted(self.model_fields_set)}

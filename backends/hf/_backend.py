@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import os
@@ -21,6 +22,7 @@ from .._types import (
     Generation,
     ImagePart,
     MemorySnapshot,
+    ModelSettings,
     Request,
     SamplingParams,
     TextPart,
@@ -117,15 +119,24 @@ class HfBackend(BaseBackend):
         return path
 
     def _load_model(self) -> Any:
-        from transformers import AutoModelForCausalLM, Gemma3ForConditionalGeneration
+        from transformers import AutoModelForCausalLM, Gemma3ForConditionalGeneration, Gemma3nForCausalLM
 
         model_type = getattr(self._config, "model_type", None)
-        if self.has_vision and model_type != "gemma3":
+        kw: dict[str, Any] = {}
+        cls: Any
+        if model_type == "gemma3n":
+            # The text model only: Gemma 3n's vision tower needs timm, which this environment lacks.
+            self.has_vision = False
+            cls = Gemma3nForCausalLM
+            kw = {"config": self._config.get_text_config(), "key_mapping": {r"^model\.language_model\.": "model."}}
+        elif self.has_vision and model_type != "gemma3":
             raise ModelError(f"{self.hf_dir}: model_type {model_type!r} with a vision_config is not Gemma 3 (gemma3)")
-        cls = Gemma3ForConditionalGeneration if self.has_vision else AutoModelForCausalLM
+        else:
+            cls = Gemma3ForConditionalGeneration if self.has_vision else AutoModelForCausalLM
         try:
-            model = cls.from_pretrained(self.hf_dir, dtype=self._torch_dtype,
-                                        attn_implementation=self.attn_implementation)
+            with _transformers_quiet() if kw else contextlib.nullcontext():
+                model = cls.from_pretrained(self.hf_dir, dtype=self._torch_dtype,
+                                            attn_implementation=self.attn_implementation, **kw)
         except (OSError, ValueError, ImportError, KeyError, RuntimeError) as e:
             if "attn_implementation" in str(e):
                 raise InputError(f"attn_implementation={self.attn_implementation!r}: {_first_line(e)}") from None
@@ -351,6 +362,19 @@ class HfBackend(BaseBackend):
 
     # ---------------------------------------------------------------- the record, memory, lifetime
 
+    def model_settings(self) -> ModelSettings:
+        """What transformers computes where engines part by design (`ModelSettings`): the
+        config's soft-cap and rows, Gemma 3n's same-type KV-sharing rule, no AltUp clipping."""
+        import json
+
+        from .. import models
+
+        try:
+            arch = models.arch_from_hf_config(json.loads((self.hf_dir / "config.json").read_text()))
+        except (ModelError, ValueError):
+            return ModelSettings(convention="hf")
+        return models.engine_settings(arch, "hf")
+
     def describe(self) -> dict[str, Any]:
         import torch
         import transformers
@@ -423,6 +447,22 @@ def _apply_stop_strings(ids: list[int], stops: Sequence[str],
         if hits:
             return ids[:k], text[: min(hits)], True
     return ids, decode(ids), False
+
+
+@contextlib.contextmanager
+def _transformers_quiet():
+    """No load report on the console while the text model is taken out of a multimodal folder (the
+    towers' tensors are left unused on purpose)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
 
 
 def _first_line(e: BaseException) -> str:

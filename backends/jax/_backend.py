@@ -27,8 +27,17 @@ from .._base import MAX_TOP_LOGPROBS, BaseBackend
 from .._errors import InputError, ModelError
 from .._protocol import CompileCount, ImagePixelsResult
 from .._system import peak_rss_bytes
-from .._types import Capabilities, Generation, MemorySnapshot, Request, SamplingParams, Timings, TokenScores
-from ..models import END_OF_TURN, EOS, GemmaArch
+from .._types import (
+    Capabilities,
+    Generation,
+    MemorySnapshot,
+    ModelSettings,
+    Request,
+    SamplingParams,
+    Timings,
+    TokenScores,
+)
+from ..models import END_OF_TURN, EOS, PAD, Gemma3nArch, GemmaArch
 
 TOP_K_MAX = MAX_TOP_LOGPROBS
 PAD_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
@@ -87,6 +96,7 @@ class JaxBackend(BaseBackend):
         cache_length: int | None = None,
         max_batch_size: int = 64,
         text_only: bool = False,
+        conventions: str = "gemma",
     ) -> None:
         _quiet.load_noisy_libraries()  # TensorFlow/grain start-up lines go to a log file, not the console
         import jax.numpy as jnp
@@ -124,9 +134,22 @@ class JaxBackend(BaseBackend):
         self._tokenizer = self._load_tokenizer(tok_path)
         self._check_tokenizer_fits(tok_path)
         self._params = _cast_params(models.load_params(ckpt_path), jdtype)
+        self._jdtype = jdtype
+        self._variants: dict[str, tuple[Any, Any, Any]] = {}
+        if conventions not in ("gemma", "hf"):
+            raise InputError(f"conventions={conventions!r}: choose gemma (the gemma library's own) or hf (align the "
+                             "logit soft-cap, vocabulary rows, KV-sharing rule and AltUp clipping with Hugging Face)")
+        self.conventions = conventions
+        self._settings = models.engine_settings(self._net_arch(), "gemma")
+        clip = self._settings.altup_coef_clip
+        if clip is not None and _max_altup_coef(self._params) <= clip:  # clipping changes nothing
+            self._settings = self._settings.model_copy(update={"altup_coef_clip": None})
+        if conventions == "hf":
+            self._settings = hf_alignment(self._net_arch())
+            self._model, self._params, _ = self._variant(self._settings)
         self.load_s = time.perf_counter() - t0
         self.capabilities = self._capabilities(text_only)
-        self._forward_fn = self._make_forward()
+        self._forward_fn = self._make_forward(self._model)
 
     # ---------------------------------------------------------------- loading
 
@@ -142,7 +165,8 @@ class JaxBackend(BaseBackend):
     def _load_tokenizer(self, path: Any):
         from gemma import gm
 
-        cls = gm.text.Gemma3nTokenizer if (self.spec and self.spec.tokenizer == "gemma3n") else gm.text.Gemma3Tokenizer
+        # the sampler insists on the tokenizer class of the model's version ("3" or "3n")
+        cls = gm.text.Gemma3nTokenizer if self._model.INFO.tokenizer_version == "3n" else gm.text.Gemma3Tokenizer
         if path is None:
             return cls()
         if "://" not in str(path) and not Path(path).is_file():
@@ -152,6 +176,8 @@ class JaxBackend(BaseBackend):
     def _check_tokenizer_fits(self, path: Any) -> None:
         """The tokenizer must index into the embedding and keep Gemma's special-token layout."""
         num_embed = self.arch.vocab_size if self.arch else getattr(self._model.config, "num_embed", None)
+        if isinstance(self.arch, Gemma3nArch):  # pieces past the gemma rows are vision/audio ids a text model never sees
+            num_embed = self.arch.padded_vocab_size
         try:
             n = self._tokenizer.vocab_size
             pieces = [self._tokenizer.tokens[i] for i in (0, 1, 2, 105, 106)] if n > 106 else []
@@ -183,6 +209,56 @@ class JaxBackend(BaseBackend):
         if "image" not in mods:
             why.setdefault("image", "the model has no vision encoder")
         return Capabilities(modalities=frozenset(mods), streaming=False, max_top_logprobs=TOP_K_MAX, unsupported=why)
+
+    # ---------------------------------------------------------------- effective settings
+
+    def _net_arch(self) -> GemmaArch:
+        """The architecture of the loaded network: the card's, or read from the gemma class."""
+        if self.arch is not None:
+            return self.arch
+        cfg = self._model.config
+        if getattr(cfg, "use_altup", False):
+            return Gemma3nArch.from_gemma3n_config(cfg, dtype=self.dtype)
+        return GemmaArch.from_gemma_config(cfg, dtype=self.dtype)
+
+    def model_settings(self) -> ModelSettings:
+        """What this side computes where engines part by design (`ModelSettings`)."""
+        return self._settings
+
+    def _variant(self, settings: ModelSettings) -> tuple[Any, Any, Any]:
+        """The network with `settings` applied (soft-cap, logit rows, KV-sharing targets, AltUp
+        clip): its model, params and scoring function, built once per settings."""
+        key = settings.model_dump_json(exclude_unset=True)
+        if key in self._variants:
+            return self._variants[key]
+        arch = self._net_arch()
+        known = settings.known()
+        update: dict[str, Any] = {}
+        if "final_logit_softcap" in known:
+            update["final_logit_softcap"] = known["final_logit_softcap"]
+        rows = known.get("logit_rows") or arch.vocab_size
+        update["vocab_size"] = rows
+        kv = None
+        if isinstance(arch, Gemma3nArch):
+            update["padded_vocab_size"] = max(arch.padded_vocab_size, rows)
+            if "altup_coef_clip" in known:
+                update["altup_coef_clip"] = known["altup_coef_clip"]
+            if known.get("kv_sharing") is not None and tuple(known["kv_sharing"]) != arch.kv_sharing("gemma"):
+                kv = tuple(known["kv_sharing"])
+        elif {"kv_sharing", "altup_coef_clip"} & set(known) and (known.get("kv_sharing") or known.get("altup_coef_clip")):
+            raise InputError("KV sharing and AltUp clipping are Gemma 3n settings; this model is not Gemma 3n")
+        varch = arch.model_copy(update=update)
+        model = models.gemma_model_class(varch, kv_sharing=kv)(dtype=self._jdtype)
+        params = _with_rows(self._params, rows)
+        self._variants[key] = (model, params, self._make_forward(model))
+        return self._variants[key]
+
+    def score_with_settings(self, settings: ModelSettings, requests: Sequence[Request],
+                            continuation_ids: Sequence[Sequence[int]], *, top_logprobs: int = 0) -> list[TokenScores]:
+        """`score` on the network with `settings` applied (`SettingsRescoring`: re-score this side
+        with the other side's soft-cap, vocabulary rows, KV-sharing targets or AltUp clip)."""
+        _, params, forward = self._variant(settings)
+        return self._score(requests, continuation_ids, top_logprobs, causal_images=False, net=(forward, params))
 
     # ---------------------------------------------------------------- prompts
 
@@ -285,14 +361,15 @@ class JaxBackend(BaseBackend):
         if sampling.logprobs > TOP_K_MAX:
             raise InputError(f"logprobs={sampling.logprobs}: the JAX backend returns at most {TOP_K_MAX} alternatives")
         prepared = [(r, self._text_ids(r), self._images(r)) for r in requests]
-        # The sampler batches prompts whose images have the same shapes; group by that.
-        groups: dict[tuple[int, ...] | None, list[int]] = {}
-        for i, (_, _, im) in enumerate(prepared):
-            groups.setdefault(None if im is None else im.shape, []).append(i)
+        # The sampler batches prompts whose images have the same shapes, padded to the longest:
+        # group by image shape and by prompt-length bucket (a long prompt does not pad the short ones).
+        groups: dict[tuple[tuple[int, ...] | None, int], list[int]] = {}
+        for i, (_, ids, im) in enumerate(prepared):
+            groups.setdefault((None if im is None else im.shape, _bucket(len(ids))), []).append(i)
         results: list[Generation | None] = [None] * len(requests)
         max_out = _bucket(sampling.max_tokens, (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192))
         seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
-        for shape, idx in groups.items():
+        for (shape, _), idx in groups.items():
             for start in range(0, len(idx), self.max_batch_size):
                 chunk = idx[start:start + self.max_batch_size]
                 prompts = [models.render_chat(prepared[i][0]) for i in chunk]
@@ -342,11 +419,9 @@ class JaxBackend(BaseBackend):
 
     # ---------------------------------------------------------------- scoring
 
-    def _make_forward(self):
+    def _make_forward(self, model: Any):
         import jax
         import jax.numpy as jnp
-
-        model = self._model
 
         @functools.partial(jax.jit, static_argnames=("causal_images",))
         def forward(params, tokens, targets, images=None, causal_images=False):
@@ -379,7 +454,7 @@ class JaxBackend(BaseBackend):
         return self._score(requests, continuation_ids, top_logprobs, causal_images=True)
 
     def _score(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], top_logprobs: int,
-               causal_images: bool) -> list[TokenScores]:
+               causal_images: bool, net: tuple[Any, Any] | None = None) -> list[TokenScores]:
         self.check_score_args(requests, continuation_ids, top_logprobs)
         out: list[TokenScores | None] = [None] * len(requests)
         text_only: list[int] = []
@@ -387,13 +462,13 @@ class JaxBackend(BaseBackend):
             images = self._images(r)
             if images is not None:
                 out[i] = self._score_batch([r], [cont], top_logprobs, images=images[None],
-                                           causal_images=causal_images)[0]
+                                           causal_images=causal_images, net=net)[0]
             else:
                 text_only.append(i)
         for start in range(0, len(text_only), self.max_batch_size):
             chunk = text_only[start:start + self.max_batch_size]
             for i, sc in zip(chunk, self._score_batch([requests[i] for i in chunk],
-                                                      [continuation_ids[i] for i in chunk], top_logprobs)):
+                                                      [continuation_ids[i] for i in chunk], top_logprobs, net=net)):
                 out[i] = sc
         return [sc for sc in out if sc is not None]
 
@@ -404,15 +479,19 @@ class JaxBackend(BaseBackend):
         return sc.model_copy(update={"prompt_ids": ids[:1]})
 
     def _score_batch(self, reqs: Sequence[Request], conts: Sequence[Sequence[int]], top: int,
-                     images: np.ndarray | None = None, causal_images: bool = False) -> list[TokenScores]:
-        res = self._score_tokens([self._text_ids(r) for r in reqs], conts, top, images, causal_images)
+                     images: np.ndarray | None = None, causal_images: bool = False,
+                     net: tuple[Any, Any] | None = None) -> list[TokenScores]:
+        res = self._score_tokens([self._text_ids(r) for r in reqs], conts, top, images, causal_images, net)
         return [sc.model_copy(update={"request_id": r.id, "prompt_ids": self.prompt_ids(r)}) for r, sc in zip(reqs, res)]
 
     def _score_tokens(self, prompts: Sequence[list[int]], conts: Sequence[Sequence[int]], top: int,
-                      images: np.ndarray | None = None, causal_images: bool = False) -> list[TokenScores]:
-        """Teacher-forced scores of `conts` after text-level `prompts` (BOS included, images not expanded)."""
+                      images: np.ndarray | None = None, causal_images: bool = False,
+                      net: tuple[Any, Any] | None = None) -> list[TokenScores]:
+        """Teacher-forced scores of `conts` after text-level `prompts` (BOS included, images not
+        expanded), on the loaded network or `net` (a scoring function and its params)."""
         import jax.numpy as jnp
 
+        forward, params = net or (self._forward_fn, self._params)
         seqs = [p + [int(t) for t in c] for p, c in zip(prompts, conts)]
         L = _bucket(max(len(s) for s in seqs))
         tokens = np.zeros((len(seqs), L), np.int32)
@@ -420,7 +499,7 @@ class JaxBackend(BaseBackend):
         for b, s in enumerate(seqs):
             tokens[b, : len(s)] = s
             targets[b, : len(s) - 1] = s[1:]
-        chosen, top_v, top_i = self._forward_fn(self._params, jnp.asarray(tokens), jnp.asarray(targets),
+        chosen, top_v, top_i = forward(params, jnp.asarray(tokens), jnp.asarray(targets),
                                                 None if images is None else jnp.asarray(images),
                                                 causal_images=causal_images)
         chosen, top_v, top_i = np.asarray(chosen), np.asarray(top_v), np.asarray(top_i)
@@ -465,6 +544,49 @@ class JaxBackend(BaseBackend):
         self._params = None
         jax.clear_caches()
         gc.collect()
+
+
+def hf_alignment(arch: GemmaArch) -> ModelSettings:
+    """The settings that make the gemma library compute what transformers computes for `arch`:
+    Hugging Face's soft-cap (Gemma 3n: 30 where gemma has none), its vocabulary rows (pad-row
+    copies appended), its same-type KV-sharing rule and no AltUp clipping."""
+    settings = models.engine_settings(arch, "hf")
+    if isinstance(arch, Gemma3nArch) and settings.final_logit_softcap is None:
+        settings = settings.model_copy(update={"final_logit_softcap": models.HF_GEMMA3N_SOFTCAP})
+    return settings
+
+
+def _max_altup_coef(params: Any) -> float:
+    """The largest |AltUp prediction or correction coefficient| (0 for models without AltUp)."""
+    import jax
+
+    m = 0.0
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if str(getattr(path[-1], "key", "")).endswith(("prediction_coefs", "correction_coefs")):
+            m = max(m, float(np.max(np.abs(np.asarray(x, np.float32)))))
+    return m
+
+
+def _with_rows(params: Any, rows: int) -> Any:
+    """`params` with `rows` embedding rows: cut, or extended as Google's Hugging Face checkpoints
+    extend them (copies of the pad row; Gemma 3n's per-layer rows beyond the text ids read row 0)."""
+    import jax.numpy as jnp
+
+    emb = params["embedder"]["input_embedding"]
+    if emb.shape[0] == rows:
+        return params
+    embedder = dict(params["embedder"])
+    if emb.shape[0] > rows:
+        embedder["input_embedding"] = emb[:rows]
+        if "per_layer_input_embedding" in embedder:
+            embedder["per_layer_input_embedding"] = embedder["per_layer_input_embedding"][:rows]
+    else:
+        extra = rows - emb.shape[0]
+        embedder["input_embedding"] = jnp.concatenate([emb, jnp.repeat(emb[PAD:PAD + 1], extra, axis=0)])
+        if "per_layer_input_embedding" in embedder:
+            ple = embedder["per_layer_input_embedding"]
+            embedder["per_layer_input_embedding"] = jnp.concatenate([ple, jnp.repeat(ple[:1], extra, axis=0)])
+    return {**params, "embedder": embedder}
 
 
 def without_end_tokens(tokenizer: Any) -> Any:

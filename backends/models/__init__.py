@@ -14,12 +14,18 @@ from ._arch import (
     END_OF_IMAGE,
     END_OF_TURN,
     EOS,
+    HF_GEMMA3N_SOFTCAP,
+    KV_RULES,
     PAD,
     START_OF_IMAGE,
     START_OF_TURN,
+    Gemma3nArch,
     GemmaArch,
     ModelCard,
     VisionArch,
+    arch_from_hf_config,
+    engine_settings,
+    kv_sharing_targets,
 )
 from ._checkpoint import (
     CARD,
@@ -34,12 +40,11 @@ from ._checkpoint import (
     tree_digest,
     write_model_dir,
 )
-from ._convert import gemma_dir_to_hf, hf_dir_to_gemma, hf_to_params, params_to_hf
+from ._convert import Conversion, gemma_dir_to_hf, hf_dir_to_gemma, hf_to_params, params_to_hf
 from ._registry import (
     GEMMA3N_TEXT_ONLY,
     NO_AUDIO_GEMMA3,
     REGISTRY,
-    TINY_GEMMA3N_VLLM_ONLY,
     ModelSpec,
     abstract_params,
     download_kaggle,
@@ -57,16 +62,16 @@ from ._tiny import RECIPES as TINY_RECIPES
 from ._tiny import build as build_tiny
 from ._tiny import cache_root
 from ._tiny import ensure as ensure_tiny
-from ._tiny import ensure_gemma3n as ensure_tiny_gemma3n
-from ._tokenizer import CHAT_TEMPLATE, CORPUS, FULL_VOCAB, IMAGE_SOFT_TOKEN, render_chat
+from ._tokenizer import CHAT_TEMPLATE, CORPUS, FULL_VOCAB, IMAGE_SOFT_TOKEN, gemma3n_tokenizer, render_chat
 from ._tokenizer import train_tiny as train_tiny_tokenizer
 
 __all__ = [
-    "BOS", "CARD", "CHAT_TEMPLATE", "CORPUS", "END_OF_IMAGE", "END_OF_TURN", "EOS", "FULL_VOCAB",
+    "HF_GEMMA3N_SOFTCAP", "KV_RULES", "Conversion", "Gemma3nArch", "arch_from_hf_config", "engine_settings", "gemma3n_tokenizer",
+    "kv_sharing_targets", "BOS", "CARD", "CHAT_TEMPLATE", "CORPUS", "END_OF_IMAGE", "END_OF_TURN", "EOS", "FULL_VOCAB",
     "GEMMA3N_TEXT_ONLY", "IMAGE_SOFT_TOKEN", "NO_AUDIO_GEMMA3", "PAD", "PARAMS", "REGISTRY", "START_OF_IMAGE",
-    "START_OF_TURN", "TINY_GEMMA3N", "TINY_GEMMA3N_VLLM_ONLY", "TINY_RECIPES", "TOKENIZER", "GemmaArch",
+    "START_OF_TURN", "TINY_GEMMA3N", "TINY_RECIPES", "TOKENIZER", "GemmaArch",
     "ModelCard", "ModelSpec", "ResolvedModel", "VisionArch", "abstract_params", "atomic_dir", "build_tiny", "cache_root",
-    "commit_dir", "converted", "dir_fingerprint", "download_kaggle", "ensure_tiny", "ensure_tiny_gemma3n", "find_spec",
+    "commit_dir", "converted", "dir_fingerprint", "download_kaggle", "ensure_tiny", "find_spec",
     "gemma_dir_to_hf", "gemma_model_class", "get_spec", "hf_dir_to_gemma", "hf_to_params", "is_path",
     "load_params", "locate_kaggle_download", "looks_like_hf_id", "params_to_hf", "read_card", "real_model",
     "render_chat", "resolve", "save_params", "train_tiny_tokenizer", "tree_digest", "write_model_dir",

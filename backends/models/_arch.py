@@ -8,7 +8,7 @@ bases and scaling, soft-caps, query scaling, tied embeddings.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -298,11 +298,271 @@ def _num(x: float) -> float | int:
     return int(x) if float(x).is_integer() else x
 
 
+# ------------------------------------------------------------------------------ Gemma 3n
+
+# Hugging Face's Gemma3nTextConfig default, which vLLM applies from config.json; gemma 3.3's
+# Gemma3n_E2B/E4B set none.
+HF_GEMMA3N_SOFTCAP = 30.0
+GEMMA3N_MM_IDS = 256  # vision (128) and audio (128) ids after the text vocabulary, in HF's layout
+
+KvRule = Literal["gemma", "hf"]
+KV_RULES: dict[str, str] = {
+    "gemma": "fixed offsets: a KV-shared sliding layer reads layer (first shared - 2), a full one (first shared - 1) "
+             "(gemma's create_kv_cache_sharing_patterns; vLLM's Gemma3n the same)",
+    "hf": "the last unshared layer of the same type (transformers' Gemma3nTextAttention)",
+}
+
+
+def kv_sharing_targets(layer_types: tuple[str, ...], num_shared: int, rule: KvRule) -> tuple[int, ...]:
+    """For each layer, the layer whose keys and values it uses (itself when not KV-shared)."""
+    n = len(layer_types)
+    first = n - num_shared
+    out = []
+    for i, t in enumerate(layer_types):
+        if num_shared == 0 or i < first:
+            out.append(i)
+        elif rule == "gemma":
+            out.append(first - (2 if t == "sliding" else 1))
+        else:
+            prev = [j for j in range(first) if layer_types[j] == t]
+            if not prev:
+                raise ModelError(f"layer {i} ({t}) is KV-shared but no unshared {t} layer precedes it")
+            out.append(prev[-1])
+    return tuple(out)
+
+
+class Gemma3nArch(GemmaArch):
+    """Gemma 3n text model (AltUp, LAuReL, per-layer inputs, KV sharing, activation sparsity).
+
+    vocab_size: rows of the gemma embedding (and logits). text_vocab_size: the text ids (HF's
+    `vocab_size_per_layer_input`; the per-layer embedding covers these). padded_vocab_size: rows
+    of the Hugging Face embedding (HF's `vocab_size`: text + 256 vision/audio ids). gemma 3.3's
+    E2B/E4B have 262144 rows, Google's HF checkpoints 262400 (256 copies of the pad row appended).
+    Norms have no `1 + scale` (unlike Gemma 3). The vision and audio towers are not part of this
+    description: gemma 3.3 has none; the converter takes them from a Hugging Face folder.
+    """
+
+    family: Literal["gemma3n"] = "gemma3n"  # type: ignore[assignment]
+    query_pre_attn_scalar: float = 1.0  # Gemma 3n does not scale queries (qk-norm instead)
+    text_vocab_size: int
+    padded_vocab_size: int
+    per_layer_input_dim: int
+    laurel_rank: int
+    altup_num_inputs: int = 4
+    altup_coef_clip: float | None = 120.0
+    activation_sparsity: tuple[float, ...]
+    num_kv_shared_layers: int = 0
+
+    @property
+    def hf_vocab_size(self) -> int:
+        return self.padded_vocab_size
+
+    @property
+    def hf_image_token_id(self) -> int | None:
+        return None
+
+    def kv_sharing(self, rule: KvRule = "gemma") -> tuple[int, ...]:
+        return kv_sharing_targets(self.layer_types, self.num_kv_shared_layers, rule)
+
+    def check(self) -> None:
+        """Refuse what the gemma library cannot express."""
+        n = self.num_layers
+        if len(self.activation_sparsity) != n:
+            raise ModelError(f"activation_sparsity has {len(self.activation_sparsity)} entries for {n} layers")
+        if self.query_pre_attn_scalar != 1.0 or self.vision is not None:
+            raise ModelError("Gemma 3n scales no queries and has no SigLIP tower in the gemma library")
+        if self.altup_num_inputs != 4:
+            raise ModelError(f"altup_num_inputs {self.altup_num_inputs}: the gemma library hard-codes 4 AltUp inputs")
+        if not (0 <= self.num_kv_shared_layers < n):
+            raise ModelError(f"num_kv_shared_layers {self.num_kv_shared_layers} must be below the {n} layers")
+        if not self.text_vocab_size <= self.vocab_size <= self.padded_vocab_size:
+            raise ModelError(f"vocabulary sizes: text {self.text_vocab_size} <= gemma rows {self.vocab_size} <= "
+                             f"Hugging Face rows {self.padded_vocab_size} does not hold")
+
+    def to_gemma_config(self):
+        """gemma 3.3's Gemma 3n `TransformerConfig` (from its private module: gm.nn exports only
+        the two released classes)."""
+        from gemma.gm.nn.gemma3n import _config, _modules
+
+        self.check()
+        at = {"sliding": _modules.AttentionType.LOCAL_SLIDING, "full": _modules.AttentionType.GLOBAL}
+        n = self.num_layers
+        sharing = None
+        if self.num_kv_shared_layers:
+            # gemma computes int(n - frac * n); nudge frac so that float rounding cannot drop a layer
+            frac = (self.num_kv_shared_layers - 1e-6) / n
+            sharing = _config.KVCacheSharingConfig(frac_shared_layers=frac, share_global=True, share_local=True)
+        return _config.TransformerConfig(
+            final_logit_softcap=self.final_logit_softcap, num_embed=self.vocab_size, embed_dim=self.embed_dim,
+            hidden_dim=self.hidden_dim, num_heads=self.num_heads, head_dim=self.head_dim,
+            num_kv_heads=self.num_kv_heads, use_post_attn_norm=True, use_post_ffw_norm=True,
+            use_qk_norm=True, qk_norm_with_scale=True, use_value_norm=True,
+            attention_types=tuple(at[t] for t in self.layer_types),
+            query_pre_attn_norm=_config.QueryPreAttentionNormalisation.NONE,
+            attn_logits_soft_cap=self.attn_logit_softcap, sliding_window_size=self.sliding_window,
+            transpose_gating_einsum=True,
+            local_base_frequency=int(self.rope_local_base), global_base_frequency=int(self.rope_global_base),
+            local_scale_factor=self.rope_local_scale, global_scale_factor=self.rope_global_scale,
+            vision_encoder=None, activation_sparsity_pattern=tuple(self.activation_sparsity),
+            use_altup=True, num_altup_inputs=self.altup_num_inputs, altup_coef_clip=self.altup_coef_clip,
+            per_layer_input_dim=self.per_layer_input_dim, use_laurel=True, laurel_rank=self.laurel_rank,
+            kv_cache_sharing_config=sharing, scale_plus_one=False, guard_against_excess_precision=True,
+        )
+
+    @classmethod
+    def from_gemma3n_config(cls, config: Any, *, dtype: str = "bfloat16", max_position_embeddings: int = 32_768,
+                            padded_vocab_size: int | None = None) -> Gemma3nArch:
+        """Read a gemma Gemma 3n `TransformerConfig` (for example `gm.nn.Gemma3n_E2B.config`)."""
+        from gemma.gm.nn.gemma3n import _config, _modules
+
+        if config.query_pre_attn_norm != _config.QueryPreAttentionNormalisation.NONE or config.scale_plus_one:
+            raise ModelError("not a Gemma 3n configuration (query scaling or 1 + scale norms)")
+        n = len(config.attention_types)
+        sc = config.kv_cache_sharing_config
+        shared = 0 if sc is None else n - int(n - sc.frac_shared_layers * n)
+        lt = tuple("sliding" if t == _modules.AttentionType.LOCAL_SLIDING else "full" for t in config.attention_types)
+        return cls(
+            vocab_size=config.num_embed, text_vocab_size=config.num_embed,
+            padded_vocab_size=padded_vocab_size or config.num_embed + GEMMA3N_MM_IDS,
+            embed_dim=config.embed_dim, hidden_dim=config.hidden_dim, num_heads=config.num_heads,
+            head_dim=config.head_dim, num_kv_heads=config.num_kv_heads, layer_types=lt,
+            sliding_window=config.sliding_window_size, final_logit_softcap=config.final_logit_softcap,
+            attn_logit_softcap=config.attn_logits_soft_cap,
+            rope_local_base=float(config.local_base_frequency), rope_global_base=float(config.global_base_frequency),
+            rope_local_scale=float(config.local_scale_factor), rope_global_scale=float(config.global_scale_factor),
+            max_position_embeddings=max_position_embeddings, dtype=dtype,
+            per_layer_input_dim=config.per_layer_input_dim, laurel_rank=config.laurel_rank,
+            altup_num_inputs=config.num_altup_inputs, altup_coef_clip=config.altup_coef_clip,
+            activation_sparsity=tuple(float(x) for x in (config.activation_sparsity_pattern or (0.0,) * n)),
+            num_kv_shared_layers=shared,
+        )
+
+    def to_hf_text_config(self) -> dict[str, Any]:
+        """`text_config` of a Hugging Face `Gemma3nConfig` with this architecture."""
+        return {
+            "model_type": "gemma3n_text",
+            "vocab_size": self.padded_vocab_size,
+            "vocab_size_per_layer_input": self.text_vocab_size,
+            "hidden_size": self.embed_dim,
+            "hidden_size_per_layer_input": self.per_layer_input_dim,
+            "intermediate_size": [self.hidden_dim] * self.num_layers,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "sliding_window": self.sliding_window,
+            "layer_types": [HF_LAYER[t] for t in self.layer_types],
+            "num_kv_shared_layers": self.num_kv_shared_layers,
+            "laurel_rank": self.laurel_rank,
+            "altup_num_inputs": self.altup_num_inputs,
+            "altup_active_idx": 0,
+            "altup_correct_scale": True,
+            "altup_coef_clip": self.altup_coef_clip,
+            "activation_sparsity_pattern": list(self.activation_sparsity),
+            "max_position_embeddings": self.max_position_embeddings,
+            "rope_parameters": {
+                "full_attention": self._rope(self.rope_global_base, self.rope_global_scale),
+                "sliding_attention": self._rope(self.rope_local_base, self.rope_local_scale),
+            },
+            "hidden_activation": "gelu_pytorch_tanh",
+            "rms_norm_eps": 1e-6,
+            "final_logit_softcapping": self.final_logit_softcap,
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "tie_word_embeddings": True,
+            "bos_token_id": BOS,
+            "eos_token_id": [EOS, END_OF_TURN],
+            "pad_token_id": PAD,
+        }
+
+    def to_hf_config(self) -> dict[str, Any]:
+        raise ModelError("a Gemma 3n Hugging Face config needs its vision and audio towers' configuration: "
+                         "use backends.models.gemma3n_hf_config(arch, towers_config)")
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict[str, Any], *, source: str = "config.json") -> Gemma3nArch:  # type: ignore[override]
+        """Read a Hugging Face Gemma 3n `config.json` (`Gemma3nConfig` or a bare `gemma3n_text`)."""
+        mt = cfg.get("model_type")
+        if mt not in ("gemma3n", "gemma3n_text"):
+            raise ModelError(f"{source}: model_type {mt!r} is not Gemma 3n (gemma3n or gemma3n_text)")
+        text = cfg["text_config"] if mt == "gemma3n" else cfg
+        try:
+            n = text["num_hidden_layers"]
+            inter = text["intermediate_size"]
+            inters = set(inter) if isinstance(inter, list) else {inter}
+            if len(inters) != 1:
+                raise ModelError(f"{source}: intermediate_size varies by layer ({sorted(inters)}); the gemma library "
+                                 "has one MLP width")
+            for key, want in (("altup_active_idx", 0), ("altup_correct_scale", True)):
+                if text.get(key, want) != want:
+                    raise ModelError(f"{source}: {key}={text[key]!r}; the gemma library hard-codes {want!r}")
+            inv = {v: k for k, v in HF_LAYER.items()}
+            rope = text.get("rope_parameters")
+            if rope is None:  # transformers 4.x format
+                rope = {"full_attention": {"rope_theta": text.get("rope_theta", 1_000_000.0)},
+                        "sliding_attention": {"rope_theta": text.get("rope_local_base_freq", 10_000.0)}}
+            vocab = text["vocab_size"]
+            dtype = cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
+            return cls(
+                vocab_size=vocab, text_vocab_size=text.get("vocab_size_per_layer_input", vocab),
+                padded_vocab_size=vocab, embed_dim=text["hidden_size"], hidden_dim=next(iter(inters)),
+                num_heads=text["num_attention_heads"], head_dim=text["head_dim"],
+                num_kv_heads=text["num_key_value_heads"], layer_types=tuple(inv[t] for t in text["layer_types"]),
+                sliding_window=text.get("sliding_window"),
+                final_logit_softcap=text.get("final_logit_softcapping", HF_GEMMA3N_SOFTCAP),
+                attn_logit_softcap=None,
+                rope_local_base=float(rope["sliding_attention"].get("rope_theta", 10_000.0)),
+                rope_global_base=float(rope["full_attention"].get("rope_theta", 1_000_000.0)),
+                rope_local_scale=float(rope["sliding_attention"].get("factor", 1.0)),
+                rope_global_scale=float(rope["full_attention"].get("factor", 1.0)),
+                max_position_embeddings=text.get("max_position_embeddings", 32_768),
+                dtype="float32" if dtype == "float32" else "bfloat16",
+                per_layer_input_dim=text["hidden_size_per_layer_input"], laurel_rank=text["laurel_rank"],
+                altup_num_inputs=text.get("altup_num_inputs", 4), altup_coef_clip=text.get("altup_coef_clip", 120.0),
+                activation_sparsity=tuple(float(x) for x in text.get("activation_sparsity_pattern") or [0.0] * n),
+                num_kv_shared_layers=text.get("num_kv_shared_layers", 0),
+            )
+        except KeyError as e:
+            raise ModelError(f"{source}: missing field {e.args[0]!r}; is this a complete Gemma 3n config.json?") from None
+
+
+Convention = Literal["gemma", "hf", "vllm"]
+
+
+def engine_settings(arch: GemmaArch, convention: Convention) -> Any:
+    """What an engine following `convention` computes for `arch`: the gemma library applies the
+    gemma rows, its KV-sharing offsets and AltUp clipping; transformers (inference) and vLLM the
+    Hugging Face rows and no clipping, transformers with its same-type KV-sharing rule, vLLM with
+    the gemma offsets. A `backends.ModelSettings`."""
+    from .._types import ModelSettings
+
+    rows = arch.vocab_size if convention == "gemma" else arch.hf_vocab_size
+    known: dict[str, Any] = {"convention": convention, "family": arch.family,
+                             "final_logit_softcap": arch.final_logit_softcap, "logit_rows": rows}
+    if isinstance(arch, Gemma3nArch):
+        known.update(text_vocab_size=arch.text_vocab_size,
+                     kv_sharing=arch.kv_sharing("hf" if convention == "hf" else "gemma"),
+                     altup_coef_clip=arch.altup_coef_clip if convention == "gemma" else None)
+    else:
+        known["text_vocab_size"] = arch.vocab_size
+    return ModelSettings(**known)
+
+
+AnyArch = Annotated[GemmaArch | Gemma3nArch, Field(discriminator="family")]
+
+
+def arch_from_hf_config(cfg: dict[str, Any], *, source: str = "config.json") -> GemmaArch:
+    """The architecture of a Hugging Face Gemma 3 or Gemma 3n `config.json`."""
+    if cfg.get("model_type") in ("gemma3n", "gemma3n_text"):
+        return Gemma3nArch.from_hf_config(cfg, source=source)
+    return GemmaArch.from_hf_config(cfg, source=source)
+
+
 class ModelCard(BaseModel):
     """`paritybench-model.json`: what a gemma-format model directory holds."""
 
     model_config = ConfigDict(extra="forbid")
     format: int = 1
     name: str
-    arch: GemmaArch
+    arch: AnyArch
     source: str = Field(default="", description="where the weights came from (builder, HF dir, checkpoint)")

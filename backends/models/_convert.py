@@ -24,6 +24,7 @@ Both libraries compute RMSNorm as x * (1 + w), so norm weights copy as they are.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,9 @@ import numpy as np
 
 from .._errors import InputError, ModelError
 from . import _checkpoint as _ckpt
+from . import _convert3n
 from . import _tokenizer as _tok
-from ._arch import BOS, END_OF_TURN, EOS, PAD, GemmaArch, ModelCard
+from ._arch import BOS, END_OF_TURN, EOS, PAD, Gemma3nArch, GemmaArch, ModelCard, arch_from_hf_config
 
 VT = "model.vision_tower.vision_model."
 PROJ = "model.multi_modal_projector."
@@ -262,7 +264,7 @@ def read_hf_dir(src: Path) -> tuple[GemmaArch, dict[str, np.ndarray]]:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise InputError(f"{cfg_path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    arch = GemmaArch.from_hf_config(cfg, source=str(cfg_path))
+    arch = arch_from_hf_config(cfg, source=str(cfg_path))
     files = sorted(src.glob("*.safetensors"))
     if not files:
         raise InputError(f"{src} has no *.safetensors weights")
@@ -276,13 +278,26 @@ def read_hf_dir(src: Path) -> tuple[GemmaArch, dict[str, np.ndarray]]:
     return arch, sd
 
 
-def gemma_dir_to_hf(src: Path, dst: Path) -> Path:
+@dataclasses.dataclass(frozen=True)
+class Conversion:
+    """A converted folder, and what the conversion left out or changed (one line each)."""
+
+    path: Path
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def gemma_dir_to_hf(src: Path, dst: Path, *, towers: Path | None = None) -> Conversion:
+    """Write `src` (a gemma-format folder) as a Hugging Face folder. Gemma 3n needs `towers`: a
+    Hugging Face Gemma 3n folder whose vision and audio towers (and processor files) to take."""
     card = _ckpt.read_card(src)
     params = _ckpt.load_params(Path(src) / _ckpt.PARAMS)
-    return write_hf_dir(dst, params, card.arch, Path(src) / _ckpt.TOKENIZER)
+    if isinstance(card.arch, Gemma3nArch):
+        return Conversion(Path(dst), _convert3n.write_hf_dir(dst, params, card.arch, towers))
+    return Conversion(write_hf_dir(dst, params, card.arch, Path(src) / _ckpt.TOKENIZER))
 
 
-def hf_dir_to_gemma(src: Path, dst: Path, *, name: str | None = None) -> Path:
+def hf_dir_to_gemma(src: Path, dst: Path, *, name: str | None = None) -> Conversion:
+    """Write `src` (a Hugging Face folder) as a gemma-format folder."""
     import jax
 
     src = Path(src)
@@ -290,6 +305,10 @@ def hf_dir_to_gemma(src: Path, dst: Path, *, name: str | None = None) -> Path:
     tok = src / "tokenizer.model"
     if not tok.is_file():
         raise InputError(f"{src} has no tokenizer.model (the SentencePiece model the gemma library needs)")
+    if isinstance(arch, Gemma3nArch):
+        params, arch, notes = _convert3n.hf_to_params(sd, arch)
+        card = ModelCard(name=name or src.name, arch=arch, source=f"converted from Hugging Face folder {src}")
+        return Conversion(_ckpt.write_model_dir(Path(dst), card, params, tok), notes)
     like = None
     if arch.vision is not None:
         from ._registry import gemma_model_class
@@ -298,7 +317,7 @@ def hf_dir_to_gemma(src: Path, dst: Path, *, name: str | None = None) -> Path:
         like = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens=np.zeros((1, 4), np.int32)))["params"]
     params = hf_to_params(sd, arch, like=like)
     card = ModelCard(name=name or src.name, arch=arch, source=f"converted from Hugging Face folder {src}")
-    return _ckpt.write_model_dir(Path(dst), card, params, tok)
+    return Conversion(_ckpt.write_model_dir(Path(dst), card, params, tok))
 
 
 def _transformers_version() -> str:

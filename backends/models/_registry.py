@@ -14,11 +14,10 @@ from typing import Any
 
 from .._errors import InputError, ModelError
 from .._quiet import load_noisy_libraries
-from ._arch import GemmaArch
+from ._arch import Gemma3nArch, GemmaArch
 
 GEMMA3N_TEXT_ONLY = "gemma 3.3's Gemma 3n on JAX is text-only (no audio or vision towers)"
 NO_AUDIO_GEMMA3 = "Gemma 3 has no audio encoder"
-TINY_GEMMA3N_VLLM_ONLY = "Gemma 3n multimodal is not in gemma 3.3; tiny-gemma3n is vLLM-only"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,15 +99,15 @@ def _tiny(name: str, *, vision: bool) -> ModelSpec:
 
 
 def _tiny_gemma3n() -> ModelSpec:
-    """Random tiny Gemma 3n, a Hugging Face folder only (`tiny.ensure_gemma3n`): vLLM serves it,
-    the JAX side refuses every modality."""
-    mods = frozenset({"text", "image", "audio"})
+    """Random tiny Gemma 3n from one set of text weights: gemma folder for JAX (text), Hugging
+    Face folder with vision and audio towers for vLLM."""
     return ModelSpec(
         name="tiny-gemma3n",
-        description="random tiny Gemma 3n (text + MobileNetV5 vision + audio) built locally from a fixed seed; vLLM only",
+        description="random tiny Gemma 3n built locally from a fixed seed (text on both; + MobileNetV5 vision "
+                    "and audio on vLLM)",
         hf_id=None, gemma_class=None, checkpoint=None, kaggle_handle=None, tokenizer="local",
-        jax_modalities=frozenset(), vllm_modalities=mods,
-        unsupported={"jax": {m: TINY_GEMMA3N_VLLM_ONLY for m in sorted(mods)}},
+        jax_modalities=frozenset({"text"}), vllm_modalities=frozenset({"text", "image", "audio"}),
+        unsupported={"jax": {"image": GEMMA3N_TEXT_ONLY, "audio": GEMMA3N_TEXT_ONLY}},
         max_model_len=4096, tiny=True,
     )
 
@@ -154,9 +153,39 @@ def is_path(model: str | os.PathLike) -> bool:
     return os.sep in s or s.startswith(".") or Path(s).exists()
 
 
-def gemma_model_class(arch: GemmaArch) -> type:
-    """A `gm.nn.Transformer` subclass configured from `arch` (for local and tiny models)."""
+def gemma_model_class(arch: GemmaArch, *, kv_sharing: tuple[int, ...] | None = None) -> type:
+    """A gemma library model class configured from `arch` (for local and tiny models): a
+    `gm.nn.Transformer` for Gemma 3, a Gemma 3n transformer for Gemma 3n. `kv_sharing` (Gemma 3n)
+    replaces gemma's KV-sharing targets (layer i reads layer kv_sharing[i]'s keys and values)."""
+    if isinstance(arch, Gemma3nArch):
+        return _gemma3n_class(arch.model_dump_json(), kv_sharing)
     return _model_class(arch.model_dump_json())
+
+
+@functools.cache
+def _gemma3n_class(arch_json: str, kv_sharing: tuple[int, ...] | None) -> type:
+    load_noisy_libraries()
+    from gemma.gm.nn.gemma3n import _transformer
+
+    arch = Gemma3nArch.model_validate_json(arch_json)
+    targets = kv_sharing
+
+    def setup(self) -> None:
+        _transformer.Gemma3nTransformer.setup(self)
+        if targets is not None:
+            self.kv_cache_sharing_patterns = list(targets)
+
+    return type(
+        "LocalGemma3n",
+        (_transformer.Gemma3nTransformer,),
+        {
+            "__annotations__": {"config": _transformer._config.TransformerConfig},
+            "config": arch.to_gemma_config(),
+            "INFO": _transformer.ModelInfo(tokenizer_version="3n"),
+            "setup": setup,
+            "__module__": __name__,
+        },
+    )
 
 
 @functools.cache

@@ -85,10 +85,6 @@ def resolve(model: str, *, want: Format) -> ResolvedModel:
         return _folder(Path(model), want)
     spec = get_spec(model)
     if spec.tiny:
-        if spec.name == _tiny.GEMMA3N:  # a Hugging Face folder only (no gemma-format side)
-            if want == "gemma":
-                _tiny.check_buildable(spec.name)  # the clear "vLLM-only" error
-            return ResolvedModel(name=spec.name, spec=spec, hf_dir=_tiny.ensure_gemma3n(), dtype="float32")
         d = _tiny.ensure(spec.name)
         return ResolvedModel(name=spec.name, spec=spec, gemma_dir=d, hf_dir=d / "hf",
                              dtype=_ckpt.read_card(d).arch.dtype)

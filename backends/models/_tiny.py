@@ -12,8 +12,10 @@ seeded noise so the `1 + scale` convention and the affine terms are exercised by
 The embedding (and the image projection) is multiplied by `sharpen` so next-token
 distributions are peaked rather than flat, as in trained models. Rebuilding gives identical bytes.
 
-`ensure_gemma3n()` gives tiny-gemma3n, a Hugging Face folder only (vLLM; no JAX side), written by
-`tiny_gemma3n_build.py` in the vLLM environment.
+tiny-gemma3n is built the same way from ONE set of text weights (the gemma library's Gemma 3n,
+seeded noise as in Google's probe of it); its Hugging Face folder also has a MobileNetV5 vision
+tower and an audio conformer for vLLM, written by `vllm_env/tiny_gemma3n_build.py` in the vLLM
+environment (they need torch and timm) and joined to the converted text weights.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from pathlib import Path
 
 from .._envs import SCRIPTS
 from . import _checkpoint as _ckpt
-from . import _convert
+from . import _convert, _convert3n
 from . import _tokenizer as _tok
-from ._arch import GemmaArch, ModelCard, VisionArch
+from ._arch import Gemma3nArch, GemmaArch, ModelCard, VisionArch
 
 # Bump when the recipe changes, so caches built by older code are rebuilt.
 RECIPE_VERSION = 1
+GEMMA3N = "tiny-gemma3n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +65,18 @@ RECIPES: dict[str, TinyRecipe] = {
         )),
         full_vocab=True,
     ),
+    # Every Gemma 3n feature on: AltUp, LAuReL, per-layer inputs, activation sparsity, soft-cap,
+    # a window of 8, KV sharing. Layers 3-5 share KV caches; "sliding, full" as the last unshared
+    # layers keeps gemma's/vLLM's fixed offsets and HF's same-type rule on the same targets
+    # (3, 4 -> 1; 5 -> 2). Vocabulary: 1024 text pieces + 256 vision/audio ids, the same rows on
+    # both sides (so no vocabulary-padding difference on the clean model).
+    GEMMA3N: TinyRecipe(arch=Gemma3nArch(
+        vocab_size=1280, text_vocab_size=1024, padded_vocab_size=1280, embed_dim=64, hidden_dim=128,
+        num_heads=4, head_dim=32, num_kv_heads=2, layer_types=("sliding", "sliding", "full") * 2,
+        sliding_window=8, final_logit_softcap=30.0, max_position_embeddings=4096, dtype="float32",
+        per_layer_input_dim=16, laurel_rank=8, activation_sparsity=(0.95, 0.95, 0.0, 0.0, 0.0, 0.0),
+        num_kv_shared_layers=3,
+    )),
 }
 
 
@@ -70,10 +85,18 @@ def cache_root() -> Path:
 
 
 def recipe_key(name: str) -> str:
+    """Cache key of a tiny model: its recipe and tokenizer corpus; for Gemma 3n also the tower
+    builder script, the chat template it adapts and the versions of the packages that write the towers."""
     r = RECIPES[name]
-    blob = json.dumps({"v": RECIPE_VERSION, "arch": r.arch.model_dump(mode="json"), "seed": r.seed,
-                       "pieces": r.vocab_pieces, "full": r.full_vocab, "sharpen": r.sharpen,
-                       "corpus": hashlib.sha256(_tok.CORPUS.read_bytes()).hexdigest()}, sort_keys=True)
+    parts = {"v": RECIPE_VERSION, "arch": r.arch.model_dump(mode="json"), "seed": r.seed,
+             "pieces": r.vocab_pieces, "full": r.full_vocab, "sharpen": r.sharpen,
+             "corpus": hashlib.sha256(_tok.CORPUS.read_bytes()).hexdigest()}
+    if isinstance(r.arch, Gemma3nArch):
+        from .._envs import vllm_env_dir
+
+        parts["towers"] = [hashlib.sha256(GEMMA3N_BUILDER.read_bytes()).hexdigest(),
+                           hashlib.sha256(_tok.CHAT_TEMPLATE.encode()).hexdigest(), _env_versions(vllm_env_dir())]
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -82,12 +105,6 @@ def default_dir(name: str) -> Path:
 
 
 def check_buildable(name: str) -> None:
-    if name == GEMMA3N:
-        from .._errors import UnsupportedError
-        from ._registry import TINY_GEMMA3N_VLLM_ONLY
-
-        raise UnsupportedError(f"{name} has no gemma-format checkpoint: {TINY_GEMMA3N_VLLM_ONLY} "
-                               "(its Hugging Face folder: backends.models.ensure_tiny_gemma3n())")
     if name not in RECIPES:
         from .._errors import InputError
 
@@ -136,25 +153,69 @@ def init_params(arch: GemmaArch, *, seed: int, sharpen: float) -> dict:
     return jax.tree_util.tree_unflatten(tree, out)
 
 
+def init_gemma3n_params(arch: Gemma3nArch, *, seed: int) -> dict:
+    """The gemma library's Gemma 3n init, then seeded noise at realistic scales on every tensor
+    (its init leaves norm scales and AltUp coefficients at constants, which would hide a mapping
+    error): norm scales and `correct_output_scale` 1 + 0.3 N, AltUp coefficients 0.2-0.3 N,
+    embeddings N(0, 1) and 0.5 N, matrices 0.15 N. The output rows of the vision/audio ids are small
+    (0.01 N: logits near 0, never the greedy choice), because engines embed those ids differently
+    when fed back (gemma from this table, Hugging Face and vLLM from the towers' embedders). Their
+    per-layer rows copy row 0, as Hugging Face reads them, so both formats hold the same function."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ._registry import gemma_model_class
+
+    model = gemma_model_class(arch)(dtype=jnp.float32)
+    params = model.init(jax.random.key(seed), tokens=jnp.full((1, 8), 5, jnp.int32))["params"]
+    flat, tree = jax.tree_util.tree_flatten_with_path(params)
+    rng = np.random.default_rng(seed)
+    std = {"input_embedding": 1.0, "per_layer_input_embedding": 0.5, "prediction_coefs": 0.2, "correction_coefs": 0.3}
+    out = []
+    for path, x in flat:
+        leaf = str(getattr(path[-1], "key", path[-1]))
+        noise = rng.standard_normal(x.shape)
+        w = 1.0 + 0.3 * noise if leaf in ("scale", "correct_output_scale") else std.get(leaf, 0.15) * noise
+        if leaf == "per_layer_input_embedding":
+            w[arch.text_vocab_size:] = w[:1]
+        if leaf == "input_embedding":
+            w[arch.text_vocab_size:] *= 0.01
+        out.append(w.astype(np.float32))
+    return jax.tree_util.tree_unflatten(tree, out)
+
+
 def build(name: str, out: Path | None = None) -> Path:
     """Build tiny model `name` into `out` (default: the cache folder); returns the folder."""
     check_buildable(name)
     r = RECIPES[name]
     final = Path(out) if out is not None else default_dir(name)
     tmp = _ckpt.atomic_dir(final)
-    spm = _tok.train_tiny(r.vocab_pieces, full=r.full_vocab)
-    params = init_params(r.arch, seed=r.seed, sharpen=r.sharpen)
-    card = ModelCard(name=name, arch=r.arch, source=f"paritybench tiny recipe v{RECIPE_VERSION}, seed {r.seed}")
-    _ckpt.write_model_dir(tmp, card, params, spm)
-    _convert.write_hf_dir(tmp / "hf", params, r.arch, tmp / _ckpt.TOKENIZER)
+    try:
+        card = ModelCard(name=name, arch=r.arch, source=f"paritybench tiny recipe v{RECIPE_VERSION}, seed {r.seed}")
+        if isinstance(r.arch, Gemma3nArch):
+            spm, v = _tok.gemma3n_tokenizer(_tok.train_tiny(r.vocab_pieces))
+            assert v == r.arch.text_vocab_size, (v, r.arch.text_vocab_size)
+            params = init_gemma3n_params(r.arch, seed=r.seed)
+            _ckpt.write_model_dir(tmp, card, params, spm)
+            towers = _gemma3n_towers(tmp / _ckpt.TOKENIZER, tmp / "towers")
+            _convert3n.write_hf_dir(tmp / "hf", params, r.arch, towers)
+            shutil.rmtree(towers)
+        else:
+            spm = _tok.train_tiny(r.vocab_pieces, full=r.full_vocab)
+            params = init_params(r.arch, seed=r.seed, sharpen=r.sharpen)
+            _ckpt.write_model_dir(tmp, card, params, spm)
+            _convert.write_hf_dir(tmp / "hf", params, r.arch, tmp / _ckpt.TOKENIZER)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     (tmp / ".complete").write_text(recipe_key(name) + "\n")
     _ckpt.commit_dir(tmp, final)
     return final
 
 
-# ------------------------------------------------------------------------------ tiny-gemma3n (vLLM only)
+# ------------------------------------------------------------------------------ tiny-gemma3n's towers
 
-GEMMA3N = "tiny-gemma3n"
 GEMMA3N_BUILDER = SCRIPTS / "tiny_gemma3n_build.py"
 GEMMA3N_BUILD_TIMEOUT_S = 900.0
 _BUILDER_PACKAGES = ("torch", "transformers", "timm", "sentencepiece", "safetensors")
@@ -167,30 +228,10 @@ def _env_versions(env: Path) -> list[str]:
                   if p.name.split("-")[0].lower() in _BUILDER_PACKAGES)
 
 
-def gemma3n_key(spm: bytes, env: Path) -> str:
-    """Cache key of tiny-gemma3n: the builder script, the tokenizer, the chat template it adapts
-    and the versions of the packages that write the weights."""
-    h = hashlib.sha256()
-    for part in (GEMMA3N_BUILDER.read_bytes(), spm, _tok.CHAT_TEMPLATE.encode(), "\n".join(_env_versions(env)).encode()):
-        h.update(hashlib.sha256(part).digest())
-    return h.hexdigest()[:12]
-
-
-def ensure_gemma3n() -> Path:
-    """The Hugging Face folder of tiny-gemma3n, built on first use; vLLM serves it.
-
-    tiny-gemma3n is a random-weight `Gemma3nForConditionalGeneration` (text, a timm MobileNetV5
-    vision tower, a 2-layer audio conformer; 17M parameters, 65 MB) for testing image and audio
-    prompts through vLLM. The gemma library (3.3) has no Gemma 3n vision or audio, so there is no
-    gemma-format side: the weights are written by transformers, in the vLLM environment, by
-    `tiny_gemma3n_build.py` (see there for the architecture and token layout). The tokenizer is
-    tiny-gemma3's (`tokenizer.train_tiny`, trained here). Cached as
-
-        <cache root>/models/tiny-gemma3n-<key>/   hf/ (returned), tokenizer.model (the input),
-                                                  build.json (the builder's summary), .complete
-    """
+def _gemma3n_towers(spm: Path, out: Path) -> Path:
+    """Random vision and audio towers (and processor, tokenizer files) for the Gemma 3n tokenizer
+    `spm`, written into `out` by the builder script in the vLLM environment."""
     import subprocess
-    import time
 
     from .._envs import vllm_env_dir
     from .._errors import ModelError
@@ -198,37 +239,18 @@ def ensure_gemma3n() -> Path:
     env = vllm_env_dir()
     python = env / "bin" / "python"
     if not python.exists():
-        raise ModelError(f"building {GEMMA3N} needs the vLLM environment (torch, transformers, timm) and there is "
-                         f"none at {env}: run `make env` (scripts/ensure_vllm_env.sh) or set PARITYBENCH_VLLM_ENV")
-    spm = _tok.train_tiny(RECIPES["tiny-gemma3"].vocab_pieces)
-    final = cache_root() / "models" / f"{GEMMA3N}-{gemma3n_key(spm, env)}"
-    if (final / ".complete").is_file():
-        return final / "hf"
-    tmp = _ckpt.atomic_dir(final)
-    (tmp / _ckpt.TOKENIZER).write_bytes(spm)
-    cmd = [str(python), str(GEMMA3N_BUILDER), str(tmp / "hf"), str(tmp / _ckpt.TOKENIZER)]
+        raise ModelError(f"building {GEMMA3N} needs the vLLM environment (torch, transformers, timm) for its vision "
+                         f"and audio towers and there is none at {env}: run `make env` or set PARITYBENCH_VLLM_ENV")
+    cmd = [str(python), str(GEMMA3N_BUILDER), str(out), str(spm)]
     run_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
-    t0 = time.perf_counter()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, env=run_env, stdin=subprocess.DEVNULL,
                            timeout=GEMMA3N_BUILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ModelError(f"building {GEMMA3N} took over {GEMMA3N_BUILD_TIMEOUT_S:.0f} s ({' '.join(cmd)}); "
+        raise ModelError(f"building {GEMMA3N}'s towers took over {GEMMA3N_BUILD_TIMEOUT_S:.0f} s ({' '.join(cmd)}); "
                          "is the machine overloaded?") from None
-    summary = p.stdout.strip().splitlines()[-1:] if p.returncode == 0 else []
-    if p.returncode != 0 or not summary or not (tmp / "hf" / "config.json").is_file():
-        shutil.rmtree(tmp, ignore_errors=True)
+    if p.returncode != 0 or not (out / "config.json").is_file():
         lines = [ln.strip() for ln in p.stderr.replace("\r", "\n").splitlines() if ln.strip()]
-        raise ModelError(f"building {GEMMA3N} failed (exit code {p.returncode}) running {GEMMA3N_BUILDER.name} with "
-                         f"{python}: " + (" | ".join(lines[-3:])[-600:] or "no error output"))
-    try:
-        built = json.loads(summary[0])
-    except ValueError:
-        built = summary[0]
-    info = {"build_s": round(time.perf_counter() - t0, 2), "builder": built,
-            "packages": _env_versions(env)}
-    (tmp / "build.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    (tmp / ".complete").write_text(final.name.rsplit("-", 1)[1] + "\n")
-    _ckpt.commit_dir(tmp, final)
-    return final / "hf"
+        raise ModelError(f"building {GEMMA3N}'s towers failed (exit code {p.returncode}) running "
+                         f"{GEMMA3N_BUILDER.name} with {python}: " + (" | ".join(lines[-3:])[-600:] or "no error output"))
+    return out

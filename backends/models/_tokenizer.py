@@ -113,6 +113,38 @@ def train_tiny(vocab_size: int = 1024, *, full: bool = False) -> bytes:
     return proto.SerializeToString()
 
 
+# Gemma 3n's multimodal pieces, as in the released tokenizer: text ids [0, V), vision ids
+# [V, V+128), audio ids [V+128, V+256); <start_of_image>/<start_of_audio> are text pieces.
+GEMMA3N_MM_RANGE = 128
+GEMMA3N_BOI, GEMMA3N_BOA = "<start_of_image>", "<start_of_audio>"
+GEMMA3N_EXTRA = (["<end_of_image>", "<image_soft_token>"] + [f"<vision_unused{i}>" for i in range(GEMMA3N_MM_RANGE - 2)]
+                 + ["<end_of_audio>", "<audio_soft_token>"] + [f"<audio_unused{i}>" for i in range(GEMMA3N_MM_RANGE - 2)])
+
+
+def gemma3n_tokenizer(spm_bytes: bytes) -> tuple[bytes, int]:
+    """A plain tiny tokenizer with Gemma 3n's multimodal pieces: the two highest <unusedN> pieces
+    become <start_of_image> and <start_of_audio>, and 256 vision/audio pieces are appended.
+    Returns the new model and V, the number of text pieces."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    ModelProto = pb.ModelProto  # type: ignore[attr-defined]
+    proto = ModelProto()
+    proto.ParseFromString(spm_bytes)
+    names = [p.piece for p in proto.pieces]
+    unused = sorted((i for i, n in enumerate(names) if n.startswith("<unused")),
+                    key=lambda i: int(names[i][len("<unused"):-1]))
+    if GEMMA3N_BOI in names or len(unused) < 2:
+        raise ValueError("give the project's plain tiny tokenizer (train_tiny()): it has Gemma 3n pieces already "
+                         "or fewer than two <unusedN> pieces")
+    proto.pieces[unused[-2]].piece = GEMMA3N_BOI
+    proto.pieces[unused[-1]].piece = GEMMA3N_BOA
+    v = len(proto.pieces)
+    for piece in GEMMA3N_EXTRA:
+        proto.pieces.append(ModelProto.SentencePiece(piece=piece, score=0.0,
+                                                     type=ModelProto.SentencePiece.USER_DEFINED))
+    return proto.SerializeToString(), v
+
+
 def piece_id(spm_path: Path, piece: str) -> int | None:
     import sentencepiece as spm
 

@@ -46,6 +46,7 @@ from .._types import (
     Generation,
     ImagePart,
     MemorySnapshot,
+    ModelSettings,
     Request,
     SamplingParams,
     TextPart,
@@ -345,6 +346,18 @@ class VllmBackend(BaseBackend):
             return None
         cfg = json.loads(Path(self.hf_dir, "config.json").read_text())
         return int(cfg.get("text_config", cfg).get("vocab_size") or cfg.get("vocab_size"))
+
+    def model_settings(self) -> ModelSettings:
+        """What the server computes where engines part by design, from the served folder's
+        config.json (vLLM applies its soft-cap and rows, Gemma 3n's fixed KV-sharing offsets and no
+        AltUp clipping); only the convention for a server whose folder is not local."""
+        if self.hf_dir is None or not Path(self.hf_dir, "config.json").is_file():
+            return ModelSettings(convention="vllm")
+        try:
+            arch = models.arch_from_hf_config(json.loads(Path(self.hf_dir, "config.json").read_text()))
+        except (ModelError, ValueError):  # not a Gemma config paritybench reads
+            return ModelSettings(convention="vllm")
+        return models.engine_settings(arch, "vllm")
 
     def describe(self) -> dict[str, Any]:
         """What this side is, for the record next to every result (never the API key)."""

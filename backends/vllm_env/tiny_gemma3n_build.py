@@ -1,14 +1,16 @@
-"""Helper run by the vLLM environment's interpreter (never imported by the harness): writes the tiny
+"""Helper run by the vLLM environment's interpreter (never imported by the harness): writes a
 random-weight Gemma 3n (`Gemma3nForConditionalGeneration`: text + vision + audio) as a Hugging Face
-folder that vLLM serves. `backends.tiny.ensure_gemma3n()` runs it and caches the result.
+folder. tiny-gemma3n keeps its vision and audio towers, processor and tokenizer files; its text
+model is replaced by the gemma library's weights (`backends.models`: one set of text weights for
+both engines, converted by `gemma3n_write_hf_dir`).
 
-    .venv-vllm/bin/python backends/tiny_gemma3n_build.py OUT_DIR SPM_TOKENIZER_MODEL
+    .venv-vllm/bin/python backends/vllm_env/tiny_gemma3n_build.py OUT_DIR TOKENIZER_MODEL
 
-SPM_TOKENIZER_MODEL is the project's tiny SentencePiece model (`backends.tokenizer.train_tiny()`:
-Gemma's special-token layout, 1024-odd pieces, no multimodal pieces). It needs this environment
-because the vision tower is a timm MobileNetV5 (transformers builds it through timm) and the
-harness environment has neither torch nor timm. Everything comes from a fixed seed: the same
-inputs and package versions give the same bytes. Prints one JSON line describing the model.
+TOKENIZER_MODEL is the project's tiny SentencePiece model with Gemma 3n's multimodal pieces
+(`backends.models.gemma3n_tokenizer`). It needs this environment because the vision tower is a
+timm MobileNetV5 (transformers builds it through timm) and the harness environment has neither
+timm nor its torchvision. Everything comes from a fixed seed: the same inputs and package
+versions give the same bytes. Prints one JSON line describing the model.
 
 Token layout, as in the released Gemma 3n (text ids [0, V), vision ids [V, V+128), audio ids
 [V+128, V+256), V = the SentencePiece vocabulary):
@@ -17,8 +19,7 @@ Token layout, as in the released Gemma 3n (text ids [0, V), vision ids [V, V+128
     V       <end_of_image>      V+1     <image_soft_token>   V+2..V+127    <vision_unusedN>
     V+128   <end_of_audio>      V+129   <audio_soft_token>   V+130..V+255  <audio_unusedN>
 
-Model: text 4 layers (hidden 64, 2 query heads of 32, 1 KV head; the last 2 layers share KV
-caches, AltUp 4, LAuReL rank 8, activation sparsity on the first 2 layers), vision timm
+Model: a placeholder text model of 4 layers (replaced, see above), vision timm
 `mobilenetv5_300m_enc` at channel_multiplier 0.125 (the smallest width timm offers, ~16M
 parameters) with a 4x4 MSFA output: a 128x128 image gives 16 soft tokens; audio a 2-layer
 conformer (hidden 64) with 32 soft tokens per clip (vLLM pads shorter clips' encodings to 32).
@@ -76,29 +77,17 @@ def chat_template() -> str:
     return template.replace(_GEMMA3_IMAGE_ITEM, _GEMMA3N_MEDIA_ITEMS)
 
 
-def gemma3n_spm(spm_bytes: bytes) -> tuple[bytes, int]:
-    """The SentencePiece model with Gemma 3n's multimodal pieces (module docstring); and V."""
+def text_vocab(spm_bytes: bytes) -> int:
+    """V, the number of text pieces of a Gemma 3n tokenizer (the id of <end_of_image>)."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     proto = pb.ModelProto()
     proto.ParseFromString(spm_bytes)
     names = [p.piece for p in proto.pieces]
-    present = [t for t in (BOI, EOI, IMAGE, BOA, EOA, AUDIO) if t in names]
-    if present:
-        fail(f"the tokenizer already has {present}; give the project's plain tiny tokenizer (train_tiny())")
-    unused = sorted((i for i, n in enumerate(names) if n.startswith("<unused")),
-                    key=lambda i: int(names[i][len("<unused"):-1]))
-    if len(unused) < 2:
-        fail("the tokenizer has fewer than two <unusedN> pieces to turn into <start_of_image>/<start_of_audio>")
-    proto.pieces[unused[-2]].piece = BOI
-    proto.pieces[unused[-1]].piece = BOA
-    user = pb.ModelProto.SentencePiece.USER_DEFINED
-    v = len(proto.pieces)
-    extra = ([EOI, IMAGE] + [f"<vision_unused{i}>" for i in range(MM_RANGE - 2)]
-             + [EOA, AUDIO] + [f"<audio_unused{i}>" for i in range(MM_RANGE - 2)])
-    for piece in extra:
-        proto.pieces.append(pb.ModelProto.SentencePiece(piece=piece, score=0.0, type=user))
-    return proto.SerializeToString(), v
+    missing = [t for t in (BOI, EOI, IMAGE, BOA, EOA, AUDIO) if t not in names]
+    if missing:
+        fail(f"the tokenizer lacks Gemma 3n's pieces {missing}; give backends.models' gemma3n_tokenizer() output")
+    return names.index(EOI)
 
 
 def make_tokenizer(spm_bytes: bytes, template: str):
@@ -229,7 +218,7 @@ def main(out_dir: str, spm_path: str) -> None:
     transformers.set_seed(SEED)
 
     template = chat_template()
-    spm3n, v = gemma3n_spm(spm_bytes)
+    spm3n, v = spm_bytes, text_vocab(spm_bytes)
     tok = make_tokenizer(spm3n, template)
     cfg, ids, eos = configs(tok, v)
 

@@ -1,0 +1,108 @@
+"""Causes named from the two sides' effective settings, before any heuristic.
+
+Every engine says what it really computes where Gemma engines part by design
+(`Backend.model_settings`: the final-logit soft-cap, the rows the softmax normalises over, Gemma
+3n's KV-sharing targets and AltUp coefficient clipping). For a prompt whose log-probs differ,
+each setting the two sides disagree on is a candidate cause; a side that can re-score with
+another setting (`SettingsRescoring`) re-scores the other side's output with the other side's
+value, and the cause is confirmed when the gap drops (to a tenth or to float noise). With every
+differing setting aligned at once, a gap down to noise means the engines differ by design, not
+by a bug: the prompt is a warning, and the report says which convention each side used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, cast
+
+from backends import Backend, ModelSettings, ParitybenchError, Request, SettingsRescoring
+
+# setting -> the cause it names, and what the difference means
+CAUSES: dict[str, tuple[str, str]] = {
+    "final_logit_softcap": ("final-logit-softcap", "one side caps the final logits (c * tanh(x / c)), the other "
+                                                   "does not or with another c"),
+    "logit_rows": ("vocabulary-padding", "the sides normalise log-probs over different numbers of rows (Google's "
+                                         "Hugging Face checkpoints append 256 pad-row copies to gemma's vocabulary)"),
+    "kv_sharing": ("kv-sharing-rule", "KV-shared layers read a different layer's keys and values (transformers "
+                                      "takes the last unshared layer of the same type, gemma and vLLM fixed offsets)"),
+    "altup_coef_clip": ("altup-clip", "one side clips AltUp's coefficients at inference (gemma, every forward), "
+                                      "the other does not (transformers only in training, vLLM never)"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingDiff:
+    """One setting both sides know and disagree on."""
+
+    field: str
+    cause: str
+    a: Any
+    b: Any
+
+
+def settings_diff(sa: ModelSettings, sb: ModelSettings) -> list[SettingDiff]:
+    ka, kb = sa.known(), sb.known()
+    return [SettingDiff(f, CAUSES[f][0], ka[f], kb[f]) for f in CAUSES if f in ka and f in kb and ka[f] != kb[f]]
+
+
+def show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def max_gap(scores: Any, gen: Any) -> float:
+    return max((abs(x - y) for x, y in zip(scores.logprobs, gen.logprobs)), default=0.0)
+
+
+def explain(a: Backend, b: Backend, request: Request, ga: Any, gb: Any, before: float, noise: float,
+            diffs: list[SettingDiff]) -> tuple[list[Any], bool]:
+    """Causes for the settings in `diffs`, each confirmed by a re-score where a side can; and
+    whether aligning all of them closes the gap to `noise`. Returns (causes, closed)."""
+    from .parity import Cause
+
+    pick = [(s, o, go, so) for s, o, go, so in ((a, b, gb, b.model_settings()), (b, a, ga, a.model_settings()))
+            if isinstance(s, SettingsRescoring)]
+    causes: list[Cause] = []
+    if not diffs:
+        return causes, False
+    if not pick:
+        for d in diffs:
+            causes.append(Cause(name=d.cause, explains=False,
+                                detail=f"{a.name} {d.field} {show(d.a)}, {b.name} {show(d.b)}: {CAUSES[d.field][1]} "
+                                       "(no side can re-score to confirm)",
+                                evidence={"field": d.field, a.name: show(d.a), b.name: show(d.b)}))
+        return causes, False
+    side, other, other_gen, theirs = pick[0]
+    scorer = cast(SettingsRescoring, side)
+    mine = side.model_settings()
+    closed = False
+
+    def rescore(fields: list[str]) -> float | None:
+        update = {f: getattr(theirs, f) for f in fields}
+        try:
+            [sc] = scorer.score_with_settings(mine.model_copy(update=update), [request], [other_gen.token_ids])
+        except ParitybenchError:
+            return None
+        return max_gap(sc, other_gen)
+
+    for d in diffs:
+        after = rescore([d.field])
+        explains = after is not None and (after <= noise or after < before / 10)
+        effect = ("re-score unavailable" if after is None else
+                  f"with {other.name}'s value on the {side.name} side the gap goes from {before:.3g} to {after:.3g}"
+                  + ("" if explains else ": not this"))
+        causes.append(Cause(name=d.cause, explains=explains,
+                            detail=f"{a.name} {d.field} {show(d.a)}, {b.name} {show(d.b)}: {CAUSES[d.field][1]}; {effect}",
+                            evidence={"field": d.field, a.name: show(d.a), b.name: show(d.b),
+                                      "max_abs_dlogprob": before, "max_abs_dlogprob_aligned": after,
+                                      "rescored_by": side.name}))
+    if len(diffs) > 1:
+        together = rescore([d.field for d in diffs])
+        closed = together is not None and together <= noise
+    else:
+        closed = causes[0].evidence["max_abs_dlogprob_aligned"] is not None and \
+            causes[0].evidence["max_abs_dlogprob_aligned"] <= noise
+    return causes, closed
