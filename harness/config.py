@@ -50,6 +50,8 @@ class CompareConfig(BaseModel):
     tolerance: Literal["auto", "float32", "bfloat16"] = "auto"
     seed: int = 0
     bench: BenchSettings = Field(default_factory=BenchSettings)
+    # more options per engine, given to its constructor as they are (e.g. {"jax": {"conventions": "hf"}})
+    engines: dict[str, dict[str, Any]] = Field(default_factory=dict)
     out: str = "out/compare"
 
     @field_validator("backends")
@@ -78,7 +80,7 @@ class CompareConfig(BaseModel):
             vllm["api_key"] = self.vllm_api_key.get_secret_value()
         if self.vllm_url:
             vllm["url"] = self.vllm_url
-        return {"vllm": vllm}.get(backend, {})
+        return {**{"vllm": vllm}.get(backend, {}), **self.engines.get(backend, {})}
 
     def public(self) -> dict[str, Any]:
         """The settings as recorded in results: the API key only as whether one was set."""

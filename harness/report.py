@@ -249,6 +249,30 @@ def parity_rows(results: ComparisonResults) -> list[dict[str, str]]:
     return rows
 
 
+SETTING_NAMES = {"convention": "convention", "family": "architecture", "final_logit_softcap": "final logit soft-cap",
+                 "text_vocab_size": "text ids", "logit_rows": "logit rows (softmax over)",
+                 "kv_sharing": "KV sharing (layer -> layer read)", "altup_coef_clip": "AltUp coefficient clip"}
+
+
+def settings_rows(results: ComparisonResults) -> list[dict[str, str]]:
+    """Each side's effective settings where engines part by design (what each side really ran);
+    empty when no side reports any."""
+    rep = results.parity
+    if rep is None:
+        return []
+    sides = {rep.a.get("backend", "a"): rep.a.get("settings") or {}, rep.b.get("backend", "b"): rep.b.get("settings") or {}}
+    if not any(sides.values()):
+        return []
+    rows = []
+    for key, title in SETTING_NAMES.items():
+        if any(key in s for s in sides.values()):
+            vals = {n: ("unknown" if key not in s else "none" if s[key] is None else
+                        ",".join(map(str, s[key])) if isinstance(s[key], list) else str(s[key])) for n, s in sides.items()}
+            differ = len({v for v in vals.values()}) > 1 and "unknown" not in vals.values()
+            rows.append({"setting": title, **vals, "differs": "yes" if differ else ""})
+    return rows
+
+
 def pair_rows(results: ComparisonResults) -> list[dict[str, str]]:
     """With three or more sides: per prompt, each pair's verdict and max |Δlogprob|, and the
     arbitration line (who is the odd one out, and why)."""
@@ -386,6 +410,9 @@ def markdown(results: ComparisonResults, images: dict[str, bytes]) -> str:
                   f"Tolerance profile {tol.name}: pass if max |Δ log-prob| <= {tol.logprob_pass}, "
                   f"warn up to {tol.logprob_warn}; greedy, {results.config.get('max_tokens')} tokens.", ""]
         lines += _md_table(parity_rows(results))
+        if settings_rows(results):
+            lines += ["", "### Effective settings (where engines differ by design)", ""]
+            lines += _md_table(settings_rows(results))
     if results.arbitration:
         lines += ["", "## Every pair of sides", ""]
         lines += _md_table(pair_rows(results))
@@ -444,6 +471,9 @@ def html_page(results: ComparisonResults, images: dict[str, bytes]) -> str:
                      f"</span></h2><p>Tolerance profile {html.escape(tol.name)}: pass if max |Δ log-prob| "
                      f"&le; {tol.logprob_pass}, warn up to {tol.logprob_warn}.</p>")
         parts.append(_html_table(parity_rows(results), table_id="verdicts", verdict_col="verdict"))
+        if settings_rows(results):
+            parts.append("<h3>Effective settings (where engines differ by design)</h3>")
+            parts.append(_html_table(settings_rows(results), table_id="settings"))
     if results.arbitration:
         parts.append("<h2>Every pair of sides</h2>")
         parts.append(_html_table(pair_rows(results), table_id="pairs"))

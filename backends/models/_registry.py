@@ -215,6 +215,8 @@ def real_model(spec: ModelSpec, *, text_only: bool = False) -> Any:
     if spec.gemma_class is None:
         raise ModelError(f"{spec.name} has no gemma library model class: it is built locally, not by the gemma library")
     cls = getattr(gm.nn, spec.gemma_class)
+    if spec.gemma_class.startswith("Gemma3n_"):  # gemma 3.3's Gemma 3n vision encoder is a placeholder
+        return cls(text_only=True)
     if spec.gemma_class.startswith("Gemma3_") and spec.gemma_class != "Gemma3_1B":
         return cls(text_only=text_only)
     return cls()
