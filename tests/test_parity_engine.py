@@ -65,8 +65,25 @@ def test_different_final_softcap_is_caught_and_named(tmp_path, tiny_text_dir, vl
     d = variant(tmp_path, tiny_text_dir, "softcap", arch={"final_logit_softcap": 5.0})
     with JaxBackend(str(d)) as j:
         rep, causes = planted(vllm_text, j)
-    assert rep.verdict == "fail"
-    assert "logit-scale" in causes, causes
+        assert "final-logit-softcap" in causes, causes  # from the settings diff, confirmed by re-scoring
+        assert rep.verdict == "warn"
+        cause = next(c for p in rep.prompts for c in p.causes if c.name == "final-logit-softcap")
+        assert cause.evidence["jax"] == "5" and cause.evidence["vllm"] == "none"
+        # a side that says nothing of its settings (an attached server of a hub model): the position
+        # profile still sees the soft-cap, and the prompt fails
+        with SilentJax(str(d)) as silent:
+            rep, causes = planted(vllm_text, silent)
+        assert rep.verdict == "fail"
+        assert "logit-scale" in causes, causes
+
+
+class SilentJax(JaxBackend):
+    """A JAX side that reports no settings."""
+
+    def model_settings(self):
+        from backends import ModelSettings
+
+        return ModelSettings()
 
 
 class NoBosJax(JaxBackend):

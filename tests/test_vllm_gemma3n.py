@@ -8,7 +8,8 @@ import pytest
 from conftest import image
 
 import backends
-from backends import AudioPart, ImagePart, Request, SamplingParams, TextPart
+from backends import AudioPart, ImagePart, Request, SamplingParams, TextPart, models
+from harness import parity
 
 VISION_TOKENS, AUDIO_TOKENS = 16, 32  # tiny_gemma3n_build.py: 4x4 MSFA output; audio_soft_tokens_per_image
 
@@ -106,6 +107,23 @@ def test_compare_on_tiny_gemma3n_text_on_both_image_and_audio_on_vllm(tmp_path, 
     assert all(answers[pid].text for pid in ("red-square", "cat-photo", "speech-paris"))
     assert r.bench["vllm"].runs and r.bench["jax"].runs
     assert (tmp_path / "cmp" / "report.html").is_file()
+
+
+def test_softcap_missing_on_the_jax_side_is_named_against_vllm(tmp_path, gemma3n):
+    """gemma 3.3's released Gemma 3n classes have no final soft-cap, vLLM applies config.json's 30:
+    planted on the JAX side, named from the settings and confirmed by re-scoring."""
+    base = models.ensure_tiny("tiny-gemma3n")
+    card = models.read_card(base)
+    card = card.model_copy(update={"arch": card.arch.model_copy(update={"final_logit_softcap": None})})
+    d = models.write_model_dir(tmp_path / "nocap", card, models.load_params(base / models.PARAMS),
+                               base / models.TOKENIZER)
+    reqs = [Request.from_text("Tell me about the sea.", id="sea"), Request.from_text("Two plus two?", id="sum")]
+    with backends.get("jax", model=str(d)) as jax_nocap:
+        report = parity.compare(jax_nocap, gemma3n, reqs, max_tokens=8)
+    assert report.b["settings"]["final_logit_softcap"] == 30.0 and report.a["settings"]["final_logit_softcap"] is None
+    named = {c.name for p in report.prompts for c in p.causes if c.explains}
+    assert named == {"final-logit-softcap"}, [p.reasons for p in report.prompts]
+    assert report.verdict == "warn"
 
 
 @pytest.mark.parametrize("suite", ["audio", "mixed", "images"])
