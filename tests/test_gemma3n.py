@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import variant
 
 import backends
 from backends import InputError, ModelError, Request, SamplingParams, UnsupportedError, models
@@ -40,16 +41,6 @@ def jax3n(g3n_dir):
 def hf3n(g3n_dir):
     with backends.get("hf", model="tiny-gemma3n") as b:
         yield b
-
-
-def gemma_variant(tmp_path: Path, base: Path, name: str, *, arch: dict | None = None, params_fn=None) -> Path:
-    card = models.read_card(base)
-    if arch:
-        card = card.model_copy(update={"arch": card.arch.model_copy(update=arch), "name": name})
-    params = models.load_params(base / models.PARAMS)
-    if params_fn:
-        params = params_fn(params)
-    return models.write_model_dir(tmp_path / name, card, params, base / models.TOKENIZER)
 
 
 def hf_of(tmp_path: Path, gemma_dir: Path, towers: Path) -> Path:
@@ -108,7 +99,7 @@ def test_tiny_gemma3n_is_byte_reproducible(tmp_path, g3n_dir):
 def test_google_vocabulary_layout_round_trips(tmp_path, g3n_dir):
     """A gemma model with the text rows only (as gemma 3.3's E2B/E4B): HF gets 256 pad-row copies
     appended (as Google's checkpoints); back to gemma they are dropped again."""
-    text_only = gemma_variant(tmp_path, g3n_dir, "rows1024", arch={"vocab_size": 1024}, params_fn=_cut_rows)
+    text_only = variant(tmp_path, g3n_dir, "rows1024", arch={"vocab_size": 1024}, params_fn=_cut_rows)
     hf = hf_of(tmp_path, text_only, g3n_dir / "hf")
     from safetensors.numpy import load_file
 
@@ -157,7 +148,7 @@ def test_jax_and_transformers_agree_and_a_clean_model_names_no_cause(jax3n, hf3n
 
 def test_softcap_on_one_side_only_is_named_and_confirmed(tmp_path, g3n_dir, hf3n):
     """gemma 3.3's E2B/E4B have no final soft-cap, Hugging Face's 30."""
-    d = gemma_variant(tmp_path, g3n_dir, "nocap", arch={"final_logit_softcap": None})
+    d = variant(tmp_path, g3n_dir, "nocap", arch={"final_logit_softcap": None})
     with backends.get("jax", model=str(d)) as jax_nocap:
         report = parity.compare(jax_nocap, hf3n, text_requests()[:2], max_tokens=8)
         assert "final-logit-softcap" in causes(report)
@@ -171,7 +162,7 @@ def test_softcap_on_one_side_only_is_named_and_confirmed(tmp_path, g3n_dir, hf3n
 
 
 def test_missing_vocabulary_rows_on_one_side_are_named(tmp_path, g3n_dir):
-    text_only = gemma_variant(tmp_path, g3n_dir, "rows1024", arch={"vocab_size": 1024}, params_fn=_cut_rows)
+    text_only = variant(tmp_path, g3n_dir, "rows1024", arch={"vocab_size": 1024}, params_fn=_cut_rows)
     hf = hf_of(tmp_path, text_only, g3n_dir / "hf")  # 1280 rows: pad-row copies, as Google's
     with backends.get("jax", model=str(text_only)) as jax_rows, backends.get("hf", model=str(hf)) as hf_rows:
         report = parity.compare(jax_rows, hf_rows, text_requests()[:2], max_tokens=8)
@@ -209,7 +200,7 @@ def test_altup_coefficients_beyond_the_clip_are_named(tmp_path, g3n_dir):
         altup["prediction_coefs"] = pc
         return {**params, "layer_0": {**layer, "altup": altup}}
 
-    d = gemma_variant(tmp_path, g3n_dir, "bigcoef", params_fn=big)
+    d = variant(tmp_path, g3n_dir, "bigcoef", params_fn=big)
     hf = hf_of(tmp_path, d, g3n_dir / "hf")  # the converter clips: unclip it, as a checkpoint trained past it
     sd = load_file(str(hf / "model.safetensors"))
     key = "model.language_model.layers.0.altup.prediction_coefs.weight"
@@ -232,7 +223,7 @@ def test_a_real_difference_is_not_excused_by_the_settings(tmp_path, g3n_dir, hf3
         mlp["linear"] = w * (1 + 0.05 * np.random.default_rng(0).standard_normal(w.shape)).astype(w.dtype)
         return {**params, "layer_2": {**layer, "mlp": mlp}}
 
-    d = gemma_variant(tmp_path, g3n_dir, "perturbed", arch={"final_logit_softcap": None}, params_fn=perturb)
+    d = variant(tmp_path, g3n_dir, "perturbed", arch={"final_logit_softcap": None}, params_fn=perturb)
     with backends.get("jax", model=str(d)) as jax_bad:
         report = parity.compare(jax_bad, hf3n, text_requests()[:2], max_tokens=8)
         assert report.verdict == "fail", [p.reasons for p in report.prompts]
@@ -252,7 +243,7 @@ def test_converting_gemma3n_to_hf_without_towers_is_one_clear_error(tmp_path, g3
 
 
 def test_towers_for_another_vocabulary_are_refused(tmp_path, g3n_dir):
-    other = gemma_variant(tmp_path, g3n_dir, "v1000", arch={"text_vocab_size": 1000})
+    other = variant(tmp_path, g3n_dir, "v1000", arch={"text_vocab_size": 1000})
     with pytest.raises(InputError, match="vocab_offset=1024.*1000 text ids"):
         models.gemma_dir_to_hf(other, tmp_path / "hf", towers=g3n_dir / "hf")
 

@@ -177,10 +177,19 @@ class GemmaArch(BaseModel):
             "hidden_size": self.embed_dim,
             "intermediate_size": self.hidden_dim,
             "num_hidden_layers": self.num_layers,
+            "query_pre_attn_scalar": _num(self.query_pre_attn_scalar),
+            "attn_logit_softcapping": self.attn_logit_softcap,
+            **self._hf_shared_fields(),
+            "use_bidirectional_attention": False,
+            "dtype": self.dtype,
+        }
+
+    def _hf_shared_fields(self) -> dict[str, Any]:
+        """The text-config fields Gemma 3 and Gemma 3n write alike."""
+        return {
             "num_attention_heads": self.num_heads,
             "num_key_value_heads": self.num_kv_heads,
             "head_dim": self.head_dim,
-            "query_pre_attn_scalar": _num(self.query_pre_attn_scalar),
             "sliding_window": self.sliding_window,
             "layer_types": [HF_LAYER[t] for t in self.layer_types],
             "max_position_embeddings": self.max_position_embeddings,
@@ -191,15 +200,12 @@ class GemmaArch(BaseModel):
             "hidden_activation": "gelu_pytorch_tanh",
             "rms_norm_eps": 1e-6,
             "final_logit_softcapping": self.final_logit_softcap,
-            "attn_logit_softcapping": self.attn_logit_softcap,
             "attention_bias": False,
             "attention_dropout": 0.0,
-            "use_bidirectional_attention": False,
             "tie_word_embeddings": True,
             "bos_token_id": BOS,
             "eos_token_id": [EOS, END_OF_TURN],
             "pad_token_id": PAD,
-            "dtype": self.dtype,
         }
 
     def to_hf_config(self) -> dict[str, Any]:
@@ -447,11 +453,6 @@ class Gemma3nArch(GemmaArch):
             "hidden_size_per_layer_input": self.per_layer_input_dim,
             "intermediate_size": [self.hidden_dim] * self.num_layers,
             "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim,
-            "sliding_window": self.sliding_window,
-            "layer_types": [HF_LAYER[t] for t in self.layer_types],
             "num_kv_shared_layers": self.num_kv_shared_layers,
             "laurel_rank": self.laurel_rank,
             "altup_num_inputs": self.altup_num_inputs,
@@ -459,20 +460,7 @@ class Gemma3nArch(GemmaArch):
             "altup_correct_scale": True,
             "altup_coef_clip": self.altup_coef_clip,
             "activation_sparsity_pattern": list(self.activation_sparsity),
-            "max_position_embeddings": self.max_position_embeddings,
-            "rope_parameters": {
-                "full_attention": self._rope(self.rope_global_base, self.rope_global_scale),
-                "sliding_attention": self._rope(self.rope_local_base, self.rope_local_scale),
-            },
-            "hidden_activation": "gelu_pytorch_tanh",
-            "rms_norm_eps": 1e-6,
-            "final_logit_softcapping": self.final_logit_softcap,
-            "attention_bias": False,
-            "attention_dropout": 0.0,
-            "tie_word_embeddings": True,
-            "bos_token_id": BOS,
-            "eos_token_id": [EOS, END_OF_TURN],
-            "pad_token_id": PAD,
+            **self._hf_shared_fields(),
         }
 
     def to_hf_config(self) -> dict[str, Any]:

@@ -105,6 +105,30 @@ def _first_error(e: Exception) -> str:
     return str(e)
 
 
+def flat_tree(tree: dict, prefix: str = "", leaf: Any = None) -> dict[str, Any]:
+    """{"a/b/c": leaf(value)} for nested dicts of parameters (leaf: numpy.asarray by default)."""
+    import numpy as np
+
+    leaf = leaf or np.asarray
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        name = f"{prefix}/{k}" if prefix else k
+        out.update(flat_tree(v, name, leaf) if isinstance(v, dict) else {name: leaf(v)})
+    return out
+
+
+def nested_tree(flat: dict[str, Any]) -> dict:
+    """The nested dicts `flat_tree` flattened."""
+    tree: dict = {}
+    for name, v in flat.items():
+        *parents, last = name.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return tree
+
+
 def tree_digest(params: Any) -> str:
     """A hash of all parameter names, shapes, dtypes and bytes (to compare checkpoints)."""
     import hashlib

@@ -49,29 +49,6 @@ _NORMS = {
 }
 
 
-def _flatten(tree: dict, prefix: str = "", leaf=np.asarray) -> dict[str, Any]:
-    """{"a/b/c": leaf(value)} for a nested dict of parameters."""
-    out = {}
-    for k, v in tree.items():
-        name = f"{prefix}/{k}" if prefix else k
-        if isinstance(v, dict):
-            out.update(_flatten(v, name, leaf))
-        else:
-            out[name] = leaf(v)
-    return out
-
-
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for name, v in flat.items():
-        node = tree
-        *parents, leaf = name.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
-
-
 def _text_prefix(arch: GemmaArch) -> str:
     return "model.language_model." if arch.vision is not None else "model."
 
@@ -81,7 +58,7 @@ def _text_prefix(arch: GemmaArch) -> str:
 
 def params_to_hf(params: dict, arch: GemmaArch) -> dict[str, np.ndarray]:
     """gemma nested params -> HF state dict (numpy, same dtype; lm_head omitted: tied)."""
-    flat = _flatten(params)
+    flat = _ckpt.flat_tree(params)
     P = _text_prefix(arch)
     N, K, H, D = arch.num_heads, arch.num_kv_heads, arch.head_dim, arch.embed_dim
     sd: dict[str, np.ndarray] = {}
@@ -204,7 +181,7 @@ def hf_to_params(sd: dict[str, np.ndarray], arch: GemmaArch, *, like: dict | Non
     if arch.vision is not None:
         if like is None:
             raise ValueError("vision conversion needs the abstract gemma params (like=)")
-        for name, spec in _flatten(like, leaf=lambda v: tuple(v.shape)).items():
+        for name, spec in _ckpt.flat_tree(like, leaf=lambda v: tuple(v.shape)).items():
             if name.startswith("vision_encoder/") or name.startswith("embedder/mm_"):
                 # Invert by mapping a zero tensor of the gemma shape to find the HF key, then undo.
                 probe = np.arange(int(np.prod(spec))).reshape(spec)
@@ -217,7 +194,7 @@ def hf_to_params(sd: dict[str, np.ndarray], arch: GemmaArch, *, like: dict | Non
     extra = sorted(k for k in sd if k not in used and k != "lm_head.weight")
     if extra:
         raise ModelError(f"Hugging Face checkpoint has tensors the gemma model does not: {extra[:3]}...")
-    return _unflatten(flat)
+    return _ckpt.nested_tree(flat)
 
 
 # ------------------------------------------------------------------------------ directories

@@ -46,6 +46,7 @@ import numpy as np
 
 from .._errors import InputError, ModelError
 from ._arch import PAD, Gemma3nArch
+from ._checkpoint import flat_tree, nested_tree
 
 T = "model.language_model."
 TOWER_PREFIXES = ("model.vision_tower.", "model.audio_tower.", "model.embed_vision.", "model.embed_audio.")
@@ -70,25 +71,6 @@ _LINEARS = {
 }
 
 
-def _flat(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for k, v in params.items():
-        name = f"{prefix}/{k}" if prefix else k
-        out.update(_flat(v, name) if isinstance(v, dict) else {name: np.asarray(v)})
-    return out
-
-
-def _nest(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for name, v in flat.items():
-        *parents, leaf = name.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
-
-
 def _clip(w: np.ndarray, clip: float | None) -> np.ndarray:
     return w if clip is None else np.clip(w, -clip, clip).astype(w.dtype)
 
@@ -99,7 +81,7 @@ def _clip(w: np.ndarray, clip: float | None) -> np.ndarray:
 def params_to_hf(params: dict, arch: Gemma3nArch) -> tuple[dict[str, np.ndarray], list[str]]:
     """gemma Gemma 3n params -> HF text tensors (`model.language_model.*`), and notices."""
     arch.check()
-    flat = _flat(params)
+    flat = flat_tree(params)
     used: set[str] = set()
     notes: list[str] = []
     D, N, K, H = arch.embed_dim, arch.num_heads, arch.num_kv_heads, arch.head_dim
@@ -230,7 +212,7 @@ def hf_to_params(sd: dict[str, np.ndarray], arch: Gemma3nArch) -> tuple[dict, Ge
     left = sorted(k for k in sd if k not in used and k not in towers and k not in unused_kv and k != "lm_head.weight")
     if left:
         raise ModelError(f"Hugging Face checkpoint has tensors the Gemma 3n mapping does not know: {left[:3]}")
-    return _nest(flat), arch, notes
+    return nested_tree(flat), arch, notes
 
 
 # ------------------------------------------------------------------------------ folders
