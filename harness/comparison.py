@@ -190,16 +190,17 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                         row.setdefault(y, p.b.text if p.b else None)
                 # a prompt some side cannot run is still answered (and scored) by the sides that can
                 lone = {p.id for rep in reports.values() for p in rep.prompts if p.verdict == "unsupported"}
-                if lone:
-                    part = dataclasses.replace(suite, prompts=[sp for sp in suite.prompts if sp.id in lone])
-                    for name, side in sides.items():
+                for name, side in sides.items():
+                    mine = [sp for sp in suite.prompts if sp.id in lone and sp.request is not None
+                            and sp.request.modalities <= side.capabilities.modalities]
+                    if mine:
+                        part = dataclasses.replace(suite, prompts=mine)
                         done = {k[1]: {x: y for x, y in v.items() if x not in ("type", "time", "backend")}
                                 for k, v in (previous.answers if previous else {}).items()
                                 if k[0] == name and k[1] in lone}
-                        with console.status(f"{name}: answering {len(lone)} prompts the other side cannot run"):
+                        with console.status(f"{name}: answering {len(mine)} prompts another side cannot run"):
                             rows = _answers(side, part, greedy, done, functools.partial(_record_answer, rec, name))
-                        if any("unsupported" not in r for r in rows):
-                            results.answers[name] = [AnswerRow.model_validate(r) for r in rows]
+                        results.answers[name] = [AnswerRow.model_validate(r) for r in rows]
                         for r in rows:
                             texts.setdefault(r["id"], {})[name] = r.get("text")
                 results.scores = score_all(suite, texts, names)

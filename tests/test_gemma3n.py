@@ -132,6 +132,7 @@ def test_jax_runs_gemma3n_text_only_with_the_reason(jax3n):
 
 
 def test_jax_and_transformers_agree_and_a_clean_model_names_no_cause(jax3n, hf3n):
+    assert hf3n.capabilities.modalities == {"text"} and "timm" in hf3n.capabilities.unsupported["image"]
     report = parity.compare(jax3n, hf3n, text_requests(), max_tokens=12)
     assert report.verdict == "pass", [p.reasons for p in report.prompts]
     assert report.tolerance.logprob_pass <= 1e-4

@@ -37,6 +37,8 @@ TOP_K_MAX = 20
 DTYPES = ("float32", "bfloat16")
 NO_AUDIO = "Gemma 3 has no audio encoder"
 NO_VISION = "the model has no vision encoder (text-only Gemma 3 folder)"
+GEMMA3N_TOWERS = ("the hf engine loads Gemma 3n's text model only: its MobileNetV5 vision tower needs timm, which "
+                  "the harness environment does not have (images and audio run on vLLM)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +98,8 @@ class HfBackend(BaseBackend):
         self.capabilities = Capabilities(
             modalities=frozenset({"text", "image"} if self.has_vision else {"text"}), streaming=False,
             max_top_logprobs=TOP_K_MAX,
-            unsupported={"audio": NO_AUDIO, **({} if self.has_vision else {"image": NO_VISION})},
+            unsupported=({"audio": GEMMA3N_TOWERS, "image": GEMMA3N_TOWERS} if self._config.model_type == "gemma3n" else
+                         {"audio": NO_AUDIO, **({} if self.has_vision else {"image": NO_VISION})}),
         )
         self.load_s = time.perf_counter() - t0
         t1 = time.perf_counter()
