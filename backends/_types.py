@@ -249,15 +249,35 @@ class ModelSettings(_Model):
     the layer whose keys and values it attends with (Gemma 3n's KV-shared layers).
     altup_coef_clip: the bound AltUp's prediction and correction coefficients are clipped to at
     inference (Gemma 3n); None when nothing is clipped (no bound, or every coefficient within it).
+    dtype: the compute dtype the side really ran (a managed vLLM server: what its engine loaded).
+    max_model_len: the longest sequence the side takes. The configuration fields (query scaling,
+    window and layer types, RoPE bases and scales per layer type, attention soft-cap, RMSNorm
+    epsilon) are what the engine's model was built from. tokenizer_sha256: the SentencePiece file's hash.
+    end_ids: the token ids that end a generation.
     """
 
     convention: str | None = None
     family: str | None = None
+    dtype: str | None = None
+    max_model_len: int | None = None
     final_logit_softcap: float | None = None
     text_vocab_size: int | None = None
     logit_rows: int | None = None
     kv_sharing: tuple[int, ...] | None = None
     altup_coef_clip: float | None = None
+    # the model configuration both engines read (names of `backends.models.GemmaArch`)
+    attn_logit_softcap: float | None = None
+    query_pre_attn_scalar: float | None = None
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    rope_local_base: float | None = None
+    rope_global_base: float | None = None
+    rope_local_scale: float | None = None
+    rope_global_scale: float | None = None
+    rms_norm_eps: float | None = None
+    # files the two sides should share
+    tokenizer_sha256: str | None = None
+    end_ids: tuple[int, ...] | None = None
 
     def known(self) -> dict[str, Any]:
         """The fields this side knows, by name."""

@@ -1,8 +1,9 @@
 """Causes named from the two sides' effective settings, before any heuristic.
 
-Every engine says what it really computes where Gemma engines part by design
-(`Backend.model_settings`: the final-logit soft-cap, the rows the softmax normalises over, Gemma
-3n's KV-sharing targets and AltUp coefficient clipping). For a prompt whose log-probs differ,
+Every engine says what it really computes (`Backend.model_settings`): the dtype it ran, the model
+configuration it built (query scaling, window and layer types, RoPE per layer type, soft-caps),
+the tokenizer file and end ids, and where Gemma engines part by design (the rows the softmax
+normalises over, Gemma 3n's KV-sharing targets and AltUp coefficient clipping). For a prompt whose log-probs differ,
 each setting the two sides disagree on is a candidate cause; a side that can re-score with
 another setting (`SettingsRescoring`) re-scores the other side's output with the other side's
 value, and the cause is confirmed when the gap drops (to a tenth or to float noise). With every
@@ -16,6 +17,7 @@ import dataclasses
 from typing import Any, cast
 
 from backends import Backend, ModelSettings, ParitybenchError, Request, SettingsRescoring
+from backends.models import CONFIG_FIELDS
 
 # setting -> the cause it names, and what the difference means
 CAUSES: dict[str, tuple[str, str]] = {
@@ -27,7 +29,18 @@ CAUSES: dict[str, tuple[str, str]] = {
                                       "takes the last unshared layer of the same type, gemma and vLLM fixed offsets)"),
     "altup_coef_clip": ("altup-clip", "one side clips AltUp's coefficients at inference (gemma, every forward), "
                                       "the other does not (transformers only in training, vLLM never)"),
+    "dtype": ("dtype-mismatch", "the sides compute in different dtypes (a managed vLLM server loads a float32 "
+                                "checkpoint in bfloat16 unless told otherwise)"),
+    "tokenizer_sha256": ("tokenizer-files", "the sides read different tokenizer.model files"),
+    "end_ids": ("generation-config", "the sides end generations on different token ids"),
+    "rms_norm_eps": ("config:rms_norm_eps", "the sides normalise with different epsilons"),
+    **{f: (f"config:{f}", "the sides build their models from different configurations") for f in CONFIG_FIELDS},
 }
+# settings no side can re-score with: named from the diff alone
+NOT_RESCORABLE = {"tokenizer_sha256", "end_ids", "rms_norm_eps"}  # gemma's RMSNorm epsilon is a constant
+# where Gemma engines part by design (a confirmed difference is a warning); any other confirmed
+# difference (configuration, files) is a real one and still fails
+BY_DESIGN = {"final_logit_softcap", "logit_rows", "kv_sharing", "altup_coef_clip"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +61,10 @@ def settings_diff(sa: ModelSettings, sb: ModelSettings) -> list[SettingDiff]:
 def show(value: Any) -> str:
     if value is None:
         return "none"
-    if isinstance(value, tuple):
+    if isinstance(value, tuple | list):
         return "[" + ",".join(str(v) for v in value) + "]"
+    if isinstance(value, str) and len(value) == 64:  # a hash
+        return value[:12]
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -89,6 +104,11 @@ def explain(a: Backend, b: Backend, request: Request, ga: Any, gb: Any, before: 
         return max_gap(sc, other_gen)
 
     for d in diffs:
+        if d.field in NOT_RESCORABLE:
+            causes.append(Cause(name=d.cause, explains=False,
+                                detail=f"{a.name} {d.field} {show(d.a)}, {b.name} {show(d.b)}: {CAUSES[d.field][1]}",
+                                evidence={"field": d.field, a.name: show(d.a), b.name: show(d.b)}))
+            continue
         after = rescore([d.field])
         explains = after is not None and (after <= noise or after < before / 10)
         effect = ("re-score unavailable" if after is None else
@@ -99,10 +119,8 @@ def explain(a: Backend, b: Backend, request: Request, ga: Any, gb: Any, before: 
                             evidence={"field": d.field, a.name: show(d.a), b.name: show(d.b),
                                       "max_abs_dlogprob": before, "max_abs_dlogprob_aligned": after,
                                       "rescored_by": side.name}))
-    if len(diffs) > 1:
-        together = rescore([d.field for d in diffs])
+    fields = [d.field for d in diffs if d.field not in NOT_RESCORABLE]
+    if fields and len(fields) == len(diffs):
+        together = rescore(fields)
         closed = together is not None and together <= noise
-    else:
-        closed = causes[0].evidence["max_abs_dlogprob_aligned"] is not None and \
-            causes[0].evidence["max_abs_dlogprob_aligned"] <= noise
     return causes, closed

@@ -73,6 +73,7 @@ class Tolerance(BaseModel):
     logprob_warn: float
     top_n: int = 5
     exact_greedy: bool = True
+    reason: str = ""  # why this profile, when it is not the sides' common dtype's
 
 
 PROFILES = {
@@ -505,7 +506,11 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
     desc_b = {**b.describe(), "settings": b.model_settings().model_dump(mode="json", exclude_unset=True)}
     diffs = diagnosis.settings_diff(a.model_settings(), b.model_settings())
     family = a.model_settings().family or b.model_settings().family
-    tol = tolerance or profile_for(_dtype(desc_a), _dtype(desc_b), family=family)
+    da, db = a.model_settings().dtype or _dtype(desc_a), b.model_settings().dtype or _dtype(desc_b)
+    tol = tolerance or profile_for(da, db, family=family)
+    if tolerance is None and da and db and da != db:
+        tol = tol.model_copy(update={"reason": f"{a.name} computes in {da}, {b.name} in {db}: the bound follows the "
+                                               "lower precision (dtype-mismatch)"})
     top = max(top_k, tol.top_n)
     s = SamplingParams(max_tokens=max_tokens, logprobs=top)
     ids = [r.id or f"prompt-{i}" for i, r in enumerate(requests)]
@@ -654,10 +659,14 @@ def _explain_settings(a: Backend, b: Backend, r: Request, ga, gb, tol: Tolerance
     for c in causes:
         res.causes.append(c)
         res.reasons.append(f"cause ({c.name}): {c.detail}")
-    if closed:
+    fields = ", ".join(d.field for d in diffs)
+    if closed and all(d.field in diagnosis.BY_DESIGN for d in diffs):
         verdicts[:] = ["warn" if v == "fail" else v for v in verdicts]
-        res.reasons.append(f"aligned on {', '.join(d.field for d in diffs)}, the sides agree to {tol.name} noise: "
-                           "the engines differ by design here (align them with the JAX engine's conventions=hf)")
+        res.reasons.append(f"aligned on {fields}, the sides agree to {tol.name} noise: the engines differ by design "
+                           "here (align them with the JAX engine's conventions=hf)")
+    elif closed:
+        res.reasons.append(f"aligned on {fields}, the sides agree to {tol.name} noise: the configurations differ, "
+                           "the weights and the computation do not")
 
 
 def _cut(g, n: int) -> SimpleNamespace:

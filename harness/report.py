@@ -249,9 +249,15 @@ def parity_rows(results: ComparisonResults) -> list[dict[str, str]]:
     return rows
 
 
-SETTING_NAMES = {"convention": "convention", "family": "architecture", "final_logit_softcap": "final logit soft-cap",
+SETTING_NAMES = {"convention": "convention", "family": "architecture", "dtype": "compute dtype",
+                 "max_model_len": "max model length", "final_logit_softcap": "final logit soft-cap",
                  "text_vocab_size": "text ids", "logit_rows": "logit rows (softmax over)",
-                 "kv_sharing": "KV sharing (layer -> layer read)", "altup_coef_clip": "AltUp coefficient clip"}
+                 "kv_sharing": "KV sharing (layer -> layer read)", "altup_coef_clip": "AltUp coefficient clip",
+                 "attn_logit_softcap": "attention soft-cap", "query_pre_attn_scalar": "query scaling (1/sqrt of)",
+                 "sliding_window": "sliding window", "layer_types": "layer types",
+                 "rope_local_base": "RoPE base (sliding)", "rope_global_base": "RoPE base (full)",
+                 "rope_local_scale": "RoPE scale (sliding)", "rope_global_scale": "RoPE scale (full)",
+                 "tokenizer_sha256": "tokenizer.model (sha256)", "end_ids": "end ids"}
 
 
 def settings_rows(results: ComparisonResults) -> list[dict[str, str]]:
@@ -267,7 +273,8 @@ def settings_rows(results: ComparisonResults) -> list[dict[str, str]]:
     for key, title in SETTING_NAMES.items():
         if any(key in s for s in sides.values()):
             vals = {n: ("unknown" if key not in s else "none" if s[key] is None else
-                        ",".join(map(str, s[key])) if isinstance(s[key], list) else str(s[key])) for n, s in sides.items()}
+                        ",".join(map(str, s[key])) if isinstance(s[key], list) else str(s[key])[:16])
+                    for n, s in sides.items()}
             differ = len({v for v in vals.values()}) > 1 and "unknown" not in vals.values()
             rows.append({"setting": title, **vals, "differs": "yes" if differ else ""})
     return rows
@@ -408,10 +415,11 @@ def markdown(results: ComparisonResults, images: dict[str, bytes]) -> str:
         tol = results.parity.tolerance
         lines += ["", f"## Parity: {results.verdict}", "",
                   f"Tolerance profile {tol.name}: pass if max |Δ log-prob| <= {tol.logprob_pass}, "
-                  f"warn up to {tol.logprob_warn}; greedy, {results.config.get('max_tokens')} tokens.", ""]
+                  f"warn up to {tol.logprob_warn}; greedy, {results.config.get('max_tokens')} tokens."
+                  + (f" {tol.reason}." if tol.reason else ""), ""]
         lines += _md_table(parity_rows(results))
         if settings_rows(results):
-            lines += ["", "### Effective settings (where engines differ by design)", ""]
+            lines += ["", "### Effective settings of each side", ""]
             lines += _md_table(settings_rows(results))
     if results.arbitration:
         lines += ["", "## Every pair of sides", ""]
@@ -469,10 +477,11 @@ def html_page(results: ComparisonResults, images: dict[str, bytes]) -> str:
         verdict = html.escape(str(results.verdict))
         parts.append(f"<h2>Parity: <span class={verdict}>{verdict}"
                      f"</span></h2><p>Tolerance profile {html.escape(tol.name)}: pass if max |Δ log-prob| "
-                     f"&le; {tol.logprob_pass}, warn up to {tol.logprob_warn}.</p>")
+                     f"&le; {tol.logprob_pass}, warn up to {tol.logprob_warn}."
+                     f"{' ' + html.escape(tol.reason) + '.' if tol.reason else ''}</p>")
         parts.append(_html_table(parity_rows(results), table_id="verdicts", verdict_col="verdict"))
         if settings_rows(results):
-            parts.append("<h3>Effective settings (where engines differ by design)</h3>")
+            parts.append("<h3>Effective settings of each side</h3>")
             parts.append(_html_table(settings_rows(results), table_id="settings"))
     if results.arbitration:
         parts.append("<h2>Every pair of sides</h2>")

@@ -40,6 +40,7 @@ from .._types import (
 from ..models import END_OF_TURN, EOS, PAD, Gemma3nArch, GemmaArch
 
 TOP_K_MAX = MAX_TOP_LOGPROBS
+GEMMA_RMS_EPS = 1e-6  # the gemma library's RMSNorm epsilon, a constant
 PAD_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
 
@@ -99,7 +100,6 @@ class JaxBackend(BaseBackend):
         conventions: str = "gemma",
     ) -> None:
         _quiet.load_noisy_libraries()  # TensorFlow/grain start-up lines go to a log file, not the console
-        import jax.numpy as jnp
 
         compile_stats()
         t0 = time.perf_counter()
@@ -121,9 +121,7 @@ class JaxBackend(BaseBackend):
                 tok_path = Path(tokenizer)
 
         self.dtype = dtype or (self.arch.dtype if self.arch else "bfloat16")
-        jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(self.dtype)
-        if jdtype is None:
-            raise InputError(f"dtype {self.dtype!r} is not supported by the JAX backend; use float32 or bfloat16")
+        jdtype = _jax_dtype(self.dtype)
         if self.arch is not None:
             self._model = models.gemma_model_class(self.arch)(dtype=jdtype)
         else:
@@ -140,12 +138,15 @@ class JaxBackend(BaseBackend):
             raise InputError(f"conventions={conventions!r}: choose gemma (the gemma library's own) or hf (align the "
                              "logit soft-cap, vocabulary rows, KV-sharing rule and AltUp clipping with Hugging Face)")
         self.conventions = conventions
-        self._settings = models.engine_settings(self._net_arch(), "gemma")
+        tok_sha = models.file_sha256(tok_path) if tok_path is not None and "://" not in str(tok_path) else None
+        self._settings = models.engine_settings(
+            self._net_arch(), "gemma", dtype=self.dtype, end_ids=(EOS, END_OF_TURN), rms_norm_eps=GEMMA_RMS_EPS,
+            **({"tokenizer_sha256": tok_sha} if tok_sha else {}))
         clip = self._settings.altup_coef_clip
         if clip is not None and _max_altup_coef(self._params) <= clip:  # clipping changes nothing
             self._settings = self._settings.model_copy(update={"altup_coef_clip": None})
         if conventions == "hf":
-            self._settings = hf_alignment(self._net_arch())
+            self._settings = self._settings.model_copy(update=hf_alignment(self._net_arch()).known())
             self._model, self._params, _ = self._variant(self._settings)
         self.load_s = time.perf_counter() - t0
         self.capabilities = self._capabilities(text_only)
@@ -233,9 +234,9 @@ class JaxBackend(BaseBackend):
             return self._variants[key]
         arch = self._net_arch()
         known = settings.known()
-        update: dict[str, Any] = {}
-        if "final_logit_softcap" in known:
-            update["final_logit_softcap"] = known["final_logit_softcap"]
+        update: dict[str, Any] = {f: known[f] for f in ("final_logit_softcap", *models.CONFIG_FIELDS) if f in known}
+        if "layer_types" in update:
+            update["layer_types"] = tuple(update["layer_types"])
         rows = known.get("logit_rows") or arch.vocab_size
         update["vocab_size"] = rows
         kv = None
@@ -247,9 +248,10 @@ class JaxBackend(BaseBackend):
                 kv = tuple(known["kv_sharing"])
         elif {"kv_sharing", "altup_coef_clip"} & set(known) and (known.get("kv_sharing") or known.get("altup_coef_clip")):
             raise InputError("KV sharing and AltUp clipping are Gemma 3n settings; this model is not Gemma 3n")
-        varch = arch.model_copy(update=update)
-        model = models.gemma_model_class(varch, kv_sharing=kv)(dtype=self._jdtype)
-        params = _with_rows(self._params, rows)
+        varch = arch.model_validate({**arch.model_dump(), **update})
+        jdtype = _jax_dtype(known.get("dtype") or self.dtype)
+        model = models.gemma_model_class(varch, kv_sharing=kv)(dtype=jdtype)
+        params = _with_rows(self._params if jdtype == self._jdtype else _cast_params(self._params, jdtype), rows)
         self._variants[key] = (model, params, self._make_forward(model))
         return self._variants[key]
 
@@ -554,6 +556,15 @@ def hf_alignment(arch: GemmaArch) -> ModelSettings:
     if isinstance(arch, Gemma3nArch) and settings.final_logit_softcap is None:
         settings = settings.model_copy(update={"final_logit_softcap": models.HF_GEMMA3N_SOFTCAP})
     return settings
+
+
+def _jax_dtype(name: str) -> Any:
+    import jax.numpy as jnp
+
+    jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(name)
+    if jdtype is None:
+        raise InputError(f"dtype {name!r} is not supported by the JAX backend; use float32 or bfloat16")
+    return jdtype
 
 
 def _max_altup_coef(params: Any) -> float:

@@ -11,6 +11,7 @@ Engines never read a model path themselves: they call `resolve` and load what it
 
 from ._arch import (
     BOS,
+    CONFIG_FIELDS,
     END_OF_IMAGE,
     END_OF_TURN,
     EOS,
@@ -34,6 +35,8 @@ from ._checkpoint import (
     atomic_dir,
     commit_dir,
     dir_fingerprint,
+    file_sha256,
+    hf_end_ids,
     load_params,
     read_card,
     save_params,
@@ -62,11 +65,12 @@ from ._tiny import RECIPES as TINY_RECIPES
 from ._tiny import build as build_tiny
 from ._tiny import cache_root
 from ._tiny import ensure as ensure_tiny
+from ._tiny import init_params as random_params
 from ._tokenizer import CHAT_TEMPLATE, CORPUS, FULL_VOCAB, IMAGE_SOFT_TOKEN, gemma3n_tokenizer, render_chat
 from ._tokenizer import train_tiny as train_tiny_tokenizer
 
 __all__ = [
-    "HF_GEMMA3N_SOFTCAP", "KV_RULES", "Conversion", "Gemma3nArch", "arch_from_hf_config", "engine_settings", "gemma3n_tokenizer",
+    "CONFIG_FIELDS", "random_params", "file_sha256", "hf_end_ids", "HF_GEMMA3N_SOFTCAP", "KV_RULES", "Conversion", "Gemma3nArch", "arch_from_hf_config", "engine_settings", "gemma3n_tokenizer",
     "kv_sharing_targets", "BOS", "CARD", "CHAT_TEMPLATE", "CORPUS", "END_OF_IMAGE", "END_OF_TURN", "EOS", "FULL_VOCAB",
     "GEMMA3N_TEXT_ONLY", "IMAGE_SOFT_TOKEN", "NO_AUDIO_GEMMA3", "PAD", "PARAMS", "REGISTRY", "START_OF_IMAGE",
     "START_OF_TURN", "TINY_GEMMA3N", "TINY_RECIPES", "TOKENIZER", "GemmaArch",

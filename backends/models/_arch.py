@@ -517,16 +517,23 @@ class Gemma3nArch(GemmaArch):
 Convention = Literal["gemma", "hf", "vllm"]
 
 
-def engine_settings(arch: GemmaArch, convention: Convention) -> Any:
-    """What an engine following `convention` computes for `arch`: the gemma library applies the
+# Configuration fields every engine builds its model from (GemmaArch names = ModelSettings names)
+CONFIG_FIELDS = ("query_pre_attn_scalar", "sliding_window", "layer_types", "rope_local_base", "rope_global_base",
+                 "rope_local_scale", "rope_global_scale", "attn_logit_softcap")
+
+
+def engine_settings(arch: GemmaArch, convention: Convention, **known_more: Any) -> Any:
+    """What an engine following `convention` computes for `arch` (a `backends.ModelSettings`):
+    the configuration fields, and where engines part by design: the gemma library applies the
     gemma rows, its KV-sharing offsets and AltUp clipping; transformers (inference) and vLLM the
     Hugging Face rows and no clipping, transformers with its same-type KV-sharing rule, vLLM with
-    the gemma offsets. A `backends.ModelSettings`."""
+    the gemma offsets. `known_more`: what the engine adds (dtype, max_model_len, files)."""
     from .._types import ModelSettings
 
     rows = arch.vocab_size if convention == "gemma" else arch.hf_vocab_size
     known: dict[str, Any] = {"convention": convention, "family": arch.family,
-                             "final_logit_softcap": arch.final_logit_softcap, "logit_rows": rows}
+                             "final_logit_softcap": arch.final_logit_softcap, "logit_rows": rows,
+                             **{f: getattr(arch, f) for f in CONFIG_FIELDS}, **known_more}
     if isinstance(arch, Gemma3nArch):
         known.update(text_vocab_size=arch.text_vocab_size,
                      kv_sharing=arch.kv_sharing("hf" if convention == "hf" else "gemma"),

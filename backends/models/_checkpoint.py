@@ -105,6 +105,27 @@ def _first_error(e: Exception) -> str:
     return str(e)
 
 
+def file_sha256(path: Path | str) -> str | None:
+    """The SHA-256 of a local file (None when there is none): tokenizer files both sides should share."""
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+
+
+def hf_end_ids(folder: Path | str) -> tuple[int, ...] | None:
+    """The ids that end a generation for a Hugging Face folder (generation_config.json, else config.json)."""
+    for name in ("generation_config.json", "config.json"):
+        f = Path(folder) / name
+        if f.is_file():
+            try:
+                cfg = json.loads(f.read_text())
+            except ValueError:
+                continue
+            eos = cfg.get("eos_token_id", (cfg.get("text_config") or {}).get("eos_token_id"))
+            if eos is not None:
+                return tuple(sorted({int(e) for e in (eos if isinstance(eos, list) else [eos])}))
+    return None
+
+
 def flat_tree(tree: dict, prefix: str = "", leaf: Any = None) -> dict[str, Any]:
     """{"a/b/c": leaf(value)} for nested dicts of parameters (leaf: numpy.asarray by default)."""
     import numpy as np

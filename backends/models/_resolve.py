@@ -69,7 +69,21 @@ def _folder(path: Path, want: Format) -> ResolvedModel:
         hf = converted(path, "hf") if want == "hf" else None
         return ResolvedModel(name=path.name, gemma_dir=path, hf_dir=hf, dtype=dtype)
     gemma = converted(path, "gemma") if want == "gemma" else None
-    return ResolvedModel(name=path.name, gemma_dir=gemma, hf_dir=path)
+    return ResolvedModel(name=path.name, gemma_dir=gemma, hf_dir=path, dtype=_hf_dtype(path / "config.json"))
+
+
+def _hf_dtype(config: Path) -> str | None:
+    """The checkpoint dtype a Hugging Face config.json states (so every engine runs at it: a managed
+    vLLM server would otherwise downcast a float32 checkpoint to bfloat16)."""
+    import json
+
+    try:
+        cfg = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    text = cfg.get("text_config") or {}
+    dtype = cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
+    return dtype if dtype in ("float32", "bfloat16", "float16") else None
 
 
 def resolve(model: str, *, want: Format) -> ResolvedModel:

@@ -351,13 +351,23 @@ class VllmBackend(BaseBackend):
         """What the server computes where engines part by design, from the served folder's
         config.json (vLLM applies its soft-cap and rows, Gemma 3n's fixed KV-sharing offsets and no
         AltUp clipping); only the convention for a server whose folder is not local."""
+        known: dict[str, Any] = {}
+        loaded = self.server.engine_config() if self.server is not None else {}
+        if "dtype" in loaded:
+            known["dtype"] = loaded["dtype"]
+        if "max_seq_len" in loaded:
+            known["max_model_len"] = int(loaded["max_seq_len"])
         if self.hf_dir is None or not Path(self.hf_dir, "config.json").is_file():
-            return ModelSettings(convention="vllm")
+            return ModelSettings(convention="vllm", **known)
+        known.update({k: v for k, v in (("tokenizer_sha256", models.file_sha256(Path(self.hf_dir, "tokenizer.model"))),
+                                        ("end_ids", models.hf_end_ids(self.hf_dir))) if v is not None})
+        cfg = json.loads(Path(self.hf_dir, "config.json").read_text())
+        known["rms_norm_eps"] = float((cfg.get("text_config") or cfg).get("rms_norm_eps", 1e-6))
         try:
-            arch = models.arch_from_hf_config(json.loads(Path(self.hf_dir, "config.json").read_text()))
+            arch = models.arch_from_hf_config(cfg)
         except (ModelError, ValueError):  # not a Gemma config paritybench reads
-            return ModelSettings(convention="vllm")
-        return models.engine_settings(arch, "vllm")
+            return ModelSettings(convention="vllm", **known)
+        return models.engine_settings(arch, "vllm", **known)
 
     def describe(self) -> dict[str, Any]:
         """What this side is, for the record next to every result (never the API key)."""

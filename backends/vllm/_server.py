@@ -236,6 +236,20 @@ class VllmServer:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    def engine_config(self) -> dict[str, str]:
+        """What the engine really runs, from the configuration line it logs at start-up ("Initializing
+        a V1 LLM engine ... with config: ..., dtype=torch.float32, max_seq_len=4096, ..."): dtype
+        (without "torch."), max_seq_len, quantization, kv_cache_dtype, tensor_parallel_size."""
+        if self.log_path is None or not self.log_path.is_file():
+            return {}
+        text = self.log_path.read_text(errors="replace")
+        line = next((ln for ln in text.splitlines() if "with config:" in ln), "")
+        keys = ("dtype", "max_seq_len", "quantization", "kv_cache_dtype", "tensor_parallel_size")
+        found = {k: m.group(1) for k in keys if (m := re.search(rf"[ ,]{k}=([A-Za-z0-9_.]+)", line))}
+        if "dtype" in found:
+            found["dtype"] = found["dtype"].removeprefix("torch.")
+        return found
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
