@@ -55,6 +55,12 @@ def test_different_sliding_window_is_caught_and_named(tmp_path, tiny_text_dir, v
     with JaxBackend(str(d)) as j:
         rep, causes = planted(vllm_text, j)
     assert rep.verdict == "fail"
+    assert "config:sliding_window" in causes, causes  # named from the settings, both values
+    assert any("vllm sliding_window 8, jax 7" in r for p in rep.prompts for r in p.reasons)
+    # with no settings reported (an attached hub model), the position profile still finds it
+    with SilentJax(str(d)) as j:
+        rep, causes = planted(vllm_text, j)
+    assert rep.verdict == "fail"
     assert "attention-span" in causes, causes
     assert rep.probe["first_differing_query_position"] == 7
     assert any("sliding window of 7" in r for p in rep.prompts for r in p.reasons)
