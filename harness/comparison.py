@@ -195,9 +195,7 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                             and sp.request.modalities <= side.capabilities.modalities]
                     if mine:
                         part = dataclasses.replace(suite, prompts=mine)
-                        done = {k[1]: {x: y for x, y in v.items() if x not in ("type", "time", "backend")}
-                                for k, v in (previous.answers if previous else {}).items()
-                                if k[0] == name and k[1] in lone}
+                        done = {k: v for k, v in _answered(previous, name).items() if k in lone}
                         with console.status(f"{name}: answering {len(mine)} prompts another side cannot run"):
                             rows = _answers(side, part, greedy, done, functools.partial(_record_answer, rec, name))
                         results.answers[name] = [AnswerRow.model_validate(r) for r in rows]
@@ -206,10 +204,9 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                 results.scores = score_all(suite, texts, names)
             else:
                 (name, side), = sides.items()
-                done = {k[1]: {x: y for x, y in v.items() if x not in ("type", "time", "backend")}
-                        for k, v in (previous.answers if previous else {}).items() if k[0] == name}
+                done = _answered(previous, name)
                 with console.status(f"{name}: answering {len(requests) - len(done)} prompts"):
-                    rows = _answers(side, suite, answer_sampling, done, lambda row: rec.add("answer", {"backend": name, **row}))
+                    rows = _answers(side, suite, answer_sampling, done, functools.partial(_record_answer, rec, name))
                 results.answers[name] = [AnswerRow.model_validate(r) for r in rows]
                 results.verdict = "error" if any("error" in r for r in rows) else "pass"
                 results.scores = score_all(suite, {r["id"]: {name: r.get("text")} for r in rows}, [name])
@@ -249,6 +246,12 @@ def _in_suite_order(rep: parity.ParityReport, suite: suites.Suite, reused: dict[
     rows = [done.get(sp.id) or parity.PromptParity(id=sp.id, modalities=[], verdict="error", reasons=[sp.error or ""])
             for sp in suite.prompts]
     return rep.model_copy(update={"prompts": rows, "verdict": parity.worst(*[r.verdict for r in rows])})
+
+
+def _answered(previous: Previous | None, name: str) -> dict[str, dict[str, Any]]:
+    """The answers side `name` gave in an interrupted run (--resume), by prompt id."""
+    return {k[1]: {x: y for x, y in v.items() if x not in ("type", "time", "backend")}
+            for k, v in (previous.answers if previous else {}).items() if k[0] == name}
 
 
 def _record_answer(rec: Any, name: str, row: dict[str, Any]) -> None:

@@ -78,22 +78,21 @@ def explain(a: Backend, b: Backend, request: Request, ga: Any, gb: Any, before: 
     whether aligning all of them closes the gap to `noise`. Returns (causes, closed)."""
     from .parity import Cause
 
+    if not diffs:
+        return [], False
+
+    def cause(d: SettingDiff, explains: bool = False, note: str = "", **evidence: Any) -> Cause:
+        return Cause(name=d.cause, explains=explains,
+                     detail=f"{a.name} {d.field} {show(d.a)}, {b.name} {show(d.b)}: {CAUSES[d.field][1]}{note}",
+                     evidence={"field": d.field, a.name: show(d.a), b.name: show(d.b), **evidence})
+
     pick = [(s, o, go, so) for s, o, go, so in ((a, b, gb, b.model_settings()), (b, a, ga, a.model_settings()))
             if isinstance(s, SettingsRescoring)]
-    causes: list[Cause] = []
-    if not diffs:
-        return causes, False
     if not pick:
-        for d in diffs:
-            causes.append(Cause(name=d.cause, explains=False,
-                                detail=f"{a.name} {d.field} {show(d.a)}, {b.name} {show(d.b)}: {CAUSES[d.field][1]} "
-                                       "(no side can re-score to confirm)",
-                                evidence={"field": d.field, a.name: show(d.a), b.name: show(d.b)}))
-        return causes, False
+        return [cause(d, note=" (no side can re-score to confirm)") for d in diffs], False
     side, other, other_gen, theirs = pick[0]
     scorer = cast(SettingsRescoring, side)
     mine = side.model_settings()
-    closed = False
 
     def rescore(fields: list[str]) -> float | None:
         update = {f: getattr(theirs, f) for f in fields}
@@ -103,22 +102,19 @@ def explain(a: Backend, b: Backend, request: Request, ga: Any, gb: Any, before: 
             return None
         return max_gap(sc, other_gen)
 
+    causes: list[Cause] = []
     for d in diffs:
         if d.field in NOT_RESCORABLE:
-            causes.append(Cause(name=d.cause, explains=False,
-                                detail=f"{a.name} {d.field} {show(d.a)}, {b.name} {show(d.b)}: {CAUSES[d.field][1]}",
-                                evidence={"field": d.field, a.name: show(d.a), b.name: show(d.b)}))
+            causes.append(cause(d))
             continue
         after = rescore([d.field])
         explains = after is not None and (after <= noise or after < before / 10)
         effect = ("re-score unavailable" if after is None else
                   f"with {other.name}'s value on the {side.name} side the gap goes from {before:.3g} to {after:.3g}"
                   + ("" if explains else ": not this"))
-        causes.append(Cause(name=d.cause, explains=explains,
-                            detail=f"{a.name} {d.field} {show(d.a)}, {b.name} {show(d.b)}: {CAUSES[d.field][1]}; {effect}",
-                            evidence={"field": d.field, a.name: show(d.a), b.name: show(d.b),
-                                      "max_abs_dlogprob": before, "max_abs_dlogprob_aligned": after,
-                                      "rescored_by": side.name}))
+        causes.append(cause(d, explains, f"; {effect}", max_abs_dlogprob=before, max_abs_dlogprob_aligned=after,
+                            rescored_by=side.name))
+    closed = False
     fields = [d.field for d in diffs if d.field not in NOT_RESCORABLE]
     if fields and len(fields) == len(diffs):
         together = rescore(fields)

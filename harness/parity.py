@@ -375,10 +375,6 @@ def with_images(request: Request, arrays: Sequence[np.ndarray]) -> Request:
     return request.model_copy(update={"messages": msgs})
 
 
-def _max_gap(scores, gen) -> float:
-    return max((abs(x - y) for x, y in zip(scores.logprobs, gen.logprobs)), default=0.0)
-
-
 class _CausalScorer(Backend, CausalImageScoring, Protocol):
     """A side that can score with causal attention inside images."""
 
@@ -400,7 +396,7 @@ def _explain_images(a: Backend, b: Backend, r: Request, ga, gb, tol: Tolerance, 
         except ParitybenchError as e:
             res.reasons.append(f"image cross-check on {scorer.name} unavailable: {e}")
             continue
-        after = _max_gap(causal, other_gen)
+        after = diagnosis.max_gap(causal, other_gen)
         if best is None or after < best[0]:
             best = (after, scorer, other, other_gen)
     if best is None:
@@ -444,7 +440,7 @@ def _explain_resize(a: Backend, b: Backend, r: Request, ga, gb, tol: Tolerance, 
         except ParitybenchError as e:
             res.reasons.append(f"pixel cross-check on {scorer.name} unavailable: {e}")
             continue
-        tries.append((_max_gap(sc, other_gen), scorer, other, theirs))
+        tries.append((diagnosis.max_gap(sc, other_gen), scorer, other, theirs))
     if not tries:
         return
     final, scorer, other, theirs = min(tries, key=lambda t: t[0])

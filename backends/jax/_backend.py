@@ -246,7 +246,7 @@ class JaxBackend(BaseBackend):
                 update["altup_coef_clip"] = known["altup_coef_clip"]
             if known.get("kv_sharing") is not None and tuple(known["kv_sharing"]) != arch.kv_sharing("gemma"):
                 kv = tuple(known["kv_sharing"])
-        elif {"kv_sharing", "altup_coef_clip"} & set(known) and (known.get("kv_sharing") or known.get("altup_coef_clip")):
+        elif known.get("kv_sharing") or known.get("altup_coef_clip"):
             raise InputError("KV sharing and AltUp clipping are Gemma 3n settings; this model is not Gemma 3n")
         varch = arch.model_validate({**arch.model_dump(), **update})
         jdtype = _jax_dtype(known.get("dtype") or self.dtype)

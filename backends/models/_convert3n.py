@@ -71,6 +71,23 @@ _LINEARS = {
 }
 
 
+class _Taker:
+    """Tensors by name, remembering which were taken; a missing one is a ModelError (`missing`
+    formats its name)."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], missing: str) -> None:
+        self.tensors, self.missing, self.used = tensors, missing, set[str]()
+
+    def __call__(self, name: str) -> np.ndarray:
+        if name not in self.tensors:
+            raise ModelError(self.missing.format(name))
+        self.used.add(name)
+        return self.tensors[name]
+
+    def left(self) -> list[str]:
+        return sorted(set(self.tensors) - self.used)
+
+
 def _clip(w: np.ndarray, clip: float | None) -> np.ndarray:
     return w if clip is None else np.clip(w, -clip, clip).astype(w.dtype)
 
@@ -82,16 +99,10 @@ def params_to_hf(params: dict, arch: Gemma3nArch) -> tuple[dict[str, np.ndarray]
     """gemma Gemma 3n params -> HF text tensors (`model.language_model.*`), and notices."""
     arch.check()
     flat = flat_tree(params)
-    used: set[str] = set()
+    take = _Taker(flat, "gemma params lack {!r}: not a Gemma 3n checkpoint of this architecture")
     notes: list[str] = []
     D, N, K, H = arch.embed_dim, arch.num_heads, arch.num_kv_heads, arch.head_dim
     L, P, Vt = arch.num_layers, arch.per_layer_input_dim, arch.text_vocab_size
-
-    def take(name: str) -> np.ndarray:
-        if name not in flat:
-            raise ModelError(f"gemma params lack {name!r}: not a Gemma 3n checkpoint of this architecture")
-        used.add(name)
-        return flat[name]
 
     sd: dict[str, np.ndarray] = {}
     emb = take("embedder/input_embedding")
@@ -133,7 +144,7 @@ def params_to_hf(params: dict, arch: Gemma3nArch) -> tuple[dict[str, np.ndarray]
         sd[h + "altup.correction_coefs.weight"] = _clip(take(g + "altup/correction_coefs").T, arch.altup_coef_clip)
         pc = take(g + "altup/prediction_coefs")  # (4, 4, 4) -> (16, 4)
         sd[h + "altup.prediction_coefs.weight"] = _clip(pc.reshape(pc.shape[0], -1).T, arch.altup_coef_clip)
-    left = sorted(set(flat) - used)
+    left = take.left()
     if left:
         raise ModelError(f"gemma params have tensors the Gemma 3n mapping does not know: {left[:3]}")
     return {k: np.ascontiguousarray(v) for k, v in sd.items()}, notes
@@ -147,14 +158,8 @@ def hf_to_params(sd: dict[str, np.ndarray], arch: Gemma3nArch) -> tuple[dict, Ge
     on, and notices (what was left out)."""
     D, N, K, H = arch.embed_dim, arch.num_heads, arch.num_kv_heads, arch.head_dim
     L, P, Vt = arch.num_layers, arch.per_layer_input_dim, arch.text_vocab_size
-    used: set[str] = set()
+    take = _Taker(sd, "Hugging Face checkpoint lacks tensor {!r}; is it a Gemma 3n checkpoint of this config?")
     notes: list[str] = []
-
-    def take(key: str) -> np.ndarray:
-        if key not in sd:
-            raise ModelError(f"Hugging Face checkpoint lacks tensor {key!r}; is it a Gemma 3n checkpoint of this config?")
-        used.add(key)
-        return sd[key]
 
     flat: dict[str, np.ndarray] = {}
     emb = take(T + "embed_tokens.weight")
@@ -202,14 +207,14 @@ def hf_to_params(sd: dict[str, np.ndarray], arch: Gemma3nArch) -> tuple[dict, Ge
         pc = take(h + "altup.prediction_coefs.weight")  # (16, 4) -> (4, 4, 4)
         flat[g + "altup/prediction_coefs"] = pc.T.reshape(pc.shape[1], pc.shape[1], -1)
     kv_parts = (".self_attn.k_proj.", ".self_attn.v_proj.", ".self_attn.k_norm.")
-    unused_kv = sorted(k for k in sd if k not in used and k.startswith(T) and any(p in k for p in kv_parts))
+    unused_kv = [k for k in take.left() if k.startswith(T) and any(p in k for p in kv_parts)]
     if unused_kv:
         notes.append(f"keys/values of the {len(shared)} KV-shared layers left out ({len(unused_kv)} tensors): those "
                      "layers read another layer's cache")
     towers = sorted(k for k in sd if k.startswith(TOWER_PREFIXES))
     if towers:
         notes.append(f"vision and audio towers left out ({len(towers)} tensors): gemma's Gemma 3n is text-only")
-    left = sorted(k for k in sd if k not in used and k not in towers and k not in unused_kv and k != "lm_head.weight")
+    left = [k for k in take.left() if k not in towers and k not in unused_kv and k != "lm_head.weight"]
     if left:
         raise ModelError(f"Hugging Face checkpoint has tensors the Gemma 3n mapping does not know: {left[:3]}")
     return nested_tree(flat), arch, notes
