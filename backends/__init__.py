@@ -33,6 +33,8 @@ from ._protocol import (
     CompileCounting,
     ImagePixels,
     ImagePixelsResult,
+    LayerCapture,
+    LayerStates,
     SettingsRescoring,
     TimedStreaming,
 )
@@ -57,7 +59,7 @@ from .models import REGISTRY, ModelSpec, get_spec
 
 __all__ = [
     "AudioPart", "Backend", "BackendGone", "BaseBackend", "Capabilities", "CausalImageScoring", "CompileCount",
-    "CompileCounting", "Generation", "ImagePart", "ImagePixels", "ImagePixelsResult", "InputError",
+    "CompileCounting", "Generation", "ImagePart", "ImagePixels", "ImagePixelsResult", "InputError", "LayerCapture", "LayerStates",
     "MemorySnapshot", "Message", "Modality", "ModelError", "ModelSettings", "SettingsRescoring", "ModelSpec", "ParitybenchError", "REGISTRY", "Request",
     "SamplingParams", "TextPart", "TimedStreaming", "Timings", "TokenScores", "UnsupportedError", "engine_class",
     "engines", "get", "get_spec", "install_signal_handlers", "media", "peak_rss_bytes", "stop_point", "vllm_env_dir",

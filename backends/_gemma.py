@@ -49,3 +49,21 @@ def preprocess_image(image: Any, size: int) -> Any:
     from gemma.gm.vision import _preprocess
 
     return _preprocess.pre_process_image(image, image_shape=(size, size, 3))
+
+
+def walk_layers(m: Any, tokens: Any, images: Any, positions: Any, mask: Any, reference: Any = None) -> Any:
+    """A gemma `Transformer` method (run it with `model.apply(..., method=walk_layers)`): the residual
+    stream at every depth, (B, N + 2, L', D) = [embeddings with images merged in, after each block,
+    final norm], over the sequence with images inserted. With `reference` (B, N + 2, L', D), each
+    block and the final norm get that stream as input instead of the one before them (a local pass)."""
+    import jax.numpy as jnp
+
+    inputs = m._encode_and_get_inputs(tokens=tokens, images=images, positions=positions, attention_mask=mask)
+    x = inputs.embeddings
+    rows = [x]
+    for i, block in enumerate(m.blocks):
+        _, x = block(x if reference is None else reference[:, i].astype(x.dtype), positions, None, mask)
+        rows.append(x)
+    n = len(m.blocks)
+    rows.append(m.final_norm(x if reference is None else reference[:, n].astype(x.dtype)))
+    return jnp.stack(rows, axis=1)

@@ -12,6 +12,9 @@ runtime-checkable protocol the harness picks with `isinstance`, never by the eng
   an engine that attends both ways inside images reproduces one that attends causally).
 - `SettingsRescoring`: teacher-forced scoring with other `ModelSettings` (another soft-cap,
   vocabulary rows, KV-sharing targets, AltUp clip): confirms a cause named from the settings diff.
+- `LayerCapture`: the residual stream after every decoder layer for one prompt (layer-wise
+  localisation of a divergence); raises `UnsupportedError` with the reason where this engine
+  instance cannot (an attached vLLM server, a Gemma 3n model).
 
 Every engine reports `model_settings()` (what it computes where engines part by design).
 
@@ -140,3 +143,23 @@ class CausalImageScoring(Protocol):
 class SettingsRescoring(Protocol):
     def score_with_settings(self, settings: ModelSettings, requests: Sequence[Request],
                             continuation_ids: Sequence[Sequence[int]], *, top_logprobs: int = 0) -> list[TokenScores]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerStates:
+    """The residual stream at every depth for one token sequence.
+
+    hidden: (N + 2, L, D) float32, rows [embedding (images merged in), after layer 0 .. N-1, final
+    norm]; ids: the L token ids fed (prompt with media soft tokens expanded, then the continuation);
+    media: (L,) bool, where image or audio soft tokens sit; seconds: what the capture took."""
+
+    hidden: np.ndarray
+    ids: list[int]
+    media: np.ndarray
+    seconds: float
+
+
+@runtime_checkable
+class LayerCapture(Protocol):
+    def capture_layers(self, request: Request, continuation_ids: Sequence[int] = (), *,
+                       reference: np.ndarray | None = None) -> LayerStates: ...

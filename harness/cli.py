@@ -123,6 +123,8 @@ def _run(cfg, force: bool, resume: Path | None = None) -> None:
     out.print(_report.summary_table(results))
     if results.parity:
         out.print(_report.parity_table(results))
+        if _report.localization_rows(results):
+            out.print(_report.localization_table(results))
     if results.arbitration:
         out.print(_report.arbitration_table(results))
     out.print(f"report: {folder / 'report.html'} (also report.md, results.json, results.jsonl)")
@@ -147,6 +149,9 @@ def compare(
     concurrency: str | None = _SHARED["concurrency"], batch_sizes: str | None = _SHARED["batch_sizes"],
     resume: Path | None = typer.Option(None, "--resume", help="continue the interrupted run in this folder "
                                           "(its settings; finished prompts and levels are kept)"),
+    localize: str | None = typer.Option(None, "--localize", help="compare the sides layer by layer: failing (the "
+                                        "prompts whose log-probs fail) or all [off]; a managed vLLM server then "
+                                        "starts with its layer-capture extension"),
 ) -> None:
     """Both backends on one suite: parity, throughput, memory; writes a report. Exit 0 pass, 1 fail, 2 usage."""
     if resume is not None:
@@ -160,10 +165,32 @@ def compare(
                   vllm_model=vllm_model, vllm_url=vllm_url, out=str(out) if out else None, max_tokens=max_tokens,
                   tolerance=tolerance, seed=seed, bench_enabled=False if no_bench else None,
                   bench_num_prompts=num_prompts, bench_output_len=output_len, bench_concurrency=concurrency,
-                  bench_batch_sizes=batch_sizes)
+                  bench_batch_sizes=batch_sizes, localize=localize)
     if len(cfg.backends) < 2:
         raise typer.BadParameter(f"compare needs two or more backends, the settings name {cfg.backends}; "
                                  "one side: paritybench run")
+    _run(cfg, force)
+
+
+@app.command("localize")
+def localize(
+    config: Path | None = _SHARED["config"], model: str | None = _SHARED["model"],
+    suite: Path | None = _SHARED["suite"],
+    backends_: str | None = typer.Option(None, "--backends", help="the two sides, in order [vllm,jax]"),
+    jax_model: str | None = typer.Option(None, "--jax-model", help="another model on the JAX side"),
+    vllm_model: str | None = typer.Option(None, "--vllm-model", help="another model on the vLLM side"),
+    out: Path | None = _SHARED["out"], force: bool = _SHARED["force"], max_tokens: int | None = _SHARED["max_tokens"],
+) -> None:
+    """Where the sides part, layer by layer, on every prompt of a suite (parity only, no benchmark);
+    writes a report. Needs a vLLM server paritybench starts itself. Exit 0 pass, 1 fail, 2 usage."""
+    sides = [x.strip() for x in backends_.split(",")] if backends_ else None
+    cfg = _config(config, sides, model=model, suite=str(suite) if suite else None, jax_model=jax_model,
+                  vllm_model=vllm_model, out=str(out) if out else None, max_tokens=max_tokens,
+                  bench_enabled=False, localize="all")
+    if len(cfg.backends) != 2:
+        raise typer.BadParameter(f"localize compares two sides, the settings name {cfg.backends}")
+    if cfg.out == "out/compare":
+        cfg = cfg.model_copy(update={"out": "out/localize"})
     _run(cfg, force)
 
 

@@ -48,6 +48,9 @@ class CompareConfig(BaseModel):
     temperature: float = Field(0.0, ge=0)  # answers of `run`; parity is always greedy
     top_k_logprobs: int = Field(5, ge=1, le=20)
     tolerance: Literal["auto", "float32", "bfloat16"] = "auto"
+    # layer-by-layer localisation (a managed vLLM server then starts with its layer-capture extension):
+    # off, the prompts whose log-probs fail, or all prompts
+    localize: Literal["off", "failing", "all"] = "off"
     seed: int = 0
     bench: BenchSettings = Field(default_factory=BenchSettings)
     # more options per engine, given to its constructor as they are (e.g. {"jax": {"conventions": "hf"}})
@@ -80,6 +83,8 @@ class CompareConfig(BaseModel):
             vllm["api_key"] = self.vllm_api_key.get_secret_value()
         if self.vllm_url:
             vllm["url"] = self.vllm_url
+        elif self.localize != "off":
+            vllm["layer_capture"] = True
         return {**{"vllm": vllm}.get(backend, {}), **self.engines.get(backend, {})}
 
     def public(self) -> dict[str, Any]:

@@ -51,8 +51,11 @@ from backends import (
 from backends.models import BOS, START_OF_IMAGE
 
 from . import diagnosis
+from .localize import Localization
+from .localize import localize as localize_layers
 
 Verdict = Literal["pass", "warn", "fail", "unsupported", "error"]
+LocalizeWhat = Literal["off", "failing", "all"]
 _ORDER = {"pass": 0, "unsupported": 0, "warn": 1, "fail": 2, "error": 2}
 
 # Text for the tokenizer check and the position profile: several scripts, digits, punctuation.
@@ -158,6 +161,7 @@ class PromptParity(BaseModel):
     divergence: Divergence | None = None
     agreement: Agreement | None = None
     image_pixel_max_abs: float | None = None
+    localization: Localization | None = None  # where the sides part, layer by layer (when asked)
     a: Side | None = None
     b: Side | None = None
 
@@ -493,10 +497,12 @@ def _score_or_error(backend: Backend, req: Request, ids: list[int], top: int):
 
 
 def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: int = 32, top_k: int = 5,
-            tolerance: Tolerance | None = None, diagnose: bool = True,
+            tolerance: Tolerance | None = None, diagnose: bool = True, localize: LocalizeWhat = "off",
             on_prompt: Callable[[PromptParity], None] | None = None) -> ParityReport:
     """Greedy generation on both sides, then every check above, prompt by prompt; `on_prompt` gets
-    each prompt's result as soon as it is known (the plain-text diagnosis may add causes later)."""
+    each prompt's result as soon as it is known (the plain-text diagnosis may add causes later).
+    `localize`: compare the sides layer by layer (`harness.localize`) for the prompts whose log-probs
+    fail ("failing") or for every prompt both sides ran on the same ids ("all")."""
     check_compatible(a, b)
     desc_a = {**a.describe(), "settings": a.model_settings().model_dump(mode="json", exclude_unset=True)}
     desc_b = {**b.describe(), "settings": b.model_settings().model_dump(mode="json", exclude_unset=True)}
@@ -534,8 +540,11 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
             results[pid] = PromptParity(id=pid, modalities=sorted(r.modalities), verdict="error", reasons=errs)
         else:
             results[pid] = res = _compare_prompt(a, b, pid, r, ga, gb, tol, top, diffs)
-            if any(c.name == "logprobs" for c in res.causes):
+            failing = any(c.name == "logprobs" for c in res.causes)
+            if failing:
                 failing_on_logprobs.append(pid)
+            if res.prompt_ids_equal and (localize == "all" or (localize == "failing" and failing)):
+                _localize(a, b, r, ga, res, (da, db))
         if on_prompt:
             on_prompt(results[pid])
     probe = None
@@ -552,6 +561,14 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
     prompts = [results[pid] for pid in ids]
     return ParityReport(a=desc_a, b=desc_b, tolerance=tol, sampling=s.model_dump(mode="json"), prompts=prompts,
                         probe=probe, verdict=worst(*[p.verdict for p in prompts]))
+
+
+def _localize(a: Backend, b: Backend, r: Request, ga, res: PromptParity, dtypes: tuple[str | None, str | None]) -> None:
+    """Where the sides part for this prompt (its prompt and a's greedy tokens), layer by layer."""
+    kind = "image" if r.images else "audio"
+    res.localization = loc = localize_layers(a, b, r, list(ga.token_ids), dtypes=dtypes, media_kind=kind)
+    if loc.status == "localised" or res.verdict != "pass":
+        res.reasons.append(f"layers: {loc.detail}")
 
 
 def _dtype(desc: dict[str, Any]) -> str | None:

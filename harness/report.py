@@ -219,6 +219,24 @@ def plots(results: ComparisonResults) -> dict[str, bytes]:
         ax.set_title("Per-token |Δ log-prob| between the backends (teacher-forced)")
         ax.legend(fontsize=7, ncol=2)
         save(fig, "dlogprob")
+    located = [p for p in prompts if p.localization and p.localization.rows]
+    if located:
+        fig, ax = plt.subplots(figsize=(10, 3.6))
+        for p in located[:10]:
+            loc = p.localization
+            assert loc is not None
+            x = [r.index for r in loc.rows]
+            line, = ax.plot(x, [max(r.rel_max, 1e-9) for r in loc.rows], "o-", label=f"{p.id}")
+            local = [(r.index, max(r.local_rel_max, 1e-9)) for r in loc.rows if r.local_rel_max is not None]
+            if local:
+                ax.plot(*zip(*local), "x--", color=line.get_color(), label=f"{p.id} (local pass)")
+        ax.axhline(located[0].localization.threshold, color="gray", ls=":", label="threshold")  # type: ignore[union-attr]
+        ax.set_yscale("log")
+        ax.set_xlabel("depth (-1 embedding, 0..N-1 layers, N final norm)")
+        ax.set_ylabel("max |a - b| / max |a|")
+        ax.set_title("Where the sides part: the residual stream after each layer")
+        ax.legend(fontsize=7, ncol=2)
+        save(fig, "layers")
     return out
 
 
@@ -278,6 +296,29 @@ def settings_rows(results: ComparisonResults) -> list[dict[str, str]]:
             differ = len({v for v in vals.values()}) > 1 and "unknown" not in vals.values()
             rows.append({"setting": title, **vals, "differs": "yes" if differ else ""})
     return rows
+
+
+def localization_rows(results: ComparisonResults) -> list[dict[str, str]]:
+    """One row per prompt that was localised (or could not be): where the sides part."""
+    rows = []
+    for p in results.parity.prompts if results.parity else []:
+        loc = p.localization
+        if loc is None:
+            continue
+        rows.append({"id": p.id, "status": loc.status,
+                     "first layer": "" if loc.first_layer is None else str(loc.first_layer),
+                     "guilty": ",".join(map(str, loc.guilty_layers)), "region": loc.region or "",
+                     "capture s": ", ".join(f"{k} {v:.2f}" for k, v in loc.seconds.items()),
+                     "detail": loc.detail})
+    return rows
+
+
+def layer_rows(p: PromptParity) -> list[dict[str, str]]:
+    """A localised prompt's rows: relative differences at each depth."""
+    loc = p.localization
+    f = lambda x: "" if x is None else f"{x:.2e}"  # noqa: E731
+    return [{"row": r.name, "rel max": f(r.rel_max), "rel L2": f(r.rel_l2), "text": f(r.rel_max_text),
+             "image/audio": f(r.rel_max_media), "local pass": f(r.local_rel_max)} for r in (loc.rows if loc else [])]
 
 
 def pair_rows(results: ComparisonResults) -> list[dict[str, str]]:
@@ -421,6 +462,14 @@ def markdown(results: ComparisonResults, images: dict[str, bytes]) -> str:
         if settings_rows(results):
             lines += ["", "### Effective settings of each side", ""]
             lines += _md_table(settings_rows(results))
+        if localization_rows(results):
+            lines += ["", "### Where the sides part (layer by layer)", ""]
+            lines += _md_table(localization_rows(results))
+            for p in results.parity.prompts:
+                if p.localization and p.localization.status == "localised":
+                    lines += ["", f"{p.id}: relative difference at each depth "
+                                  f"(measured against {p.localization.reference})", ""]
+                    lines += _md_table(layer_rows(p))
     if results.arbitration:
         lines += ["", "## Every pair of sides", ""]
         lines += _md_table(pair_rows(results))
@@ -483,6 +532,14 @@ def html_page(results: ComparisonResults, images: dict[str, bytes]) -> str:
         if settings_rows(results):
             parts.append("<h3>Effective settings of each side</h3>")
             parts.append(_html_table(settings_rows(results), table_id="settings"))
+        if localization_rows(results):
+            parts.append("<h3>Where the sides part (layer by layer)</h3>")
+            parts.append(_html_table(localization_rows(results), table_id="localization"))
+            for p in results.parity.prompts:
+                if p.localization and p.localization.status == "localised":
+                    parts.append(f"<p>{html.escape(p.id)}: relative difference at each depth (measured against "
+                                 f"{html.escape(str(p.localization.reference))})</p>")
+                    parts.append(_html_table(layer_rows(p), table_id=f"layers-{p.id}"))
     if results.arbitration:
         parts.append("<h2>Every pair of sides</h2>")
         parts.append(_html_table(pair_rows(results), table_id="pairs"))
@@ -544,6 +601,15 @@ def parity_table(results: ComparisonResults) -> Table:
     for r in rows:
         t.add_row(r["id"], f"[{style.get(r['verdict'], 'white')}]{r['verdict']}[/]", r["max |Δlogprob|"],
                   r["greedy equal"], r["first divergence"])
+    return t
+
+
+def localization_table(results: ComparisonResults) -> Table:
+    t = Table(title="where the sides part (layer by layer)")
+    for col in ("id", "status", "first layer", "guilty", "region", "detail"):
+        t.add_column(col, overflow="fold")
+    for r in localization_rows(results):
+        t.add_row(r["id"], r["status"], r["first layer"], r["guilty"], r["region"], r["detail"])
     return t
 
 

@@ -24,8 +24,8 @@ import numpy as np
 
 from .. import _gemma, _media, _quiet, models
 from .._base import MAX_TOP_LOGPROBS, BaseBackend
-from .._errors import InputError, ModelError
-from .._protocol import CompileCount, ImagePixelsResult
+from .._errors import InputError, ModelError, UnsupportedError
+from .._protocol import CompileCount, ImagePixelsResult, LayerStates
 from .._system import peak_rss_bytes
 from .._types import (
     Capabilities,
@@ -514,6 +514,58 @@ class JaxBackend(BaseBackend):
             res.append(TokenScores(prompt_ids=list(p), token_ids=[int(t) for t in c],
                                    logprobs=[float(chosen[b, j]) for j in pos], top_logprobs=tops))
         return res
+
+    # ---------------------------------------------------------------- layer capture
+
+    def capture_layers(self, request: Request, continuation_ids: Sequence[int] = (), *,
+                       reference: np.ndarray | None = None) -> LayerStates:
+        """The residual stream at every depth for the request's prompt + `continuation_ids`
+        (`LayerCapture`): the blocks walked inside one jitted `apply`; with `reference`, each block
+        and the final norm are fed that stream instead (a local pass)."""
+        import jax.numpy as jnp
+
+        self.capabilities.check(request, self.name)
+        if isinstance(self._net_arch(), Gemma3nArch):
+            raise UnsupportedError("jax: layer capture follows Gemma 3's one residual stream; Gemma 3n's AltUp keeps "
+                                   "several streams per layer (not supported)")
+        t0 = time.perf_counter()
+        cont = [int(t) for t in continuation_ids]
+        ids = self.prompt_ids(request) + cont
+        text = self._text_ids(request) + cont
+        images = self._images(request)
+        L, Lp = len(ids), _bucket(len(text)) + (len(ids) - len(text))  # padding after the end changes nothing before it
+        tokens = np.zeros((1, _bucket(len(text))), np.int32)
+        tokens[0, : len(text)] = text
+        ref = None
+        if reference is not None:
+            ref = np.zeros((1, reference.shape[0], Lp, reference.shape[2]), np.float32)
+            ref[0, :, :L] = reference[:, :L]
+        hs = self._walk(self._params, jnp.asarray(tokens), None if images is None else jnp.asarray(images[None]),
+                        None if ref is None else jnp.asarray(ref))
+        hidden = np.asarray(hs, np.float32)[0, :, :L]
+        soft = self.arch.hf_image_token_id if self.arch else 262144
+        return LayerStates(hidden=hidden, ids=ids, media=np.asarray(ids) == soft, seconds=time.perf_counter() - t0)
+
+    @functools.cached_property
+    def _walk(self):
+        import jax
+        import jax.numpy as jnp
+
+        model = self._model
+
+        @jax.jit
+        def walk(params, tokens, images=None, reference=None):
+            B, L = tokens.shape
+            if images is None:
+                Lmm, bidir = L, None
+            else:
+                tmm = _gemma.tokens_with_images(tokens, images, model.config.input_config)
+                Lmm, bidir = tmm.shape[1], tmm == -2
+            mask = _gemma.attention_mask(jnp.ones((B, Lmm), bool), bidir)
+            positions = jnp.broadcast_to(jnp.arange(Lmm)[None], (B, Lmm))
+            return model.apply({"params": params}, tokens, images, positions, mask, reference, method=_gemma.walk_layers)
+
+        return walk
 
     # ---------------------------------------------------------------- memory and lifetime
 

@@ -25,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,7 +41,7 @@ from .. import _media, models
 from .._base import MAX_TOP_LOGPROBS, BaseBackend
 from .._envs import SCRIPTS, vllm_python
 from .._errors import InputError, ModelError, ParitybenchError, UnsupportedError
-from .._protocol import ImagePixelsResult
+from .._protocol import ImagePixelsResult, LayerStates
 from .._types import (
     AudioPart,
     Capabilities,
@@ -630,18 +632,28 @@ class VllmBackend(BaseBackend):
 
     async def _score_one(self, request: Request, cont: list[int], top: int) -> TokenScores:
         what = f"score {request.id}" if request.id else "score"
-        prompt = await self._prompt_ids(request)
         if not cont:
+            prompt = await self._prompt_ids(request)
             return TokenScores(request_id=request.id, prompt_ids=prompt, token_ids=[], logprobs=[],
                                top_logprobs=[] if top else None)
+        prompt, fed, data = await self._feed(request, cont, what, prompt_logprobs=top)
+        return await self._score_fed(prompt, fed, top, what, data=data, request_id=request.id)
+
+    async def _feed(self, request: Request, cont: list[int], what: str, **extra: Any) -> tuple[list[int], list[int], Any]:
+        """One request that feeds the prompt and then `cont` (max_tokens 1): text as ids to
+        `/v1/completions`; media in a chat request that continues the final (assistant) message,
+        the only way images and audio travel. Returns (prompt ids, ids fed, the answer)."""
+        prompt = await self._prompt_ids(request)
         if request.modalities == {"text"}:
-            return await self._score_fed(prompt, prompt + cont, top, what, request_id=request.id)
-        # media can only travel in a chat request: continue the final (assistant) message
-        text = (await self._post_json("/detokenize", {"model": self.served_model, "tokens": cont}, what))["prompt"]
-        msgs = openai_messages(request) + [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+            body = {"model": self.served_model, "prompt": prompt + cont, "max_tokens": 1, "temperature": 0.0, **extra}
+            return prompt, prompt + cont, await self._post_json("/v1/completions", body, what)
+        msgs = openai_messages(request)
+        if cont:
+            text = (await self._post_json("/detokenize", {"model": self.served_model, "tokens": cont}, what))["prompt"]
+            msgs.append({"role": "assistant", "content": [{"type": "text", "text": text}]})
         body = {"model": self.served_model, "messages": msgs, "max_tokens": 1, "temperature": 0.0,
-                "prompt_logprobs": top, "add_generation_prompt": False, "continue_final_message": True,
-                "return_token_ids": True}
+                "add_generation_prompt": not cont, "continue_final_message": bool(cont), "return_token_ids": True,
+                **extra}
         data = await self._post_json("/v1/chat/completions", body, what)
         fed = [int(t) for t in data.get("prompt_token_ids") or []]
         if fed != prompt + cont:
@@ -649,7 +661,53 @@ class VllmBackend(BaseBackend):
                 f"{what}: vLLM's API takes images and audio only in chat requests, whose continuation is text; "
                 f"these {len(cont)} continuation ids do not come back from decode + re-encode (fed {len(fed)} "
                 f"ids, expected {len(prompt) + len(cont)}: pieces such as <unusedN> split into characters)")
-        return await self._score_fed(prompt, fed, top, what, data=data, request_id=request.id)
+        return prompt, fed, data
+
+    # ---------------------------------------------------------------- layer capture
+
+    def capture_layers(self, request: Request, continuation_ids: Sequence[int] = (), *,
+                       reference: np.ndarray | None = None) -> LayerStates:
+        """The residual stream after every decoder layer for the request's prompt + `continuation_ids`
+        (`LayerCapture`), through the worker extension of a server started with `layer_capture=True`;
+        with `reference` each layer is fed that stream instead of its own (a local pass)."""
+        if self.server is None:
+            raise UnsupportedError(f"vllm: layer capture needs a server paritybench starts itself (dev mode with its "
+                                   f"worker extension); the server at {self.url} was attached: let compare start one "
+                                   "(no --vllm-url) with --localize")
+        if not self.server.layer_capture:
+            raise UnsupportedError("vllm: this server was started without layer capture: pass --localize to compare "
+                                   "(engine option layer_capture: true)")
+        self.capabilities.check(request, self.name)
+        return self._run(self._capture(request, [int(t) for t in continuation_ids], reference))
+
+    async def _capture(self, request: Request, cont: list[int], reference: np.ndarray | None) -> LayerStates:
+        what = f"capture layers {request.id or ''}".strip()
+        ref = _npz_b64(hs=np.asarray(reference, np.float32)) if reference is not None else ""
+        t0 = time.perf_counter()
+        await self._rpc("pb_capture_begin", what, reference_b64=ref)
+        try:  # a fresh cache salt: a cached prefix would skip its layers
+            _, fed, _ = await self._feed(request, cont, what, cache_salt=uuid.uuid4().hex)
+            [out] = await self._rpc("pb_capture_end", what)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._rpc("pb_capture_remove", what)
+            raise
+        hs = _from_npz_b64(out["npz_b64"])["hs"]
+        if hs.shape[1] < len(fed):
+            raise ModelError(f"{what}: the hooks saw {hs.shape[1]} tokens for {len(fed)} fed")
+        media = np.isin(np.asarray(fed), sorted(self._media_token_ids()))
+        return LayerStates(hidden=hs[:, : len(fed)], ids=fed, media=media, seconds=time.perf_counter() - t0)
+
+    async def _rpc(self, method: str, what: str, **kwargs: str) -> list[Any]:
+        data = await self._post_json("/collective_rpc", {"method": method, "kwargs": kwargs}, what)
+        return data["results"]
+
+    def _media_token_ids(self) -> set[int]:
+        """The ids of image and audio soft tokens in the served config.json."""
+        if self.hf_dir is None or not Path(self.hf_dir, "config.json").is_file():
+            return set()
+        cfg = json.loads(Path(self.hf_dir, "config.json").read_text())
+        return {int(cfg[k]) for k in ("image_token_id", "image_token_index", "audio_token_id") if cfg.get(k) is not None}
 
     # ---------------------------------------------------------------- memory
 
@@ -707,6 +765,17 @@ class VllmBackend(BaseBackend):
 
     def __repr__(self) -> str:  # never shows the API key
         return f"VllmBackend({self.model!r}, url={self.url!r}, managed={self.server is not None})"
+
+
+def _npz_b64(hs: np.ndarray) -> str:
+    buf = io.BytesIO()
+    np.savez(buf, hs=hs)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _from_npz_b64(text: str) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(base64.b64decode(text))) as z:
+        return {k: z[k] for k in z.files}
 
 
 def _maybe_int(x: float | None) -> int | None:

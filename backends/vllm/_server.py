@@ -40,6 +40,7 @@ from .._errors import BackendGone, InputError, ModelError
 from .._signals import ensure_sigterm_raises
 
 LOG_TAIL_LINES = 25
+WORKER_EXTENSIONS = Path(__file__).resolve().parent.parent / "vllm_env" / "worker"  # on the server's PYTHONPATH
 
 # Known ways a vLLM start-up or request fails, as advice (the provider guide's troubleshooting).
 _OOM_ADVICE = (
@@ -175,6 +176,7 @@ class VllmServer:
         startup_timeout: float = 900.0,
         api_key: str | None = None,
         colocate_engine_core: bool | None = None,
+        layer_capture: bool = False,
     ) -> None:
         from ..models import cache_root
 
@@ -205,6 +207,9 @@ class VllmServer:
                 flags += [flag, str(value)]
         if enforce_eager:
             flags.append("--enforce-eager")
+        self.layer_capture = layer_capture
+        if layer_capture:  # dev mode exposes /collective_rpc; the extension hooks the decoder layers
+            flags += ["--worker-extension-cls", "paritybench_layer_capture.LayerCapture"]
         self.flags = flags + [str(a) for a in extra_args]
         if any(a == "--api-key" or a.startswith("--api-key=") for a in self.flags):
             raise InputError("pass the API key through the VLLM_API_KEY environment variable, not --api-key "
@@ -273,6 +278,9 @@ class VllmServer:
         env.pop("VLLM_API_KEY", None)
         if self._api_key:
             env["VLLM_API_KEY"] = self._api_key
+        if self.layer_capture:
+            env["VLLM_SERVER_DEV_MODE"] = "1"
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(WORKER_EXTENSIONS), env.get("PYTHONPATH")) if p)
         env.update(self._extra_env)
         return env
 

@@ -1,0 +1,156 @@
+"""Where two sides part: the residual stream compared layer by layer.
+
+Both sides capture the stream at every depth for the same token ids (`LayerCapture`): the
+embedding (images merged in), the stream after each decoder layer, the final norm's output. Per
+row the relative max difference (max |a - b| / max |a|) and relative L2 difference, over all
+tokens and per token region (text, image or audio soft tokens). The first row beyond the threshold
+is where the difference appears (it then carries forward); a second, local pass on one side feeds
+every layer the other side's input stream, so each layer is compared on identical inputs and only
+the guilty layer(s) stand out.
+
+Indices: -1 is the embedding, 0..N-1 the decoder layers, N the final norm.
+Localisation needs float32 on both sides: in bfloat16 the per-layer noise (~1e-2 relative,
+reference probe) hides differences of 1e-3.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal, cast
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from backends import Backend, LayerCapture, LayerStates, ParitybenchError, Request, UnsupportedError
+
+# float32 noise between correct engines measured 2e-7..7e-7 per row (tiny-gemma3, JAX vs vLLM);
+# a +0.01 change to one norm weight moved its row 2e-3
+THRESHOLD = 1e-4
+
+Status = Literal["localised", "agree", "unsupported", "not-localisable", "error"]
+
+
+class LayerRow(BaseModel):
+    """One depth of the network: relative differences of the two sides' streams there."""
+
+    index: int  # -1 embedding, 0..N-1 layer, N final norm
+    name: str
+    rel_max: float  # max |a - b| / max |a| over all tokens
+    rel_l2: float  # ||a - b|| / ||a||
+    rel_max_text: float | None = None  # over text tokens only
+    rel_max_media: float | None = None  # over image/audio soft tokens only (None: the prompt has none)
+    local_rel_max: float | None = None  # the local pass: this row computed from the other side's input
+
+
+class Localization(BaseModel):
+    """Where a prompt's two sides part (`status` "localised"), or why that is not known."""
+
+    status: Status
+    detail: str
+    threshold: float = THRESHOLD
+    reference: str | None = None  # the side whose stream the others are measured against
+    local_side: str | None = None  # the side that ran the local pass
+    first_layer: int | None = None  # the first row beyond the threshold
+    guilty_layers: list[int] = Field(default_factory=list)  # rows beyond it in the local pass
+    region: str | None = None  # where the first row parts: "text", "image", "audio" or "text+image", ...
+    tokens: int = 0
+    rows: list[LayerRow] = Field(default_factory=list)
+    seconds: dict[str, float] = Field(default_factory=dict)  # capture time per side (s)
+
+
+def _row_name(k: int, n: int) -> str:
+    return "embedding" if k == 0 else "final norm" if k == n + 1 else f"layer {k - 1}"
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    top = float(np.abs(a).max()) if a.size else 0.0
+    return float(np.abs(a - b).max()) / top if top else float(np.abs(a - b).max() if a.size else 0.0)
+
+
+def layer_rows(a: LayerStates, b: LayerStates, local: LayerStates | None = None) -> list[LayerRow]:
+    """Per-row relative differences of b against a (and of the local pass against a)."""
+    ha, hb = a.hidden.astype(np.float64), b.hidden.astype(np.float64)
+    n = ha.shape[0] - 2
+    media = np.asarray(a.media, bool)
+    rows = []
+    for k in range(ha.shape[0]):
+        x, y = ha[k], hb[k]
+        top = float(np.abs(x).max()) or 1.0
+        norm = float(np.linalg.norm(x)) or 1.0
+        rows.append(LayerRow(
+            index=k - 1, name=_row_name(k, n), rel_max=float(np.abs(x - y).max()) / top,
+            rel_l2=float(np.linalg.norm(x - y)) / norm,
+            rel_max_text=float(np.abs(x[~media] - y[~media]).max()) / top if (~media).any() else None,
+            rel_max_media=float(np.abs(x[media] - y[media]).max()) / top if media.any() else None,
+            local_rel_max=(_rel(x, local.hidden[k].astype(np.float64)) if local is not None and k > 0 else None)))
+    return rows
+
+
+def _capture(side: Backend, request: Request, cont: list[int], reference: np.ndarray | None = None) -> LayerStates:
+    return cast(LayerCapture, side).capture_layers(request, cont, reference=reference)
+
+
+def localize(a: Backend, b: Backend, request: Request, continuation_ids: list[int], *,
+             dtypes: tuple[str | None, str | None] = (None, None), threshold: float = THRESHOLD,
+             media_kind: str = "image") -> Localization:
+    """Compare the two sides' streams for the request's prompt + `continuation_ids`, row by row,
+    and name the first row that parts and the guilty layer(s) (see the module doc)."""
+    for side in (a, b):
+        if not isinstance(side, LayerCapture):
+            return Localization(status="unsupported", detail=f"{side.name}: this engine cannot capture its layers")
+    low = [f"{s.name} ({d})" for s, d in zip((a, b), dtypes) if d and "bf" in d]
+    if low:
+        return Localization(status="not-localisable", detail=(
+            f"not localisable at this precision: {', '.join(low)} computes in bfloat16, whose per-layer noise "
+            "(~1e-2 relative) hides the differences localisation looks for; compare in float32"))
+    try:
+        sa = _capture(a, request, continuation_ids)
+        sb = _capture(b, request, continuation_ids)
+    except UnsupportedError as e:
+        return Localization(status="unsupported", detail=str(e))
+    except ParitybenchError as e:
+        return Localization(status="error", detail=f"layer capture failed: {e}")
+    seconds = {a.name: sa.seconds, b.name: sb.seconds}
+    if sa.ids != sb.ids or sa.hidden.shape != sb.hidden.shape:
+        return Localization(status="error", seconds=seconds, detail=(
+            f"the sides fed different sequences ({len(sa.ids)} vs {len(sb.ids)} ids, streams {sa.hidden.shape} vs "
+            f"{sb.hidden.shape}): layers compare only on the same ids and architecture"))
+    rows = layer_rows(sa, sb)
+    base = Localization(status="agree", threshold=threshold, reference=a.name, tokens=len(sa.ids), rows=rows,
+                        seconds=seconds, detail=f"every row within {threshold:g} (relative max)")
+    first = next((r for r in rows if r.rel_max > threshold), None)
+    if first is None:
+        return base
+    # the local pass: one side fed the other's stream layer by layer
+    local, local_side = None, None
+    for side, ref in ((b, sa), (a, sb)):
+        try:
+            t0 = time.perf_counter()
+            local = _capture(side, request, continuation_ids, reference=ref.hidden)
+            local_side = side.name
+            seconds[f"{side.name} local"] = time.perf_counter() - t0
+            break
+        except ParitybenchError:
+            continue
+    if local is not None and local_side == a.name:  # measured against b's stream then
+        rows = layer_rows(sb, sa, local)
+        reference = b.name
+    else:
+        rows = layer_rows(sa, sb, local)
+        reference = a.name
+    first = next(r for r in rows if r.rel_max > threshold)
+    region = "+".join(name for name, v in (("text", first.rel_max_text), (media_kind, first.rel_max_media))
+                      if v is not None and v > threshold) or "all"
+    guilty = [r.index for r in rows
+              if ((r.local_rel_max or 0.0) if r.index >= 0 else r.rel_max) > threshold]
+    if local is None:
+        guilty = []
+        how = "no side could run the local pass, so the guilty layer is not isolated"
+    else:
+        how = (f"local pass ({local_side} fed {reference}'s stream): "
+               + (", ".join(_row_name(i + 1, len(rows) - 2) for i in guilty) or "no single row stands out")
+               + (" stands out" if len(guilty) == 1 else " stand out" if guilty else ""))
+    return base.model_copy(update={
+        "status": "localised", "reference": reference, "local_side": local_side, "first_layer": first.index,
+        "guilty_layers": guilty, "region": region, "rows": rows,
+        "detail": f"the sides part first at {first.name} ({region} tokens, {first.rel_max:.2g} relative); {how}"})
