@@ -103,9 +103,18 @@ def localize(a: Backend, b: Backend, request: Request, continuation_ids: list[in
         return Localization(status="not-localisable", detail=(
             f"not localisable at this precision: {', '.join(low)} computes in bfloat16, whose per-layer noise "
             "(~1e-2 relative) hides the differences localisation looks for; compare in float32"))
+    note = ""
     try:
-        sa = _capture(a, request, continuation_ids)
-        sb = _capture(b, request, continuation_ids)
+        try:
+            sa = _capture(a, request, continuation_ids)
+            sb = _capture(b, request, continuation_ids)
+        except UnsupportedError as e:
+            if not continuation_ids or "continuation" not in str(e):
+                raise
+            continuation_ids = []  # a side cannot feed these ids after the prompt: the prompt alone
+            note = " (prompt only: a side cannot feed the continuation ids after the prompt)"
+            sa = _capture(a, request, continuation_ids)
+            sb = _capture(b, request, continuation_ids)
     except UnsupportedError as e:
         return Localization(status="unsupported", detail=str(e))
     except ParitybenchError as e:
@@ -117,7 +126,7 @@ def localize(a: Backend, b: Backend, request: Request, continuation_ids: list[in
             f"{sb.hidden.shape}): layers compare only on the same ids and architecture"))
     rows = layer_rows(sa, sb)
     base = Localization(status="agree", threshold=threshold, reference=a.name, tokens=len(sa.ids), rows=rows,
-                        seconds=seconds, detail=f"every row within {threshold:g} (relative max)")
+                        seconds=seconds, detail=f"every row within {threshold:g} (relative max){note}")
     first = next((r for r in rows if r.rel_max > threshold), None)
     if first is None:
         return base
@@ -153,4 +162,4 @@ def localize(a: Backend, b: Backend, request: Request, continuation_ids: list[in
     return base.model_copy(update={
         "status": "localised", "reference": reference, "local_side": local_side, "first_layer": first.index,
         "guilty_layers": guilty, "region": region, "rows": rows,
-        "detail": f"the sides part first at {first.name} ({region} tokens, {first.rel_max:.2g} relative); {how}"})
+        "detail": f"the sides part first at {first.name} ({region} tokens, {first.rel_max:.2g} relative); {how}{note}"})

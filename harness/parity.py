@@ -657,6 +657,14 @@ def _compare_prompt(a: Backend, b: Backend, pid: str, r: Request, ga, gb, tol: T
                 _explain_settings(a, b, r, ga, gb, tol, ag.max_abs_dlogprob, res, verdicts, diffs)
             if r.images:
                 _explain_images(a, b, r, ga, gb, tol, ag.max_abs_dlogprob, res, verdicts, pixels)
+    dtype = next((d for d in diffs or [] if d.field == "dtype"), None)
+    if dtype is not None and not any(c.name == dtype.cause for c in res.causes):
+        # within the lower precision's bound, but not the same computation: never a silent pass
+        verdicts.append("warn")
+        res.causes.append(Cause(name=dtype.cause, explains=True, evidence={"field": "dtype", a.name: dtype.a, b.name: dtype.b},
+                                detail=f"{a.name} computes in {dtype.a}, {b.name} in {dtype.b}: compared at the "
+                                       f"{tol.name} bound"))
+        res.reasons.append(f"cause ({dtype.cause}): {res.causes[-1].detail}")
     res.verdict = worst(*verdicts) if verdicts else "pass"
     if not res.reasons:
         res.reasons.append(f"greedy identical; teacher-forced max |dlogprob| {ag.max_abs_dlogprob:.2g} "

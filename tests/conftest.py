@@ -25,11 +25,11 @@ def pytest_addoption(parser):
     g.addoption("--logprob-atol", type=float, default=None, help="override the profile's max |dlogprob| bound")
 
 
-def _session_backend(name: str, model: str):
+def _session_backend(name: str, model: str, **options):
     """One backend for the whole session (a vLLM backend: one real server), closed at the end."""
     import backends
 
-    b = backends.get(name, model=model)
+    b = backends.get(name, model=model, **options)
     yield b
     b.close()
 
@@ -75,8 +75,9 @@ def vllm_text(tiny_text_dir):
 
 @pytest.fixture(scope="session")
 def vllm_vision(tiny_vision_dir):
-    """A real vLLM server serving tiny-gemma3-vision for the whole session."""
-    yield from _session_backend("vllm", "tiny-gemma3-vision")
+    """A real vLLM server serving tiny-gemma3-vision for the whole session, with its layer-capture
+    extension (dev mode; it changes nothing until a capture installs its hooks)."""
+    yield from _session_backend("vllm", "tiny-gemma3-vision", layer_capture=True)
 
 
 def still_running(pids) -> list[int]:

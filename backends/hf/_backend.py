@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from .._base import BaseBackend
-from .._errors import InputError, ModelError
-from .._protocol import ImagePixelsResult
+from .._errors import InputError, ModelError, UnsupportedError
+from .._protocol import ImagePixelsResult, LayerStates
 from .._system import peak_rss_bytes
 from .._types import (
     Capabilities,
@@ -362,6 +362,68 @@ class HfBackend(BaseBackend):
                 v, i = torch.topk(logp, top, dim=-1)
                 tops = [[(int(a), float(b)) for a, b in zip(ri, rv)] for ri, rv in zip(i.tolist(), v.tolist())]
         return TokenScores(prompt_ids=e.ids, token_ids=cont, logprobs=[float(x) for x in chosen], top_logprobs=tops)
+
+    # ---------------------------------------------------------------- layer capture
+
+    def capture_layers(self, request: Request, continuation_ids: Sequence[int] = (), *,
+                       reference: np.ndarray | None = None) -> LayerStates:
+        """The residual stream at every depth for the request's prompt + `continuation_ids`
+        (`LayerCapture`), by forward hooks on the decoder layers and the final norm (transformers'
+        `output_hidden_states` leaves out the last layer's stream before the norm); with `reference`
+        each layer and the norm are fed that stream instead (a local pass)."""
+        import torch
+
+        t0 = time.perf_counter()
+        core = next((m for m in self._model.modules()
+                     if isinstance(getattr(m, "layers", None), torch.nn.ModuleList) and hasattr(m, "norm")), None)
+        if core is None or "Gemma3n" in type(core).__name__:
+            raise UnsupportedError("hf: layer capture follows Gemma 3's one residual stream; Gemma 3n's AltUp keeps "
+                                   "several streams per layer (not supported)")
+        e = self._encode(request)
+        cont = [int(t) for t in continuation_ids]
+        seq = torch.tensor([e.ids + cont])
+        kw: dict[str, Any] = {}
+        if e.pixel_values is not None and e.token_type_ids is not None:
+            kw = {"pixel_values": e.pixel_values, "token_type_ids": torch.tensor([e.token_type_ids + [0] * len(cont)])}
+        n = len(core.layers)
+        ref = None if reference is None else torch.from_numpy(np.asarray(reference, np.float32))
+        rows: list[Any] = [None] * (n + 2)
+
+        def fed(k: int, hidden: Any) -> Any:
+            assert ref is not None
+            return ref[k, : hidden.shape[1]].to(hidden.dtype)[None]
+
+        def pre(k: int) -> Callable[..., Any]:
+            def hook(mod: Any, args: tuple, kwargs: dict) -> Any:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                if k == 0:
+                    rows[0] = hidden[0].float().clone()
+                if ref is None:
+                    return None
+                if args:
+                    return (fed(k, hidden), *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": fed(k, hidden)}
+            return hook
+
+        def post(k: int) -> Callable[..., Any]:
+            def hook(mod: Any, args: tuple, out: Any) -> None:
+                rows[k + 1] = (out[0] if isinstance(out, tuple) else out)[0].float().clone()
+            return hook
+
+        handles = [layer.register_forward_pre_hook(pre(k), with_kwargs=True) for k, layer in enumerate(core.layers)]
+        handles += [layer.register_forward_hook(post(k)) for k, layer in enumerate(core.layers)]
+        handles.append(core.norm.register_forward_pre_hook(pre(n), with_kwargs=True))
+        handles.append(core.norm.register_forward_hook(post(n)))
+        try:
+            with torch.inference_mode():
+                self._model(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False, logits_to_keep=1, **kw)
+        finally:
+            for h in handles:
+                h.remove()
+        hidden = torch.stack(rows).numpy()
+        soft = getattr(self._model.config, "image_token_id", None)
+        ids = e.ids + cont
+        return LayerStates(hidden=hidden, ids=ids, media=np.asarray(ids) == soft, seconds=time.perf_counter() - t0)
 
     # ---------------------------------------------------------------- the record, memory, lifetime
 
