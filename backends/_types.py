@@ -252,7 +252,7 @@ class ModelSettings(_Model):
     dtype: the compute dtype the side really ran (a managed vLLM server: what its engine loaded).
     max_model_len: the longest sequence the side takes. The configuration fields (query scaling,
     window and layer types, RoPE bases and scales per layer type, attention soft-cap, RMSNorm
-    epsilon) are what the engine's model was built from. tokenizer_sha256: the SentencePiece file's hash.
+    epsilon, tied embeddings, image-token layout) are what the engine's model was built from. tokenizer_sha256: the SentencePiece file's hash.
     end_ids: the token ids that end a generation.
     """
 
@@ -275,6 +275,9 @@ class ModelSettings(_Model):
     rope_local_scale: float | None = None
     rope_global_scale: float | None = None
     rms_norm_eps: float | None = None
+    tied_embeddings: bool | None = None  # the output projection is the input embedding
+    image_token_id: int | None = None  # the id image soft tokens carry in the prompt
+    mm_tokens_per_image: int | None = None  # soft tokens per image
     # files the two sides should share
     tokenizer_sha256: str | None = None
     end_ids: tuple[int, ...] | None = None

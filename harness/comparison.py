@@ -171,7 +171,8 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                                         "tokens, teacher-forced log-probs)"):
                         rep = parity.compare(
                             sides[x], sides[y], todo, max_tokens=config.max_tokens, top_k=config.top_k_logprobs,
-                            tolerance=tol, localize=config.localize, on_prompt=on_prompt)
+                            tolerance=tol, localize=config.localize,
+                            localize_threshold=config.localize_threshold, on_prompt=on_prompt)
                     stop_point()
                     reports[key] = _in_suite_order(rep, suite, pair_reused)
                     rec.add("parity", {"pair": key, "verdict": reports[key].verdict,

@@ -51,6 +51,7 @@ class CompareConfig(BaseModel):
     # layer-by-layer localisation (a managed vLLM server then starts with its layer-capture extension):
     # off, the prompts whose log-probs fail, or all prompts
     localize: Literal["off", "failing", "all"] = "off"
+    localize_threshold: float = Field(1e-4, gt=0)  # relative max difference at which a row parts
     seed: int = 0
     bench: BenchSettings = Field(default_factory=BenchSettings)
     # more options per engine, given to its constructor as they are (e.g. {"jax": {"conventions": "hf"}})

@@ -34,10 +34,17 @@ CAUSES: dict[str, tuple[str, str]] = {
     "tokenizer_sha256": ("tokenizer-files", "the sides read different tokenizer.model files"),
     "end_ids": ("generation-config", "the sides end generations on different token ids"),
     "rms_norm_eps": ("config:rms_norm_eps", "the sides normalise with different epsilons"),
+    "tied_embeddings": ("config:tie_word_embeddings", "one side projects to logits with the input embedding, "
+                                                      "the other with a separate output matrix"),
+    "image_token_id": ("config:image_token_id", "the sides mark image soft tokens with different ids"),
+    "mm_tokens_per_image": ("config:mm_tokens_per_image", "the sides expand each image to a different number "
+                                                          "of soft tokens"),
     **{f: (f"config:{f}", "the sides build their models from different configurations") for f in CONFIG_FIELDS},
 }
 # settings no side can re-score with: named from the diff alone
-NOT_RESCORABLE = {"tokenizer_sha256", "end_ids", "rms_norm_eps"}  # gemma's RMSNorm epsilon is a constant
+# gemma's RMSNorm epsilon is a constant, its embeddings always tied, its image layout fixed by the checkpoint
+NOT_RESCORABLE = {"tokenizer_sha256", "end_ids", "rms_norm_eps", "tied_embeddings", "image_token_id",
+                  "mm_tokens_per_image"}
 # where Gemma engines part by design (a confirmed difference is a warning); any other confirmed
 # difference (configuration, files) is a real one and still fails
 BY_DESIGN = {"final_logit_softcap", "logit_rows", "kv_sharing", "altup_coef_clip"}

@@ -51,6 +51,7 @@ from backends import (
 from backends.models import BOS, START_OF_IMAGE
 
 from . import diagnosis
+from .localize import THRESHOLD as LOCALIZE_THRESHOLD
 from .localize import Localization
 from .localize import localize as localize_layers
 
@@ -498,7 +499,7 @@ def _score_or_error(backend: Backend, req: Request, ids: list[int], top: int):
 
 def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: int = 32, top_k: int = 5,
             tolerance: Tolerance | None = None, diagnose: bool = True, localize: LocalizeWhat = "off",
-            on_prompt: Callable[[PromptParity], None] | None = None) -> ParityReport:
+            localize_threshold: float = LOCALIZE_THRESHOLD, on_prompt: Callable[[PromptParity], None] | None = None) -> ParityReport:
     """Greedy generation on both sides, then every check above, prompt by prompt; `on_prompt` gets
     each prompt's result as soon as it is known (the plain-text diagnosis may add causes later).
     `localize`: compare the sides layer by layer (`harness.localize`) for the prompts whose log-probs
@@ -544,7 +545,7 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
             if failing:
                 failing_on_logprobs.append(pid)
             if res.prompt_ids_equal and (localize == "all" or (localize == "failing" and failing)):
-                _localize(a, b, r, ga, res, (da, db))
+                _localize(a, b, r, ga, res, (da, db), localize_threshold)
         if on_prompt:
             on_prompt(results[pid])
     probe = None
@@ -563,10 +564,12 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
                         probe=probe, verdict=worst(*[p.verdict for p in prompts]))
 
 
-def _localize(a: Backend, b: Backend, r: Request, ga, res: PromptParity, dtypes: tuple[str | None, str | None]) -> None:
+def _localize(a: Backend, b: Backend, r: Request, ga, res: PromptParity, dtypes: tuple[str | None, str | None],
+              threshold: float) -> None:
     """Where the sides part for this prompt (its prompt and a's greedy tokens), layer by layer."""
     kind = "image" if r.images else "audio"
-    res.localization = loc = localize_layers(a, b, r, list(ga.token_ids), dtypes=dtypes, media_kind=kind)
+    res.localization = loc = localize_layers(a, b, r, list(ga.token_ids), dtypes=dtypes, media_kind=kind,
+                                             threshold=threshold)
     if loc.status == "localised" or res.verdict != "pass":
         res.reasons.append(f"layers: {loc.detail}")
 

@@ -275,6 +275,8 @@ SETTING_NAMES = {"convention": "convention", "family": "architecture", "dtype": 
                  "sliding_window": "sliding window", "layer_types": "layer types",
                  "rope_local_base": "RoPE base (sliding)", "rope_global_base": "RoPE base (full)",
                  "rope_local_scale": "RoPE scale (sliding)", "rope_global_scale": "RoPE scale (full)",
+                 "rms_norm_eps": "RMSNorm epsilon", "tied_embeddings": "tied embeddings",
+                 "image_token_id": "image soft-token id", "mm_tokens_per_image": "soft tokens per image",
                  "tokenizer_sha256": "tokenizer.model (sha256)", "end_ids": "end ids"}
 
 
@@ -311,6 +313,14 @@ def localization_rows(results: ComparisonResults) -> list[dict[str, str]]:
                      "capture s": ", ".join(f"{k} {v:.2f}" for k, v in loc.seconds.items()),
                      "detail": loc.detail})
     return rows
+
+
+LAYER_TABLES = 5  # per-prompt layer tables in the report (all are in results.json)
+
+
+def _localised(results: ComparisonResults) -> list[PromptParity]:
+    prompts = results.parity.prompts if results.parity else []
+    return [p for p in prompts if p.localization and p.localization.status == "localised"][:LAYER_TABLES]
 
 
 def layer_rows(p: PromptParity) -> list[dict[str, str]]:
@@ -465,8 +475,8 @@ def markdown(results: ComparisonResults, images: dict[str, bytes]) -> str:
         if localization_rows(results):
             lines += ["", "### Where the sides part (layer by layer)", ""]
             lines += _md_table(localization_rows(results))
-            for p in results.parity.prompts:
-                if p.localization and p.localization.status == "localised":
+            for p in _localised(results):
+                if p.localization:
                     lines += ["", f"{p.id}: relative difference at each depth "
                                   f"(measured against {p.localization.reference})", ""]
                     lines += _md_table(layer_rows(p))
@@ -535,8 +545,8 @@ def html_page(results: ComparisonResults, images: dict[str, bytes]) -> str:
         if localization_rows(results):
             parts.append("<h3>Where the sides part (layer by layer)</h3>")
             parts.append(_html_table(localization_rows(results), table_id="localization"))
-            for p in results.parity.prompts:
-                if p.localization and p.localization.status == "localised":
+            for p in _localised(results):
+                if p.localization:
                     parts.append(f"<p>{html.escape(p.id)}: relative difference at each depth (measured against "
                                  f"{html.escape(str(p.localization.reference))})</p>")
                     parts.append(_html_table(layer_rows(p), table_id=f"layers-{p.id}"))
@@ -606,10 +616,11 @@ def parity_table(results: ComparisonResults) -> Table:
 
 def localization_table(results: ComparisonResults) -> Table:
     t = Table(title="where the sides part (layer by layer)")
-    for col in ("id", "status", "first layer", "guilty", "region", "detail"):
+    for col in ("id", "status", "first layer", "guilty", "region", "why not"):
         t.add_column(col, overflow="fold")
-    for r in localization_rows(results):
-        t.add_row(r["id"], r["status"], r["first layer"], r["guilty"], r["region"], r["detail"])
+    for r in localization_rows(results):  # the details are in the report
+        why = r["detail"] if r["status"] in ("unsupported", "not-localisable", "error") else ""
+        t.add_row(r["id"], r["status"], r["first layer"], r["guilty"], r["region"], why)
     return t
 
 

@@ -104,3 +104,19 @@ def test_a_dtype_mismatch_is_named_and_the_bound_follows_the_lower_precision(own
     assert report.tolerance.name == "bfloat16" and "dtype-mismatch" in report.tolerance.reason
     assert report.a["settings"]["dtype"] == "float32" and report.b["settings"]["dtype"] == "bfloat16"
     assert "weights" not in named(report)
+
+
+def test_tied_embeddings_and_the_image_token_layout_are_named_from_the_settings(tiny_vision_dir):
+    from harness import diagnosis
+
+    arch = models.read_card(tiny_vision_dir).arch
+    assert arch.vision is not None
+    mine = models.engine_settings(arch, "gemma", tied_embeddings=True)
+    other = arch.model_copy(update={"vision": arch.vision.model_copy(update={"mm_tokens_per_image": 64}),
+                                    "image_token_id": 262000})
+    theirs = models.engine_settings(other, "vllm", tied_embeddings=False)
+    names = {d.cause: (d.a, d.b) for d in diagnosis.settings_diff(mine, theirs)}
+    assert names["config:mm_tokens_per_image"] == (16, 64)
+    assert names["config:image_token_id"] == (arch.hf_image_token_id, 262000)
+    assert names["config:tie_word_embeddings"] == (True, False)
+    assert not diagnosis.settings_diff(mine, models.engine_settings(arch, "vllm", tied_embeddings=True))

@@ -156,3 +156,55 @@ def test_transformers_captures_its_layers_too(tmp_path, own, jax_own):
         with backends.get("jax", model=str(plant_layer(tmp_path, own[0], 3))) as planted:
             loc = localize(hf, planted, PROMPT, [5, 6, 7])
     assert loc.status == "localised" and loc.first_layer == 3 and loc.guilty_layers == [3], loc.detail
+
+
+# ---------------------------------------------------------------- as users run it: a folder by path
+
+
+SUITE = """name: two
+prompts:
+  - id: fox
+    messages:
+      - {role: user, content: "The quick brown fox jumps over the lazy dog while the river runs past the mill."}
+  - id: capital
+    messages:
+      - {role: user, content: "What is the capital of France?"}
+"""
+
+
+def _compare(tmp_path: Path, hf: Path, *extra: str, config: str | None = None):
+    from tests.test_compare import cli
+
+    (tmp_path / "two.yaml").write_text(SUITE)
+    args = ["compare", "--model", hf, "--suite", tmp_path / "two.yaml", "--no-bench", "--max-tokens", "8",
+            "--out", tmp_path / "out", *extra]
+    if config is not None:
+        (tmp_path / "config.yaml").write_text(config)
+        args += ["--config", tmp_path / "config.yaml"]
+    p = cli(*args)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    return p, results
+
+
+def test_a_float32_folder_by_path_passes_at_every_layer(tmp_path, own):
+    """A float32 Hugging Face folder given by path: the managed server runs it in float32 (its logged
+    config says so), and every layer agrees."""
+    p, r = _compare(tmp_path, own[1], "--localize", "all")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert r["parity"]["a"]["settings"]["dtype"] == r["parity"]["b"]["settings"]["dtype"] == "float32"
+    locs = [x["localization"] for x in r["parity"]["prompts"]]
+    assert [x["status"] for x in locs] == ["agree", "agree"] and len(locs[0]["rows"]) == ARCH.num_layers + 2
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Where the sides part (layer by layer)" in report and (tmp_path / "out" / "layers.png").is_file()
+    assert "where the sides part" in p.stdout
+
+
+def test_the_same_folder_on_a_bfloat16_server_is_a_dtype_mismatch(tmp_path, own):
+    p, r = _compare(tmp_path, own[1], "--localize", "failing", config="engines:\n  vllm: {dtype: bfloat16}\n")
+    assert p.returncode in (0, 1), p.stderr[-3000:]
+    assert r["parity"]["a"]["settings"]["dtype"] == "bfloat16" and r["parity"]["b"]["settings"]["dtype"] == "float32"
+    assert r["verdict"] in ("warn", "fail") and "dtype-mismatch" in r["parity"]["tolerance"]["reason"]
+    for x in r["parity"]["prompts"]:
+        names = {c["name"] for c in x["causes"]}
+        assert "dtype-mismatch" in names and "weights" not in names, x["reasons"]
+        assert x["localization"] is None or x["localization"]["status"] == "not-localisable"

@@ -430,20 +430,9 @@ class HfBackend(BaseBackend):
     def model_settings(self) -> ModelSettings:
         """What transformers computes where engines part by design (`ModelSettings`): the
         config's soft-cap and rows, Gemma 3n's same-type KV-sharing rule, no AltUp clipping."""
-        import json
-
         from .. import models
 
-        known: dict[str, Any] = {"dtype": self.dtype}
-        known.update({k: v for k, v in (("tokenizer_sha256", models.file_sha256(self.hf_dir / "tokenizer.model")),
-                                        ("end_ids", models.hf_end_ids(self.hf_dir))) if v is not None})
-        cfg = json.loads(Path(self.hf_dir, "config.json").read_text())
-        known["rms_norm_eps"] = float((cfg.get("text_config") or cfg).get("rms_norm_eps", 1e-6))
-        try:
-            arch = models.arch_from_hf_config(cfg)
-        except (ModelError, ValueError):
-            return ModelSettings(convention="hf", **known)
-        return models.engine_settings(arch, "hf", **known)
+        return models.hf_folder_settings(self.hf_dir, "hf", dtype=self.dtype)
 
     def describe(self) -> dict[str, Any]:
         import torch

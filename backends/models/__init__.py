@@ -37,6 +37,7 @@ from ._checkpoint import (
     dir_fingerprint,
     file_sha256,
     hf_end_ids,
+    hf_folder_settings,
     load_params,
     read_card,
     save_params,
@@ -70,7 +71,7 @@ from ._tokenizer import CHAT_TEMPLATE, CORPUS, FULL_VOCAB, IMAGE_SOFT_TOKEN, gem
 from ._tokenizer import train_tiny as train_tiny_tokenizer
 
 __all__ = [
-    "CONFIG_FIELDS", "random_params", "file_sha256", "hf_end_ids", "HF_GEMMA3N_SOFTCAP", "KV_RULES", "Conversion", "Gemma3nArch", "arch_from_hf_config", "engine_settings", "gemma3n_tokenizer",
+    "CONFIG_FIELDS", "random_params", "file_sha256", "hf_end_ids", "hf_folder_settings", "HF_GEMMA3N_SOFTCAP", "KV_RULES", "Conversion", "Gemma3nArch", "arch_from_hf_config", "engine_settings", "gemma3n_tokenizer",
     "kv_sharing_targets", "BOS", "CARD", "CHAT_TEMPLATE", "CORPUS", "END_OF_IMAGE", "END_OF_TURN", "EOS", "FULL_VOCAB",
     "GEMMA3N_TEXT_ONLY", "IMAGE_SOFT_TOKEN", "NO_AUDIO_GEMMA3", "PAD", "PARAMS", "REGISTRY", "START_OF_IMAGE",
     "START_OF_TURN", "TINY_GEMMA3N", "TINY_RECIPES", "TOKENIZER", "GemmaArch",

@@ -540,6 +540,8 @@ def engine_settings(arch: GemmaArch, convention: Convention, **known_more: Any) 
                      altup_coef_clip=arch.altup_coef_clip if convention == "gemma" else None)
     else:
         known["text_vocab_size"] = arch.vocab_size
+    if arch.vision is not None:
+        known.update(image_token_id=arch.hf_image_token_id, mm_tokens_per_image=arch.vision.mm_tokens_per_image)
     return ModelSettings(**known)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from .._errors import ModelError
 from .._quiet import load_noisy_libraries
-from ._arch import ModelCard
+from ._arch import Convention, ModelCard
 
 CARD = "paritybench-model.json"
 TOKENIZER = "tokenizer.model"
@@ -109,6 +109,28 @@ def file_sha256(path: Path | str) -> str | None:
     """The SHA-256 of a local file (None when there is none): tokenizer files both sides should share."""
     p = Path(path)
     return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+
+
+def hf_folder_settings(hf_dir: Path | str, convention: Convention, **known: Any) -> Any:
+    """What an engine following `convention` computes for a Hugging Face folder (a
+    `backends.ModelSettings`): its config.json, tokenizer.model and end ids, with `known` (what the
+    engine adds: dtype, max model length). Only `convention` and `known` for a config that is not
+    a Gemma one paritybench reads."""
+    from .._types import ModelSettings
+    from ._arch import arch_from_hf_config, engine_settings
+
+    hf_dir = Path(hf_dir)
+    known.update({k: v for k, v in (("tokenizer_sha256", file_sha256(hf_dir / "tokenizer.model")),
+                                    ("end_ids", hf_end_ids(hf_dir))) if v is not None})
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    text = cfg.get("text_config") or cfg
+    known["rms_norm_eps"] = float(text.get("rms_norm_eps", 1e-6))
+    known["tied_embeddings"] = bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", True)))
+    try:
+        arch = arch_from_hf_config(cfg)
+    except (ModelError, ValueError):
+        return ModelSettings(convention=convention, **known)
+    return engine_settings(arch, convention, **known)
 
 
 def hf_end_ids(folder: Path | str) -> tuple[int, ...] | None:

@@ -361,15 +361,7 @@ class VllmBackend(BaseBackend):
             known["max_model_len"] = int(loaded["max_seq_len"])
         if self.hf_dir is None or not Path(self.hf_dir, "config.json").is_file():
             return ModelSettings(convention="vllm", **known)
-        known.update({k: v for k, v in (("tokenizer_sha256", models.file_sha256(Path(self.hf_dir, "tokenizer.model"))),
-                                        ("end_ids", models.hf_end_ids(self.hf_dir))) if v is not None})
-        cfg = json.loads(Path(self.hf_dir, "config.json").read_text())
-        known["rms_norm_eps"] = float((cfg.get("text_config") or cfg).get("rms_norm_eps", 1e-6))
-        try:
-            arch = models.arch_from_hf_config(cfg)
-        except (ModelError, ValueError):  # not a Gemma config paritybench reads
-            return ModelSettings(convention="vllm", **known)
-        return models.engine_settings(arch, "vllm", **known)
+        return models.hf_folder_settings(self.hf_dir, "vllm", **known)
 
     def describe(self) -> dict[str, Any]:
         """What this side is, for the record next to every result (never the API key)."""
