@@ -150,8 +150,8 @@ def compare(
     resume: Path | None = typer.Option(None, "--resume", help="continue the interrupted run in this folder "
                                           "(its settings; finished prompts and levels are kept)"),
     localize: str | None = typer.Option(None, "--localize", help="compare the sides layer by layer: failing (the "
-                                        "prompts whose log-probs fail) or all [off]; a managed vLLM server then "
-                                        "starts with its layer-capture extension"),
+                                        "prompts whose log-probs fail), all, or off [failing, where both sides can]; "
+                                        "given, a managed vLLM server starts with its layer-capture extension"),
 ) -> None:
     """Both backends on one suite: parity, throughput, memory; writes a report. Exit 0 pass, 1 fail, 2 usage."""
     if resume is not None:
@@ -165,7 +165,8 @@ def compare(
                   vllm_model=vllm_model, vllm_url=vllm_url, out=str(out) if out else None, max_tokens=max_tokens,
                   tolerance=tolerance, seed=seed, bench_enabled=False if no_bench else None,
                   bench_num_prompts=num_prompts, bench_output_len=output_len, bench_concurrency=concurrency,
-                  bench_batch_sizes=batch_sizes, localize=localize)
+                  bench_batch_sizes=batch_sizes, localize=localize,
+                  layer_capture=True if localize and localize != "off" else None)
     if len(cfg.backends) < 2:
         raise typer.BadParameter(f"compare needs two or more backends, the settings name {cfg.backends}; "
                                  "one side: paritybench run")
@@ -186,7 +187,7 @@ def localize(
     sides = [x.strip() for x in backends_.split(",")] if backends_ else None
     cfg = _config(config, sides, model=model, suite=str(suite) if suite else None, jax_model=jax_model,
                   vllm_model=vllm_model, out=str(out) if out else None, max_tokens=max_tokens,
-                  bench_enabled=False, localize="all")
+                  bench_enabled=False, localize="all", layer_capture=True)
     if len(cfg.backends) != 2:
         raise typer.BadParameter(f"localize compares two sides, the settings name {cfg.backends}")
     if cfg.out == "out/compare":

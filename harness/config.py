@@ -48,10 +48,11 @@ class CompareConfig(BaseModel):
     temperature: float = Field(0.0, ge=0)  # answers of `run`; parity is always greedy
     top_k_logprobs: int = Field(5, ge=1, le=20)
     tolerance: Literal["auto", "float32", "bfloat16"] = "auto"
-    # layer-by-layer localisation (a managed vLLM server then starts with its layer-capture extension):
-    # off, the prompts whose log-probs fail, or all prompts
-    localize: Literal["off", "failing", "all"] = "off"
+    # layer-by-layer localisation: off, the prompts whose log-probs fail, or all prompts
+    localize: Literal["off", "failing", "all"] = "failing"
     localize_threshold: float = Field(1e-4, gt=0)  # relative max difference at which a row parts
+    # start a managed vLLM server with its layer-capture extension (dev mode); --localize sets it
+    layer_capture: bool = False
     seed: int = 0
     bench: BenchSettings = Field(default_factory=BenchSettings)
     # more options per engine, given to its constructor as they are (e.g. {"jax": {"conventions": "hf"}})
@@ -84,7 +85,7 @@ class CompareConfig(BaseModel):
             vllm["api_key"] = self.vllm_api_key.get_secret_value()
         if self.vllm_url:
             vllm["url"] = self.vllm_url
-        elif self.localize != "off":
+        elif self.layer_capture:
             vllm["layer_capture"] = True
         return {**{"vllm": vllm}.get(backend, {}), **self.engines.get(backend, {})}
 
