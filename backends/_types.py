@@ -252,7 +252,9 @@ class ModelSettings(_Model):
     dtype: the compute dtype the side really ran (a managed vLLM server: what its engine loaded).
     max_model_len: the longest sequence the side takes. The configuration fields (query scaling,
     window and layer types, RoPE bases and scales per layer type, attention soft-cap, RMSNorm
-    epsilon, tied embeddings, image-token layout) are what the engine's model was built from. tokenizer_sha256: the SentencePiece file's hash.
+    epsilon, tied embeddings, image-token layout) are what the engine's model was built from.
+    kv_cache_dtype and quantization: how the engine stores the KV cache and the weights.
+    tokenizer_sha256: the SentencePiece file's hash; chat_template_sha256: the template file's.
     end_ids: the token ids that end a generation.
     """
 
@@ -278,8 +280,12 @@ class ModelSettings(_Model):
     tied_embeddings: bool | None = None  # the output projection is the input embedding
     image_token_id: int | None = None  # the id image soft tokens carry in the prompt
     mm_tokens_per_image: int | None = None  # soft tokens per image
+    # engine choices that change the numbers
+    kv_cache_dtype: str | None = None  # what keys and values are stored in
+    quantization: str | None = None  # the weight quantization method (None: none)
     # files the two sides should share
     tokenizer_sha256: str | None = None
+    chat_template_sha256: str | None = None  # the Jinja chat template a side applies (a folder's)
     end_ids: tuple[int, ...] | None = None
 
     def known(self) -> dict[str, Any]:

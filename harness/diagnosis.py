@@ -32,6 +32,9 @@ CAUSES: dict[str, tuple[str, str]] = {
     "dtype": ("dtype-mismatch", "the sides compute in different dtypes (a managed vLLM server loads a float32 "
                                 "checkpoint in bfloat16 unless told otherwise)"),
     "tokenizer_sha256": ("tokenizer-files", "the sides read different tokenizer.model files"),
+    "chat_template_sha256": ("chat-template", "the sides apply different chat template files"),
+    "kv_cache_dtype": ("kv-cache-dtype", "the sides store keys and values in different dtypes"),
+    "quantization": ("quantization", "one side runs quantized weights"),
     "end_ids": ("generation-config", "the sides end generations on different token ids"),
     "rms_norm_eps": ("config:rms_norm_eps", "the sides normalise with different epsilons"),
     "tied_embeddings": ("config:tie_word_embeddings", "one side projects to logits with the input embedding, "
@@ -43,8 +46,8 @@ CAUSES: dict[str, tuple[str, str]] = {
 }
 # settings no side can re-score with: named from the diff alone
 # gemma's RMSNorm epsilon is a constant, its embeddings always tied, its image layout fixed by the checkpoint
-NOT_RESCORABLE = {"tokenizer_sha256", "end_ids", "rms_norm_eps", "tied_embeddings", "image_token_id",
-                  "mm_tokens_per_image"}
+NOT_RESCORABLE = {"tokenizer_sha256", "chat_template_sha256", "end_ids", "rms_norm_eps", "tied_embeddings",
+                  "image_token_id", "mm_tokens_per_image", "kv_cache_dtype", "quantization"}
 # where Gemma engines part by design (a confirmed difference is a warning); any other confirmed
 # difference (configuration, files) is a real one and still fails
 BY_DESIGN = {"final_logit_softcap", "logit_rows", "kv_sharing", "altup_coef_clip"}
@@ -61,8 +64,12 @@ class SettingDiff:
 
 
 def settings_diff(sa: ModelSettings, sb: ModelSettings) -> list[SettingDiff]:
+    """The settings both sides know and disagree on (a KV cache that just follows each side's
+    compute dtype is the dtype's difference, not one of its own)."""
     ka, kb = sa.known(), sb.known()
-    return [SettingDiff(f, CAUSES[f][0], ka[f], kb[f]) for f in CAUSES if f in ka and f in kb and ka[f] != kb[f]]
+    follows = all(k.get("kv_cache_dtype") == k.get("dtype") for k in (ka, kb))
+    return [SettingDiff(f, CAUSES[f][0], ka[f], kb[f]) for f in CAUSES
+            if f in ka and f in kb and ka[f] != kb[f] and not (f == "kv_cache_dtype" and follows)]
 
 
 def show(value: Any) -> str:

@@ -277,7 +277,9 @@ SETTING_NAMES = {"convention": "convention", "family": "architecture", "dtype": 
                  "rope_local_scale": "RoPE scale (sliding)", "rope_global_scale": "RoPE scale (full)",
                  "rms_norm_eps": "RMSNorm epsilon", "tied_embeddings": "tied embeddings",
                  "image_token_id": "image soft-token id", "mm_tokens_per_image": "soft tokens per image",
-                 "tokenizer_sha256": "tokenizer.model (sha256)", "end_ids": "end ids"}
+                 "kv_cache_dtype": "KV-cache dtype", "quantization": "weight quantization",
+                 "tokenizer_sha256": "tokenizer.model (sha256)", "chat_template_sha256": "chat template (sha256)",
+                 "end_ids": "end ids"}
 
 
 def settings_rows(results: ComparisonResults) -> list[dict[str, str]]:

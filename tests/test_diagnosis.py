@@ -120,3 +120,21 @@ def test_tied_embeddings_and_the_image_token_layout_are_named_from_the_settings(
     assert names["config:image_token_id"] == (arch.hf_image_token_id, 262000)
     assert names["config:tie_word_embeddings"] == (True, False)
     assert not diagnosis.settings_diff(mine, models.engine_settings(arch, "vllm", tied_embeddings=True))
+
+
+def test_kv_cache_dtype_quantization_and_chat_template_are_named(tmp_path, tiny_text_dir):
+    from backends import ModelSettings
+    from harness import diagnosis
+
+    def names(x, y):
+        return {d.cause for d in diagnosis.settings_diff(x, y)}
+
+    f32 = ModelSettings(dtype="float32", kv_cache_dtype="float32", quantization=None)
+    assert names(f32, ModelSettings(dtype="bfloat16", kv_cache_dtype="bfloat16", quantization=None)) == {"dtype-mismatch"}
+    assert names(f32, ModelSettings(dtype="float32", kv_cache_dtype="fp8", quantization=None)) == {"kv-cache-dtype"}
+    assert names(f32, ModelSettings(dtype="float32", kv_cache_dtype="float32", quantization="awq")) == {"quantization"}
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_text_dir / "hf", hf)
+    before = models.hf_folder_settings(hf, "hf")
+    (hf / "chat_template.jinja").write_text((hf / "chat_template.jinja").read_text() + "\n")
+    assert names(before, models.hf_folder_settings(hf, "hf")) == {"chat-template"}

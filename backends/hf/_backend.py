@@ -432,7 +432,8 @@ class HfBackend(BaseBackend):
         config's soft-cap and rows, Gemma 3n's same-type KV-sharing rule, no AltUp clipping."""
         from .. import models
 
-        return models.hf_folder_settings(self.hf_dir, "hf", dtype=self.dtype)
+        return models.hf_folder_settings(self.hf_dir, "hf", dtype=self.dtype, kv_cache_dtype=self.dtype,
+                                         quantization=None)
 
     def describe(self) -> dict[str, Any]:
         import torch

@@ -142,6 +142,7 @@ class JaxBackend(BaseBackend):
         self._settings = models.engine_settings(
             self._net_arch(), "gemma", dtype=self.dtype, end_ids=(EOS, END_OF_TURN), rms_norm_eps=GEMMA_RMS_EPS,
             tied_embeddings=True,  # gemma's Embedder decodes with the input embedding
+            kv_cache_dtype=self.dtype, quantization=None,
             **({"tokenizer_sha256": tok_sha} if tok_sha else {}))
         clip = self._settings.altup_coef_clip
         if clip is not None and _max_altup_coef(self._params) <= clip:  # clipping changes nothing

@@ -111,6 +111,16 @@ def file_sha256(path: Path | str) -> str | None:
     return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
 
 
+def chat_template_sha256(hf_dir: Path) -> str | None:
+    """The SHA-256 of a Hugging Face folder's chat template: chat_template.jinja, else the
+    `chat_template` of tokenizer_config.json (None when it has none)."""
+    if (hf_dir / "chat_template.jinja").is_file():
+        return file_sha256(hf_dir / "chat_template.jinja")
+    cfg = hf_dir / "tokenizer_config.json"
+    template = json.loads(cfg.read_text()).get("chat_template") if cfg.is_file() else None
+    return hashlib.sha256(template.encode()).hexdigest() if isinstance(template, str) else None
+
+
 def hf_folder_settings(hf_dir: Path | str, convention: Convention, **known: Any) -> Any:
     """What an engine following `convention` computes for a Hugging Face folder (a
     `backends.ModelSettings`): its config.json, tokenizer.model and end ids, with `known` (what the
@@ -121,6 +131,7 @@ def hf_folder_settings(hf_dir: Path | str, convention: Convention, **known: Any)
 
     hf_dir = Path(hf_dir)
     known.update({k: v for k, v in (("tokenizer_sha256", file_sha256(hf_dir / "tokenizer.model")),
+                                    ("chat_template_sha256", chat_template_sha256(hf_dir)),
                                     ("end_ids", hf_end_ids(hf_dir))) if v is not None})
     cfg = json.loads((hf_dir / "config.json").read_text())
     text = cfg.get("text_config") or cfg

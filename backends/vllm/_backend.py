@@ -359,6 +359,11 @@ class VllmBackend(BaseBackend):
             known["dtype"] = loaded["dtype"]
         if "max_seq_len" in loaded:
             known["max_model_len"] = int(loaded["max_seq_len"])
+        if "kv_cache_dtype" in loaded:  # "auto": the compute dtype
+            kv = loaded["kv_cache_dtype"]
+            known["kv_cache_dtype"] = known.get("dtype") if kv == "auto" else kv
+        if "quantization" in loaded:
+            known["quantization"] = None if loaded["quantization"] == "None" else loaded["quantization"]
         if self.hf_dir is None or not Path(self.hf_dir, "config.json").is_file():
             return ModelSettings(convention="vllm", **known)
         return models.hf_folder_settings(self.hf_dir, "vllm", **known)
