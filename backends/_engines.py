@@ -39,14 +39,26 @@ def engine_class(name: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
+def option_names(name: str) -> list[str]:
+    """The options engine `name` takes (its constructor's keyword arguments, and for an engine that
+    passes the rest on, what it passes them to: `extra_options()`)."""
+    cls = engine_class(name)
+    params = inspect.signature(cls).parameters  # the constructor's, without self
+    names = [p for p in params if p != "model" and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    extra = getattr(cls, "extra_options", None)
+    return names + (list(extra()) if extra is not None else [])
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse, in one line, an option engine `name` does not take (before anything starts)."""
+    accepted = option_names(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InputError(f"the {name} engine takes no option {unknown[0]!r}; its options: {', '.join(accepted)}")
+
+
 def get(name: str, *, model: str, **options: Any) -> Backend:
     """The engine `name` serving `model` (registry name, folder path or Hugging Face id). An option
     the engine does not take is refused in one line, before anything loads."""
-    cls = engine_class(name)
-    params = inspect.signature(cls).parameters  # the constructor's, without self
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    accepted = [p for p in params if p != "model" and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown and not takes_any:
-        raise InputError(f"the {name} engine takes no option {unknown[0]!r}; its options: {', '.join(accepted)}")
-    return cls(model, **options)
+    check_options(name, options)
+    return engine_class(name)(model, **options)

@@ -109,6 +109,28 @@ def _config(config, backends_, **flags):
     return _cfg.with_overrides(base, backends=backends_, **flags)
 
 
+def _side(text: str) -> dict:
+    """`--side NAME=ENGINE[,model=M][,bound=B][,OPTION=VALUE...]` as a side's settings (values read
+    as YAML scalars: numbers, true/false, strings)."""
+    import yaml
+
+    head, *rest = text.split(",")
+    name, eq, engine = head.partition("=")
+    if not eq or not name or not engine:
+        raise typer.BadParameter(f"--side {text!r}: write NAME=ENGINE[,OPTION=VALUE...], e.g. fp8kv=vllm,kv_cache_dtype=fp8")
+    spec: dict = {"name": name.strip(), "engine": engine.strip(), "options": {}}
+    for item in rest:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise typer.BadParameter(f"--side {text!r}: {item!r} is not OPTION=VALUE")
+        parsed = yaml.safe_load(value)
+        if key.strip() in ("model", "bound"):
+            spec[key.strip()] = parsed
+        else:
+            spec["options"][key.strip()] = parsed
+    return spec
+
+
 def _run(cfg, force: bool, resume: Path | None = None) -> None:
     from . import comparison as _compare
     from . import report as _report
@@ -127,6 +149,8 @@ def _run(cfg, force: bool, resume: Path | None = None) -> None:
             out.print(_report.localization_table(results))
     if results.arbitration:
         out.print(_report.arbitration_table(results))
+    if _report.sides_rows(results):
+        out.print(_report.sides_table(results))
     out.print(f"report: {folder / 'report.html'} (also report.md, results.json, results.jsonl)")
     code = _compare.exit_code(results)
     if code:
@@ -149,6 +173,9 @@ def compare(
     concurrency: str | None = _SHARED["concurrency"], batch_sizes: str | None = _SHARED["batch_sizes"],
     resume: Path | None = typer.Option(None, "--resume", help="continue the interrupted run in this folder "
                                           "(its settings; finished prompts and levels are kept)"),
+    side: list[str] = typer.Option([], "--side", help="a named side NAME=ENGINE[,model=M][,bound=B|report]"
+                                   "[,OPTION=VALUE...], e.g. fp8kv=vllm,kv_cache_dtype=fp8 (repeat for each)"),
+    reference: str | None = typer.Option(None, "--reference", help="the side every other side is compared with"),
     localize: str | None = typer.Option(None, "--localize", help="compare the sides layer by layer: failing (the "
                                         "prompts whose log-probs fail), all, or off [failing, where both sides can]; "
                                         "given, a managed vLLM server starts with its layer-capture extension"),
@@ -161,7 +188,8 @@ def compare(
     if sides is not None and len(sides) < 2:
         raise typer.BadParameter(f"--backends {backends_!r}: name two or more sides, e.g. vllm,jax or vllm,jax,hf "
                                  "(one side: paritybench run)")
-    cfg = _config(config, sides, model=model, suite=str(suite) if suite else None, jax_model=jax_model,
+    named = [_side(x) for x in side] or None
+    cfg = _config(config, sides, sides=named, reference=reference, model=model, suite=str(suite) if suite else None, jax_model=jax_model,
                   vllm_model=vllm_model, vllm_url=vllm_url, out=str(out) if out else None, max_tokens=max_tokens,
                   tolerance=tolerance, seed=seed, bench_enabled=False if no_bench else None,
                   bench_num_prompts=num_prompts, bench_output_len=output_len, bench_concurrency=concurrency,

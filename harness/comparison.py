@@ -28,7 +28,7 @@ import backends
 from backends import InputError, ParitybenchError, SamplingParams, TimedStreaming, stop_point
 
 from . import bench as _bench
-from . import environment, parity, report, suites
+from . import diagnosis, environment, parity, report, suites
 from .config import CompareConfig
 from .results import AnswerRow, BenchSection, ComparisonResults, Run, ScoreRow, Scores, SideSetup, SuiteInfo
 
@@ -65,7 +65,23 @@ def prepare_out(out: Path, force: bool) -> None:
 
 
 def _open(name: str, config: CompareConfig) -> backends.Backend:
-    return backends.get(name, model=config.model_for(name), **config.engine_options(name))
+    return backends.get(config.side(name).engine, model=config.model_for(name), **config.engine_options(name))
+
+
+def _pair_bound(config: CompareConfig, x: backends.Backend, y: backends.Backend, xn: str, yn: str,
+                tol: parity.Tolerance | None) -> tuple[parity.Tolerance | None, bool]:
+    """The tolerance of the pair (x, y) and whether its verdict only reports: a side's own `bound`
+    (a number: its max |dlogprob|; "report": measured, never counted); a side that stores its KV
+    cache or weights in reduced precision without a bound only reports."""
+    bound = config.side(yn).bound if config.side(yn).bound is not None else config.side(xn).bound
+    if isinstance(bound, float | int):
+        return parity.Tolerance(name=f"bound {bound:g}", logprob_pass=float(bound), logprob_warn=float(bound),
+                                exact_greedy=False, reason=f"the side's own bound (max |dlogprob| {bound:g})"), False
+    if bound == "report":
+        return tol, True
+    reduced = [d for d in diagnosis.settings_diff(x.model_settings(), y.model_settings())
+               if d.field in ("kv_cache_dtype", "quantization")]
+    return tol, bool(reduced)
 
 
 class Previous:
@@ -143,7 +159,9 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                 t0 = time.perf_counter()
                 with console.status(f"setting up {name} for {config.model_for(name)}"):
                     side = stack.enter_context(_open(name, config))
-                setup = SideSetup(backend=name, setup_s=time.perf_counter() - t0, load_s=side.load_s,
+                spec = config.side(name)
+                setup = SideSetup(backend=name, engine=spec.engine, model=config.model_for(name),
+                                  options=spec.options, setup_s=time.perf_counter() - t0, load_s=side.load_s,
                                   warmup_s=side.warmup_s, describe=side.describe(), guide=side.guide_facts(),
                                   bench_mode="serving" if isinstance(side, TimedStreaming) else "batch",
                                   memory=side.memory())
@@ -156,33 +174,38 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
             if len(sides) >= 2:
                 tol = parity.PROFILES[config.tolerance] if config.tolerance != "auto" else None
                 names = list(config.backends)
-                pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1:]]
+                pairs = config.pairs()
                 reports: dict[str, parity.ParityReport] = {}
                 for x, y in pairs:
                     key = f"{x}-{y}"
                     pair_reused = reused if len(pairs) == 1 else {}  # resume keeps prompts of a two-sided run
                     todo = [r for r in requests if r.id not in pair_reused]
+                    pair_tol, report_only = _pair_bound(config, sides[x], sides[y], x, y, tol)
 
                     def on_prompt(p: parity.PromptParity, key: str = key) -> None:
                         rec.add("parity_prompt", {**p.model_dump(mode="json"), "pair": key})
                         stop_point()
 
+                    t0 = time.perf_counter()
                     with console.status(f"parity {x} vs {y} on {len(todo)} prompts (greedy, {config.max_tokens} "
                                         "tokens, teacher-forced log-probs)"):
                         rep = parity.compare(
                             sides[x], sides[y], todo, max_tokens=config.max_tokens, top_k=config.top_k_logprobs,
-                            tolerance=tol, localize=config.localize,
+                            tolerance=pair_tol, localize=config.localize,
                             localize_threshold=config.localize_threshold, on_prompt=on_prompt)
+                    rep = rep.model_copy(update={"seconds": time.perf_counter() - t0, "report_only": report_only})
                     stop_point()
                     reports[key] = _in_suite_order(rep, suite, pair_reused)
-                    rec.add("parity", {"pair": key, "verdict": reports[key].verdict,
+                    rec.add("parity", {"pair": key, "verdict": reports[key].verdict, "report_only": report_only,
                                        "tolerance": reports[key].tolerance.model_dump(mode="json")})
                 first = reports[f"{pairs[0][0]}-{pairs[0][1]}"]
                 results.parity = first
-                results.verdict = parity.worst(*[r.verdict for r in reports.values()])
+                counted = [r.verdict for r in reports.values() if not r.report_only]
+                results.verdict = parity.worst(*counted) if counted else "pass"
                 if len(pairs) > 1:
                     results.pairs = reports
-                    results.arbitration = parity.arbitrate(names, reports)
+                    if config.reference is None:
+                        results.arbitration = parity.arbitrate(names, reports)
                 texts: dict[str, dict[str, str | None]] = {}
                 for (x, y), rep in zip(pairs, reports.values()):
                     for p in rep.prompts:

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from backends import InputError
 
@@ -33,13 +33,28 @@ class BenchSettings(BaseModel):
     memory_interval: float = Field(1.0, gt=0)
 
 
+class SideSpec(BaseModel):
+    """One side of a comparison: a name, an engine (`vllm`, `jax`, `hf` or a plug-in), a model
+    (default: the comparison's) and options given to the engine's constructor as they are (vLLM:
+    dtype, kv_cache_dtype, quantization, tensor_parallel_size, max_model_len, extra_args, url, ...;
+    JAX: dtype, ...). `bound`: the max |dlogprob| this side may part from the reference by (a
+    quantized or reduced-precision side), or "report" to measure it without a verdict that counts."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    engine: str
+    model: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    bound: float | Literal["report"] | None = None
+
+
 class CompareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = "tiny-gemma3-vision"  # the default suite has images
     jax_model: str | None = None  # a different model for one side (say a converted checkpoint)
     vllm_model: str | None = None
     suite: str | None = None  # default: evals/smoke.yaml
-    backends: list[str] = Field(default_factory=lambda: ["vllm", "jax"], min_length=1)  # engine names
+    backends: list[str] = Field(default_factory=lambda: ["vllm", "jax"], min_length=1)  # side or engine names
     vllm_url: str | None = None  # attach to a running server instead of starting one
     vllm_served_model: str | None = None  # the name a running server serves the model under
     vllm_api_key: SecretStr | None = None  # never written anywhere; VLLM_API_KEY works too
@@ -59,35 +74,71 @@ class CompareConfig(BaseModel):
     engines: dict[str, dict[str, Any]] = Field(default_factory=dict)
     out: str = "out/compare"
 
-    @field_validator("backends")
-    @classmethod
-    def _distinct(cls, v: list[str]) -> list[str]:
-        from backends import engines
+    # named sides: each an engine with its own model and options; `backends` then lists side names
+    sides: list[SideSpec] = Field(default_factory=list)
+    reference: str | None = None  # the side every other side is compared with (default: every pair)
 
+    @model_validator(mode="after")
+    def _sides(self) -> CompareConfig:
+        from backends import check_options, engines
+
+        names = [s.name for s in self.sides]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"two sides are named {twice[0]!r}; give each side its own name")
+        if self.sides and "backends" not in self.model_fields_set:
+            self.backends = names
         known = engines()
-        unknown = [n for n in v if n not in known]
-        if unknown:
-            raise ValueError(f"unknown engine {unknown[0]!r}; choose from {', '.join(known)}")
-        if len(set(v)) != len(v):
-            raise ValueError("each backend at most once")
-        return v
+        for n in self.backends:
+            if n not in names and n not in known:
+                raise ValueError(f"unknown side or engine {n!r}; sides: {', '.join(names) or 'none'}; engines: "
+                                 f"{', '.join(known)}")
+        if len(set(self.backends)) != len(self.backends):
+            raise ValueError("each side at most once in backends")
+        if self.reference is not None and self.reference not in self.backends:
+            raise ValueError(f"reference {self.reference!r} is not among the sides ({', '.join(self.backends)})")
+        for s in self.sides:
+            if s.engine not in known:
+                raise ValueError(f"side {s.name!r}: unknown engine {s.engine!r}; choose from {', '.join(known)}")
+            try:
+                check_options(s.engine, {**self.engines.get(s.engine, {}), **s.options})
+            except InputError as e:
+                raise ValueError(f"side {s.name!r}: {e}") from None
+        return self
+
+    def side(self, name: str) -> SideSpec:
+        """The side `name`: a named side, or the shorthand of an engine's name."""
+        return next((s for s in self.sides if s.name == name), None) or SideSpec(name=name, engine=name)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The pairs compared: the reference with each other side, else every pair in order."""
+        if self.reference is not None:
+            return [(self.reference, n) for n in self.backends if n != self.reference]
+        return [(x, y) for i, x in enumerate(self.backends) for y in self.backends[i + 1:]]
 
     def model_for(self, backend: str) -> str:
-        """The model of one side: its own (`jax_model`, `vllm_model`) or the shared one."""
+        """The model of one side: its own (a named side's model, `jax_model`, `vllm_model`) or the
+        shared one."""
+        side = self.side(backend)
+        if side.model:
+            return side.model
         own = {"jax": self.jax_model, "vllm": (self.vllm_url and self.vllm_served_model) or self.vllm_model}
-        return own.get(backend) or self.model
+        return own.get(side.engine) or self.model
 
     def engine_options(self, backend: str) -> dict[str, Any]:
-        """Options this comparison gives the engine `backend` (data per engine, no behaviour)."""
+        """Options this comparison gives side `backend`'s engine (data per engine, no behaviour):
+        the comparison's, then `engines.<engine>`, then the named side's own."""
+        side = self.side(backend)
         vllm: dict[str, Any] = {"max_concurrency": max(self.bench.concurrency + [16]),
                                 "request_timeout": self.request_timeout}
         if self.vllm_api_key is not None:
             vllm["api_key"] = self.vllm_api_key.get_secret_value()
-        if self.vllm_url:
-            vllm["url"] = self.vllm_url
-        elif self.layer_capture:
-            vllm["layer_capture"] = True
-        return {**{"vllm": vllm}.get(backend, {}), **self.engines.get(backend, {})}
+        if "url" not in side.options:  # --vllm-url: the shorthand side's server
+            if self.vllm_url and side.name == "vllm":
+                vllm["url"] = self.vllm_url
+            elif self.layer_capture:
+                vllm["layer_capture"] = True
+        return {**{"vllm": vllm}.get(side.engine, {}), **self.engines.get(side.engine, {}), **side.options}
 
     def public(self) -> dict[str, Any]:
         """The settings as recorded in results: the API key only as whether one was set."""
@@ -141,11 +192,15 @@ def with_overrides(config: CompareConfig, **flags: Any) -> CompareConfig:
     """`config` with every flag that was given (not None) replacing its value; bench.* by dotted name."""
     top = {k: v for k, v in flags.items() if v is not None and not k.startswith("bench_")}
     bench = {k[6:]: v for k, v in flags.items() if v is not None and k.startswith("bench_")}
-    data = config.model_dump()
+    data = config.model_dump(exclude_unset=True)  # what was set stays set, defaults stay defaults
     data.update(top)
-    data["bench"] = {**data["bench"], **bench}
+    if bench:
+        data["bench"] = {**config.bench.model_dump(exclude_unset=True), **bench}
     try:
         return CompareConfig.model_validate(data)
     except ValidationError as e:  # a flag with a bad value
         first = e.errors()[0]
-        raise InputError(f"--{'-'.join(str(x) for x in first['loc']).replace('_', '-')}: {first['msg']}") from None
+        msg = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a check across settings (sides, reference)
+            raise InputError(msg) from None
+        raise InputError(f"--{'-'.join(str(x) for x in first['loc']).replace('_', '-')}: {msg}") from None

@@ -175,6 +175,8 @@ class ParityReport(BaseModel):
     prompts: list[PromptParity]
     probe: dict[str, Any] | None = None  # the position profile on plain text, when it ran
     verdict: Verdict = "pass"
+    report_only: bool = False  # measured against its bound, not counted in the run's verdict
+    seconds: float | None = None  # wall-clock seconds the pair's parity took
 
     def by_id(self, prompt_id: str) -> PromptParity:
         return next(p for p in self.prompts if p.id == prompt_id)

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 from rich.table import Table
 
@@ -333,6 +334,47 @@ def layer_rows(p: PromptParity) -> list[dict[str, str]]:
              "image/audio": f(r.rel_max_media), "local pass": f(r.local_rel_max)} for r in (loc.rows if loc else [])]
 
 
+def sides_rows(results: ComparisonResults) -> list[dict[str, str]]:
+    """With a reference side: each side against it (parity, accuracy, speed, memory, parity cost)."""
+    ref = results.config.get("reference")
+    if not ref or not results.pairs and not results.parity:
+        return []
+    reports = results.pairs or ({f"{ref}-{results.parity.b.get('backend')}": results.parity} if results.parity else {})
+    acc = results.scores.accuracy if results.scores else {}
+    rows = []
+    for name in results.sides():
+        s = results.setup.get(name)
+        rep = reports.get(f"{ref}-{name}")
+        row = {"side": name + (" (reference)" if name == ref else ""),
+               "engine": (s.engine or name) if s else "", "options": ", ".join(f"{k}={v}" for k, v in
+                                                                        (s.options if s else {}).items()) or "-"}
+        if rep is not None:
+            ags = [p.agreement for p in rep.prompts if p.agreement]
+            ran = [p for p in rep.prompts if p.greedy_equal is not None]
+            f = lambda x: f"{x:.2e}" if x is not None else "n/a"  # noqa: E731
+            row.update({
+                "verdict": rep.verdict + (" (report only)" if rep.report_only else ""),
+                "bound": f"{rep.tolerance.logprob_pass:g}",
+                "max |Δlogprob|": f(max((a.max_abs_dlogprob for a in ags), default=None)),
+                "mean |Δlogprob|": f(float(np.mean([a.mean_abs_dlogprob for a in ags])) if ags else None),
+                "KL top-k max": f(max((a.kl_topk_max for a in ags), default=None)),
+                "greedy equal": f"{100 * sum(bool(p.greedy_equal) for p in ran) / len(ran):.0f}%" if ran else "n/a",
+                "top-k overlap": f"{np.mean([a.topk_overlap for a in ags]):.3f}" if ags else "n/a",
+                "parity s": _s(rep.seconds)})
+        else:
+            row.update({k: "-" for k in ("verdict", "bound", "max |Δlogprob|", "mean |Δlogprob|", "KL top-k max",
+                                         "greedy equal", "top-k overlap", "parity s")})
+        a = acc.get(name)
+        base = acc.get(ref)
+        row["accuracy"] = "n/a" if a is None else f"{a:.2f}" + (
+            f" ({a - base:+.2f})" if base is not None and name != ref else "")
+        best = best_throughput(results, name)
+        row["output tok/s"] = f"{best[0]:.0f}" if best else "n/a"
+        row["peak RSS"] = _gib(peak_memory(results, name)["rss_bytes"])
+        rows.append(row)
+    return rows
+
+
 def pair_rows(results: ComparisonResults) -> list[dict[str, str]]:
     """With three or more sides: per prompt, each pair's verdict and max |Δlogprob|, and the
     arbitration line (who is the odd one out, and why)."""
@@ -461,6 +503,9 @@ def markdown(results: ComparisonResults, images: dict[str, bytes]) -> str:
     lines += [f"## {_versus(results)}, measured", ""]
     header, rows = guide_table(results)
     lines += _md_table(rows, header)
+    if sides_rows(results):
+        lines += ["", f"## Every side against the reference ({results.config.get('reference')})", ""]
+        lines += _md_table(sides_rows(results))
     if results.capabilities:
         lines += ["", "## Capabilities (per modality)", ""]
         lines += _md_table(capability_rows(results))
@@ -530,6 +575,9 @@ def html_page(results: ComparisonResults, images: dict[str, bytes]) -> str:
     parts.append(f"<h2>{html.escape(_versus(results))}, measured</h2>")
     header, rows = guide_table(results)
     parts.append(_html_table(rows, header, "guide"))
+    if sides_rows(results):
+        parts.append(f"<h2>Every side against the reference ({html.escape(str(results.config.get('reference')))})</h2>")
+        parts.append(_html_table(sides_rows(results), table_id="sides"))
     if results.capabilities:
         parts.append("<h2>Capabilities (per modality)</h2>")
         parts.append(_html_table(capability_rows(results), table_id="capabilities"))
@@ -623,6 +671,16 @@ def localization_table(results: ComparisonResults) -> Table:
     for r in localization_rows(results):  # the details are in the report
         why = r["detail"] if r["status"] in ("unsupported", "not-localisable", "error") else ""
         t.add_row(r["id"], r["status"], r["first layer"], r["guilty"], r["region"], why)
+    return t
+
+
+def sides_table(results: ComparisonResults) -> Table:
+    t = Table(title=f"every side against the reference ({results.config.get('reference')})")
+    cols = ("side", "verdict", "max |Δlogprob|", "greedy equal", "output tok/s", "peak RSS", "parity s")
+    for col in cols:
+        t.add_column(col, overflow="fold")
+    for r in sides_rows(results):
+        t.add_row(*(r.get(c, "") for c in cols))
     return t
 
 

@@ -158,7 +158,10 @@ class SideSetup(_Record):
     """How one side was set up: seconds, what it is (`describe`), its words for the guide's table,
     and its memory right after loading."""
 
-    backend: str
+    backend: str  # the side's name (the engine's, unless the side was named)
+    engine: str | None = None  # the engine the side runs on
+    model: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)  # the side's own engine options
     setup_s: float | None = None
     load_s: float | None = None
     warmup_s: float | None = None

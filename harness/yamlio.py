@@ -78,11 +78,11 @@ def error_text(path: str | Path, node: yaml.Node | None, e: ValidationError, pre
     first = _most_telling(e.errors())
     loc = [*prefix, *_real_loc(first["loc"])]
     line = line_of(node, loc, at_key=first["type"] == "extra_forbidden")
-    field = ".".join(str(x) for x in loc) or "(top level)"
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown field (a typo?)"
-    return f"{path}{f' line {line}' if line else ''}: field {field}: {msg}"
+    where = f"field {'.'.join(str(x) for x in loc)}: " if loc else ""  # a check across fields names them itself
+    return f"{path}{f' line {line}' if line else ''}: {where}{msg}"
 
 
 def validate(model: type[M], data: Any, path: str | Path, node: yaml.Node | None, prefix: Sequence[Any] = ()) -> M:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import io
 import json
 import os
@@ -166,6 +167,12 @@ class VllmBackend(BaseBackend):
         except BaseException:
             self.close()
             raise
+
+    @staticmethod
+    def extra_options() -> list[str]:
+        """The managed server's options (`VllmServer`), which the constructor passes on."""
+        params = inspect.signature(VllmServer).parameters
+        return [p for p in params if p not in ("model", "served_model_name", "api_key")]
 
     # ---------------------------------------------------------------- model and server
 
