@@ -1,0 +1,52 @@
+"""Named sides: a comparison of engine configurations against a reference side. Bad settings are
+refused in one line each before anything starts (YAML, CLI)."""
+
+from __future__ import annotations
+
+import pytest
+
+from backends import InputError
+from harness import config as cfg
+from tests.test_compare import cli
+
+SIDES = [{"name": "ref", "engine": "vllm"}, {"name": "kv8", "engine": "vllm", "options": {"kv_cache_dtype": "fp8"},
+                                              "bound": "report"},
+         {"name": "jax", "engine": "jax", "options": {"dtype": "bfloat16"}, "bound": 0.2}]
+
+
+def test_named_sides_pairs_options_and_models():
+    c = cfg.with_overrides(cfg.CompareConfig(), sides=SIDES, reference="ref", model="tiny-gemma3", jax_model="other")
+    assert c.backends == ["ref", "kv8", "jax"]
+    assert c.pairs() == [("ref", "kv8"), ("ref", "jax")]
+    assert c.engine_options("kv8")["kv_cache_dtype"] == "fp8" and "url" not in c.engine_options("kv8")
+    assert c.model_for("kv8") == "tiny-gemma3" and c.model_for("jax") == "other"
+    assert c.side("jax").bound == 0.2 and c.side("kv8").bound == "report"
+    # without a reference, every pair; the shorthand still works
+    assert cfg.CompareConfig(backends=["vllm", "jax", "hf"]).pairs() == [("vllm", "jax"), ("vllm", "hf"), ("jax", "hf")]
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"sides": [{"name": "a", "engine": "vllm"}, {"name": "a", "engine": "jax"}]}, "two sides are named 'a'"),
+    ({"sides": [{"name": "a", "engine": "vllm", "options": {"colour": 1}}]}, "side 'a': the vllm engine takes no option 'colour'"),
+    ({"sides": [{"name": "a", "engine": "jax", "options": {"kv_cache_dtype": "fp8"}}]}, "the jax engine takes no option 'kv_cache_dtype'"),
+    ({"sides": [{"name": "a", "engine": "tpu"}]}, "side 'a': unknown engine 'tpu'"),
+    ({"sides": SIDES, "reference": "nope"}, "reference 'nope' is not among the sides (ref, kv8, jax)"),
+    ({"backends": ["vllm", "mystery"]}, "unknown side or engine 'mystery'"),
+])
+def test_bad_sides_are_refused_in_one_line(bad, says):
+    with pytest.raises(InputError) as e:
+        cfg.with_overrides(cfg.CompareConfig(), **bad)
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_sides_in_yaml_and_on_the_command_line_name_the_file_or_flag(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("sides:\n  - {name: a, engine: vllm}\n  - {name: a, engine: jax}\n")
+    p = cli("compare", "--config", y, "--out", tmp_path / "o")
+    assert p.returncode == 2 and f"{y}" in p.stderr and "two sides are named 'a'" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    p = cli("compare", "--side", "ref=vllm", "--side", "q=vllm,quantisation=awq", "--out", tmp_path / "o")
+    assert p.returncode == 2 and "the vllm engine takes no option 'quantisation'" in p.stderr, p.stderr
+    p = cli("compare", "--side", "refvllm", "--out", tmp_path / "o")
+    assert p.returncode == 2 and "NAME=ENGINE" in p.stderr, p.stderr
+    assert not (tmp_path / "o").exists()  # nothing started, nothing written
