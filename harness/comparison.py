@@ -14,7 +14,9 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -62,6 +64,16 @@ def prepare_out(out: Path, force: bool) -> None:
             with contextlib.suppress(FileNotFoundError):
                 (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _host_devices(config: CompareConfig) -> None:
+    """A side sharded over a mesh of N devices needs N devices: on CPU, XLA shows N host devices
+    only when told before jax starts (harmless on GPU/TPU, where it concerns the host platform)."""
+    need = max((math.prod(m.values()) for n in config.backends
+                if isinstance(m := config.engine_options(n).get("mesh"), dict)), default=1)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if need > 1 and "jax" not in sys.modules and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={need}".strip()
 
 
 def _open(name: str, config: CompareConfig) -> backends.Backend:
@@ -121,6 +133,7 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
     import evals
 
     console = console or Console(stderr=True)
+    _host_devices(config)
     out = Path(config.out)
     suite_path = Path(config.suite) if config.suite else evals.path("default")
     suite = suites.read(suite_path)  # a bad suite file fails before anything starts; a bad prompt is its own error

@@ -98,6 +98,7 @@ class JaxBackend(BaseBackend):
         max_batch_size: int = 64,
         text_only: bool = False,
         conventions: str = "gemma",
+        mesh: dict[str, int] | None = None,
     ) -> None:
         _quiet.load_noisy_libraries()  # TensorFlow/grain start-up lines go to a log file, not the console
 
@@ -132,6 +133,9 @@ class JaxBackend(BaseBackend):
         self._tokenizer = self._load_tokenizer(tok_path)
         self._check_tokenizer_fits(tok_path)
         self._params = _cast_params(models.load_params(ckpt_path), jdtype)
+        self._mesh = _make_mesh(mesh) if mesh else None
+        if self._mesh is not None:
+            self._params = _shard_params(self._params, self._mesh)
         self._jdtype = jdtype
         self._variants: dict[str, tuple[Any, Any, Any]] = {}
         if conventions not in ("gemma", "hf"):
@@ -287,6 +291,7 @@ class JaxBackend(BaseBackend):
             "backend": self.name, "model": self.model, "dtype": self.dtype, "vocab_size": self.vocab_size,
             "arch": self.arch.model_dump(mode="json") if self.arch else None,
             "gemma_class": self.spec.gemma_class if self.spec else None,
+            "mesh": dict(self._mesh.shape) if self._mesh is not None else None,
             "device": str(jax.devices()[0]), "jax": jax.__version__, "gemma": md.version("gemma"),
             "load_s": self.load_s,
         }
@@ -503,7 +508,7 @@ class JaxBackend(BaseBackend):
         for b, s in enumerate(seqs):
             tokens[b, : len(s)] = s
             targets[b, : len(s) - 1] = s[1:]
-        chosen, top_v, top_i = forward(params, jnp.asarray(tokens), jnp.asarray(targets),
+        chosen, top_v, top_i = forward(params, self._on_mesh(tokens), self._on_mesh(targets),
                                                 None if images is None else jnp.asarray(images),
                                                 causal_images=causal_images)
         chosen, top_v, top_i = np.asarray(chosen), np.asarray(top_v), np.asarray(top_i)
@@ -574,6 +579,16 @@ class JaxBackend(BaseBackend):
     def memory(self) -> MemorySnapshot:
         return memory_snapshot(self.name)
 
+    def device_bytes(self) -> dict[str, int]:
+        """Bytes of live JAX arrays held on each device (the shards a sharded model puts there)."""
+        import jax
+
+        held: dict[str, int] = {}
+        for a in jax.live_arrays():
+            for shard in a.addressable_shards:
+                held[str(shard.device)] = held.get(str(shard.device), 0) + shard.data.nbytes
+        return held
+
     def compilations(self) -> CompileCount:
         """XLA compilations so far in this process (`CompileCounting`)."""
         stats = compile_stats()
@@ -589,9 +604,27 @@ class JaxBackend(BaseBackend):
             "Model loading": f"gemma params ({self.model})",
             "Memory efficiency": "static KV cache per sampler",
             "API": "Python, in process (gm.text.Sampler)",
-            "Multi-GPU": f"one device ({jax.devices()[0].platform}; sharding not configured by paritybench)",
+            "Multi-GPU": (f"sharded over a {self._mesh_text()} mesh of {jax.devices()[0].platform} devices "
+                          "(parameters on the model axis, batches on the data axis)" if self._mesh is not None else
+                          f"one device ({jax.devices()[0].platform}; pass mesh={{data: D, model: M}} to shard)"),
             "Quantization": f"none; dtype {self.dtype}",
         }
+
+    def _on_mesh(self, batch: np.ndarray) -> Any:
+        """A batch as a device array: split over the mesh's data axis when it divides evenly."""
+        import jax
+        import jax.numpy as jnp
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        if self._mesh is None:
+            return jnp.asarray(batch)
+        data = self._mesh.shape["data"]
+        spec = P("data") if data > 1 and batch.shape[0] % data == 0 else P()
+        return jax.device_put(batch, NamedSharding(self._mesh, spec))
+
+    def _mesh_text(self) -> str:
+        return " x ".join(f"{k} {v}" for k, v in self._mesh.shape.items()) if self._mesh is not None else "1"
 
     def close(self) -> None:
         import jax
@@ -610,6 +643,42 @@ def hf_alignment(arch: GemmaArch) -> ModelSettings:
     if isinstance(arch, Gemma3nArch) and settings.final_logit_softcap is None:
         settings = settings.model_copy(update={"final_logit_softcap": models.HF_GEMMA3N_SOFTCAP})
     return settings
+
+
+def _make_mesh(mesh: dict[str, int]) -> Any:
+    """A device mesh with axes "data" and "model" (sizes from `mesh`, 1 where not given)."""
+    import jax
+    from jax.sharding import Mesh
+
+    unknown = sorted(set(mesh) - {"data", "model"})
+    if unknown or any(not isinstance(v, int) or v < 1 for v in mesh.values()):
+        raise InputError(f"mesh={mesh!r}: give the sizes of the axes data and model, e.g. {{data: 1, model: 2}}")
+    shape = (mesh.get("data", 1), mesh.get("model", 1))
+    need, have = shape[0] * shape[1], jax.device_count()
+    if need > have:
+        hint = (f"; on CPU start with XLA_FLAGS=--xla_force_host_platform_device_count={need} (paritybench compare "
+                "sets it for a side with a mesh)" if jax.devices()[0].platform == "cpu" else "")
+        raise InputError(f"mesh {shape[0]} x {shape[1]} needs {need} devices, this process has {have}{hint}")
+    return Mesh(np.asarray(jax.devices()[:need]).reshape(shape), ("data", "model"))
+
+
+def _shard_params(params: Any, mesh: Any) -> Any:
+    """Each parameter split over the mesh's model axis along its last dimension that divides evenly
+    (replicated when none does), and replicated over the data axis."""
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    m = mesh.shape["model"]
+
+    def put(x: Any) -> Any:
+        dims = [d for d in reversed(range(np.ndim(x))) if np.shape(x)[d] % m == 0 and np.shape(x)[d] >= m]
+        spec: list[str | None] = [None] * np.ndim(x)
+        if dims and m > 1:
+            spec[dims[0]] = "model"
+        return jax.device_put(x, NamedSharding(mesh, P(*spec)))
+
+    return jax.tree_util.tree_map(put, params)
 
 
 def _jax_dtype(name: str) -> Any:
