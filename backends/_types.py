@@ -211,6 +211,7 @@ class MemorySnapshot(_Model):
     rss_bytes: int | None = None
     peak_rss_bytes: int | None = None
     live_array_bytes: int | None = None
+    device_array_bytes: dict[str, int] | None = None  # live array bytes held on each device (a sharded model)
     device_bytes_in_use: int | None = None
     device_peak_bytes: int | None = None
     kv_cache_usage: float | None = None  # fraction 0..1 of the KV cache in use (vLLM)

@@ -579,16 +579,6 @@ class JaxBackend(BaseBackend):
     def memory(self) -> MemorySnapshot:
         return memory_snapshot(self.name)
 
-    def device_bytes(self) -> dict[str, int]:
-        """Bytes of live JAX arrays held on each device (the shards a sharded model puts there)."""
-        import jax
-
-        held: dict[str, int] = {}
-        for a in jax.live_arrays():
-            for shard in a.addressable_shards:
-                held[str(shard.device)] = held.get(str(shard.device), 0) + shard.data.nbytes
-        return held
-
     def compilations(self) -> CompileCount:
         """XLA compilations so far in this process (`CompileCounting`)."""
         stats = compile_stats()
@@ -778,12 +768,18 @@ def memory_snapshot(backend: str = "jax") -> MemorySnapshot:
     dev = jax.devices()[0]
     kind = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}.get(dev.platform, "cpu")
     stats = dev.memory_stats() if kind != "cpu" else None
-    live = sum(a.nbytes for a in jax.live_arrays())
+    arrays = jax.live_arrays()
+    per_device: dict[str, int] = {}
+    for a in arrays:
+        for shard in a.addressable_shards:
+            per_device[str(shard.device)] = per_device.get(str(shard.device), 0) + shard.data.nbytes
+    live = sum(a.nbytes for a in arrays)
     return MemorySnapshot(
         backend=backend, device=kind,
         rss_bytes=psutil.Process().memory_info().rss,
         peak_rss_bytes=peak_rss_bytes(),
         live_array_bytes=live,
+        device_array_bytes=per_device or None,
         device_bytes_in_use=(stats or {}).get("bytes_in_use"),
         device_peak_bytes=(stats or {}).get("peak_bytes_in_use"),
     )
