@@ -110,6 +110,22 @@ def _versus(results: ComparisonResults) -> str:
     return " vs ".join(ENGINE_SHORT.get(n, n) for n in results.sides())
 
 
+def _against_reference(results: ComparisonResults, name: str) -> str:
+    """'measured vs REF: VERDICT, max |Δlogprob| X, N output tok/s (R x)' for a non-reference side."""
+    ref = results.config.get("reference")
+    rep = (results.pairs or {}).get(f"{ref}-{name}")
+    if not ref or rep is None:
+        return ""
+    gap = max((p.agreement.max_abs_dlogprob for p in rep.prompts if p.agreement), default=None)
+    text = f"measured vs {ref}: {rep.verdict}" + (" (report only)" if rep.report_only else "")
+    if gap is not None:
+        text += f", max |Δlogprob| {gap:.2g}"
+    mine, theirs = best_throughput(results, name), best_throughput(results, ref)
+    if mine and theirs:
+        text += f", {mine[0]:.0f} output tok/s ({mine[0] / theirs[0]:.2f}x)"
+    return text
+
+
 def guide_table(results: ComparisonResults) -> tuple[list[str], list[tuple[str, ...]]]:
     """The provider guide's table (one column per side), filled with what each engine says of
     itself (`guide_facts`) and what this run measured: set-up and load seconds, peak memory, best
@@ -142,6 +158,10 @@ def guide_table(results: ComparisonResults) -> tuple[list[str], list[tuple[str, 
         if results.parity:
             c = parity_counts(results)
             cells["Parity"][name] = f"{results.verdict}: " + ", ".join(f"{n} {v}" for v, n in sorted(c.items()))
+        measured = _against_reference(results, name)
+        if measured:  # what this configuration changes, measured against the reference side
+            for row in ("Multi-GPU", "Quantization"):
+                cells[row][name] += f"; {measured}"
     header = [""] + [ENGINE_TITLES.get(n, n) for n in names]
     return header, [(row, *(cells[row][n] for n in names)) for row in GUIDE_ROWS]
 

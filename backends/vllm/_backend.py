@@ -425,14 +425,19 @@ class VllmBackend(BaseBackend):
             return flags[flags.index(name) + 1] if name in flags[:-1] else None
 
         version = self._run(self._get_json("/version")).get("version")
+        loaded = self.server.engine_config() if self.server is not None else {}
+        settings = self.model_settings()
         return {
             "Setup": (f"vllm {version}; managed server (healthy in {self.server.startup_s:.1f} s)"
                       if self.server and self.server.startup_s is not None else f"vllm {version}; attached to {self.url}"),
             "Model loading": f"{self.served_model} from a Hugging Face folder/id",
             "Memory efficiency": "paged KV cache",
             "API": "OpenAI-compatible HTTP (chat, completions, tokenize, metrics)",
-            "Multi-GPU": f"tensor parallel size {flag('--tensor-parallel-size') or 1} (configured)",
-            "Quantization": f"{flag('--quantization') or 'none'} (configured); dtype {flag('--dtype') or 'model default'}",
+            "Multi-GPU": f"tensor parallel size {flag('--tensor-parallel-size') or loaded.get('tensor_parallel_size', 1)}",
+            "Quantization": (f"weights {settings.quantization or 'not quantized'}; dtype {settings.dtype or 'model default'}"
+                             f"; KV cache {settings.kv_cache_dtype or flag('--kv-cache-dtype') or 'auto'}"
+                             if self.server is not None else
+                             f"as the attached server runs it (its flags are not visible); dtype {settings.dtype or 'unknown'}"),
         }
 
     def check_alive(self) -> None:
