@@ -250,6 +250,9 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
             stop_point()
             if config.bench.enabled:
                 _bench_all(sides, config, results, rec, console, previous.bench if previous else {})
+            for name, side in sides.items():  # what each side is now (a server of a group left out, ...)
+                with contextlib.suppress(ParitybenchError):
+                    results.setup[name].describe = side.describe()
     except ParitybenchError as e:
         results.error = str(e)
         rec.add("error", {"error": str(e)})

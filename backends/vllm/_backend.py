@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import inspect
 import io
 import json
@@ -32,7 +33,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -41,7 +42,7 @@ import numpy as np
 from .. import _media, models
 from .._base import MAX_TOP_LOGPROBS, BaseBackend
 from .._envs import SCRIPTS, vllm_python
-from .._errors import InputError, ModelError, ParitybenchError, UnsupportedError
+from .._errors import BackendGone, InputError, ModelError, ParitybenchError, UnsupportedError
 from .._protocol import ImagePixelsResult, LayerStates
 from .._types import (
     AudioPart,
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     import aiohttp
 
 T = TypeVar("T")
+_ROOT: contextvars.ContextVar[str | None] = contextvars.ContextVar("paritybench_vllm_root", default=None)
 _NO_AUDIO = "Gemma 3 has no audio encoder"
 
 
@@ -119,7 +121,7 @@ class VllmBackend(BaseBackend):
         self,
         model: str,
         *,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         api_key: str | None = None,
         max_concurrency: int = 16,
         request_timeout: float = 300.0,
@@ -140,12 +142,24 @@ class VllmBackend(BaseBackend):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
         t0 = time.perf_counter()
+        down: dict[str, str] = {}
         if url is not None:
             if server_options:
                 raise InputError(f"options {sorted(server_options)} configure a managed server; they do not apply "
                                  f"with url={url!r} (configure that server where it runs)")
-            self.url = url.rstrip("/")
-            attach(self.url)
+            urls = [u.strip().rstrip("/") for u in (url.split(",") if isinstance(url, str) else url) if u.strip()]
+            if not urls:
+                raise InputError(f"url={url!r}: give a server's URL, e.g. http://127.0.0.1:8000/v1 (several: A,B)")
+            for u in urls:
+                try:
+                    attach(u)
+                except ParitybenchError as e:
+                    if len(urls) == 1:
+                        raise
+                    down[root_url(u)] = f"not answering at start: {e}"
+            if len(down) == len(urls):
+                raise InputError(f"none of the vLLM servers {', '.join(urls)} answers: {next(iter(down.values()))}")
+            self.url, self.urls = next(u for u in urls if root_url(u) not in down), urls
             self.hf_dir = self._local_hf_dir(self.model)
         else:
             resolved = models.resolve(self.model, want="hf")
@@ -156,7 +170,13 @@ class VllmBackend(BaseBackend):
             self.server = VllmServer(resolved.hf_source, api_key=self._api_key, **opts)
             self.server.start()
             self.url = self.server.url
+            self.urls = [self.url]
         self.root_url = root_url(self.url)
+        # several attached servers share the requests (data parallel); one that stops answering is
+        # left out and its requests go to the others
+        self._roots = [root_url(u) for u in self.urls]
+        self._gone: dict[str, str] = dict(down)  # root -> what happened
+        self._turn = 0
         try:
             self._start_loop()
             self.served_model = self._served_model_name()
@@ -189,17 +209,24 @@ class VllmBackend(BaseBackend):
         return str(hf) if hf is not None and Path(hf, "config.json").is_file() else None
 
     def _served_model_name(self) -> str:
-        data = self._run(self._get_json("/v1/models"))
-        names = [m["id"] for m in data.get("data", [])]
+        """The name the server(s) serve the model under (every server of a group must serve it)."""
+        served: dict[str, list[str]] = {}
+        for root in [r for r in self._roots if r not in self._gone]:
+            data = self._run(self._at(root, lambda: self._get_json("/v1/models")))
+            served[root] = [m["id"] for m in data.get("data", [])]
+        names = next(iter(served.values()))
         if not names:
             raise ModelError(f"vLLM at {self.url} serves no model")
         if self.server is not None:
             return self.server.served_model_name
         wanted = [n for n in names if n in (self.model, Path(self.model).name)]
-        if wanted:
-            return wanted[0]
-        if len(names) == 1:
-            return names[0]
+        if wanted or len(names) == 1:
+            name = (wanted or names)[0]
+            missing = [r for r, ns in served.items() if name not in ns]
+            if missing:
+                raise InputError(f"vLLM at {missing[0]} does not serve {name!r} (it serves {served[missing[0]]}); "
+                                 "every server of a group must serve the same model")
+            return name
         raise InputError(f"vLLM at {self.url} serves {names}, not {self.model!r}; pass one of those as the model")
 
     def _capabilities(self, modalities: Sequence[str] | None) -> Capabilities:
@@ -249,7 +276,7 @@ class VllmBackend(BaseBackend):
             # or on aiohttp via httpx-aiohttp) the same streamed requests ran 3-5x slower on these
             # 2-core machines while vLLM's own histograms showed the server idle; see
             # benchmarks/vllm_vs_vllm_bench.py.
-            self._session = aiohttp.ClientSession(base_url=self.root_url, headers=headers,
+            self._session = aiohttp.ClientSession(headers=headers,
                                                   connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60))
             self._sem = asyncio.Semaphore(self.max_concurrency)
 
@@ -266,12 +293,16 @@ class VllmBackend(BaseBackend):
             raise
 
     async def _call(self, what: str, fn, *args, **kwargs):
-        """One API call under the concurrency bound, retried on connection errors only."""
+        """One API call under the concurrency bound, on the next server that answers, retried on
+        connection errors only (another server first, when there are several)."""
         import aiohttp
 
         delay = 0.5
+        pinned = _ROOT.get()  # a request meant for one server (its metrics, its models)
         async with self._sem:
             for attempt in range(self.retries + 1):
+                root = pinned or self._pick()
+                token = _ROOT.set(root)
                 try:
                     return await asyncio.wait_for(fn(*args, **kwargs), timeout=self.request_timeout)
                 except TimeoutError:
@@ -279,18 +310,43 @@ class VllmBackend(BaseBackend):
                 except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
                     if self.server is not None and not self.server.alive():
                         self.server.check_alive()
+                    if pinned is None and self._leave_out(root, f"{type(e).__name__} during {what}"):
+                        continue  # the others take its requests, this one included
                     if attempt == self.retries:
                         raise ModelError(
                             f"{what}: cannot reach vLLM at {self.url} after {self.retries + 1} tries "
                             f"({type(e).__name__}); is the server still running?") from None
                     await asyncio.sleep(delay)
                     delay *= 2
+                finally:
+                    _ROOT.reset(token)
+
+    async def _at(self, root: str, make: Callable[[], Awaitable[T]]) -> T:
+        """`make()` awaited with every request it sends going to the server at `root`."""
+        token = _ROOT.set(root)
+        try:
+            return await make()
+        finally:
+            _ROOT.reset(token)
+
+    def _pick(self) -> str:
+        """The server for the next request: round robin over those still answering."""
+        live = [r for r in self._roots if r not in self._gone] or self._roots
+        self._turn += 1
+        return live[self._turn % len(live)]
+
+    def _leave_out(self, root: str, why: str) -> bool:
+        """With another server still answering, leave `root` out from now on; True if so."""
+        if len([r for r in self._roots if r not in self._gone and r != root]) == 0:
+            return False
+        self._gone.setdefault(root, why)
+        return True
 
     async def _request(self, method: str, path: str, what: str, body: dict | None = None):
         """An HTTP response with status 200 (the caller reads it), or the server's error as ours:
         HTTP 400 -> InputError (the request is at fault), anything else -> ModelError."""
         assert self._session is not None  # made by _start_loop, before any request
-        resp = await self._session.request(method, path, json=body)
+        resp = await self._session.request(method, (_ROOT.get() or self.root_url) + path, json=body)
         if resp.status == 200:
             return resp
         try:
@@ -382,6 +438,7 @@ class VllmBackend(BaseBackend):
         served: dict[str, Any] = next((m for m in models if m.get("id") == self.served_model), {})
         out: dict[str, Any] = {
             "backend": self.name, "model": self.model, "served_model": self.served_model, "url": self.url,
+            "urls": self.urls, "left_out": dict(self._gone),
             "managed": self.server is not None, "vllm": version, "max_model_len": served.get("max_model_len"),
             "vocab_size": self.vocab_size, "load_s": self.load_s, "warmup_s": self.warmup_s,
         }
@@ -444,6 +501,8 @@ class VllmBackend(BaseBackend):
         """A managed server that died raises `BackendGone`; an attached one is checked by its requests."""
         if self.server is not None:
             self.server.check_alive()
+        if self._gone and len(self._gone) == len(self._roots):
+            raise BackendGone("vllm: every server stopped answering: " + "; ".join(f"{r}: {w}" for r, w in self._gone.items()))
 
     # ---------------------------------------------------------------- generation
 
@@ -728,17 +787,19 @@ class VllmBackend(BaseBackend):
             async with await self._request("GET", "/metrics", "GET /metrics") as r:
                 return await r.text()
 
-        text = self._run(self._call("GET /metrics", get))
         out: dict[str, float] = {}
-        for fam in text_string_to_metric_families(text):
-            for sample in fam.samples:
-                if sample.name.startswith("vllm:"):
-                    out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
+        for root in [r for r in self._roots if r not in self._gone]:  # several servers: their sum
+            text = self._run(self._at(root, lambda: self._call("GET /metrics", get)))
+            for fam in text_string_to_metric_families(text):
+                for sample in fam.samples:
+                    if sample.name.startswith("vllm:"):
+                        out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
         return out
 
     def memory(self) -> MemorySnapshot:
         m = self.metrics()
-        procs = self.server.process_tree() if self.server else _local_listener_tree(self.root_url)
+        procs = (self.server.process_tree() if self.server else
+                 [p for r in self._roots if r not in self._gone for p in _local_listener_tree(r)])
         rss = None
         if procs:
             import psutil
