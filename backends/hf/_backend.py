@@ -137,7 +137,7 @@ class HfBackend(BaseBackend):
         else:
             cls = Gemma3ForConditionalGeneration if self.has_vision else AutoModelForCausalLM
         try:
-            with _transformers_quiet() if kw else contextlib.nullcontext():
+            with _transformers_quiet():
                 model = cls.from_pretrained(self.hf_dir, dtype=self._torch_dtype,
                                             attn_implementation=self.attn_implementation, **kw)
         except (OSError, ValueError, ImportError, KeyError, RuntimeError) as e:
@@ -511,8 +511,9 @@ def _apply_stop_strings(ids: list[int], stops: Sequence[str],
 
 @contextlib.contextmanager
 def _transformers_quiet():
-    """No load report on the console while the text model is taken out of a multimodal folder (the
-    towers' tensors are left unused on purpose)."""
+    """No progress bar ("Loading weights") and no load report on the console while a model loads
+    (for Gemma 3n the text model is taken out of a multimodal folder: its towers' tensors are left
+    unused on purpose)."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
