@@ -82,6 +82,25 @@ def convert(
     print(dst)
 
 
+@app.command("quantize")
+def quantize(
+    src: str = typer.Argument(..., help="a float Hugging Face folder (or a registry name, or a gemma-format folder)"),
+    dst: Path = typer.Argument(..., help="folder to write"),
+    scheme: str = typer.Option("w8a8", "--scheme", help="w8a8 (int8 weights per channel, int8 activations per "
+                               "token) or w4a16 (int4 weights in groups)"),
+    group_size: int = typer.Option(32, "--group-size", help="w4a16: weights per scale"),
+) -> None:
+    """Write a quantized copy of a model that vLLM serves (compressed-tensors format), to compare it
+    with the float model as a side of its own."""
+    from backends import InputError, models
+
+    hf = models.resolve(src, want="hf").hf_dir
+    if hf is None:
+        raise InputError(f"{src}: no local Hugging Face folder to quantize (a hub id is not downloaded here)")
+    n = models.quantize_hf_dir(hf, dst, scheme, group_size)  # type: ignore[arg-type]
+    print(f"{dst} ({n} weights quantized, {scheme})")
+
+
 _SHARED = dict(
     config=typer.Option(None, "--config", help="YAML settings (paritybench's, or an Argentic config.yaml's llm: section)"),
     model=typer.Option(None, "--model", help="registry name, folder or HF id (both sides) [tiny-gemma3-vision]"),

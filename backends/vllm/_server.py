@@ -85,6 +85,15 @@ def root_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
+def cpu_groups(cores: Sequence[int], n: int) -> str:
+    """`cores` split into `n` groups as VLLM_CPU_OMP_THREADS_BIND takes them ("0-3|4-7")."""
+    if len(cores) < n:
+        raise InputError(f"tensor_parallel_size={n} on CPU needs at least {n} cores; this process may use {len(cores)}")
+    size = len(cores) // n
+    parts = [cores[i * size:(i + 1) * size] for i in range(n)]
+    return "|".join(",".join(str(c) for c in part) for part in parts)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -207,6 +216,7 @@ class VllmServer:
                 flags += [flag, str(value)]
         if enforce_eager:
             flags.append("--enforce-eager")
+        self.tensor_parallel_size = tensor_parallel_size or 1
         self.layer_capture = layer_capture
         if layer_capture:  # dev mode exposes /collective_rpc; the extension hooks the decoder layers
             flags += ["--worker-extension-cls", "paritybench_layer_capture.LayerCapture"]
@@ -250,7 +260,7 @@ class VllmServer:
         text = self.log_path.read_text(errors="replace")
         line = next((ln for ln in text.splitlines() if "with config:" in ln), "")
         keys = ("dtype", "max_seq_len", "quantization", "kv_cache_dtype", "tensor_parallel_size")
-        found = {k: m.group(1) for k in keys if (m := re.search(rf"[ ,]{k}=([A-Za-z0-9_.]+)", line))}
+        found = {k: m.group(1) for k in keys if (m := re.search(rf"[ ,]{k}=([A-Za-z0-9_.-]+)", line))}
         if "dtype" in found:
             found["dtype"] = found["dtype"].removeprefix("torch.")
         return found
@@ -275,6 +285,10 @@ class VllmServer:
             env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
         if self.flavor == "cpu":
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self._cpu_kv_cache_gib:g}")
+            if self.tensor_parallel_size > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in env:
+                # vllm-cpu binds each tensor-parallel worker to its own NUMA node unless told which
+                # cores to use: one NUMA node (most machines) cannot hold two; give each worker its share
+                env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_groups(sorted(os.sched_getaffinity(0)), self.tensor_parallel_size)
         env.pop("VLLM_API_KEY", None)
         if self._api_key:
             env["VLLM_API_KEY"] = self._api_key
