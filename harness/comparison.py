@@ -215,7 +215,7 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                 results.parity = first
                 counted = [r.verdict for r in reports.values() if not r.report_only]
                 results.verdict = parity.worst(*counted) if counted else "pass"
-                if len(pairs) > 1:
+                if len(pairs) > 1 or config.reference is not None:
                     results.pairs = reports
                     if config.reference is None:
                         results.arbitration = parity.arbitrate(names, reports)

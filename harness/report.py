@@ -357,9 +357,9 @@ def layer_rows(p: PromptParity) -> list[dict[str, str]]:
 def sides_rows(results: ComparisonResults) -> list[dict[str, str]]:
     """With a reference side: each side against it (parity, accuracy, speed, memory, parity cost)."""
     ref = results.config.get("reference")
-    if not ref or not results.pairs and not results.parity:
+    if not ref or not results.pairs:
         return []
-    reports = results.pairs or ({f"{ref}-{results.parity.b.get('backend')}": results.parity} if results.parity else {})
+    reports = results.pairs
     acc = results.scores.accuracy if results.scores else {}
     rows = []
     for name in results.sides():

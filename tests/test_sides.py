@@ -65,7 +65,7 @@ sides:
   - {{name: vllm, engine: vllm, options: {{url: "{url}"}}}}
   - {{name: bf16, engine: jax, options: {{dtype: bfloat16}}, bound: 0.5}}
   - {{name: mesh2, engine: jax, options: {{mesh: {{model: 2}}}}}}
-  - {{name: kv8, engine: vllm, options: {{kv_cache_dtype: fp8, cpu_kv_cache_gib: 0.25}}}}
+  - {{name: kv8, engine: vllm, options: {{kv_cache_dtype: fp8}}}}
 bench: {{num_prompts: 4, output_len: 8, concurrency: [2], batch_sizes: [2], warmups: 1}}
 """
 
@@ -74,9 +74,9 @@ def test_sides_against_a_float32_reference(tmp_path, vllm_text):
     """A float32 JAX reference; vLLM (attached), a bfloat16 JAX side with its own bound, a JAX side
     sharded over 2 simulated devices and a vLLM side with an fp8 KV cache (report only): one run,
     one report, a sides table; the exit code follows only the sides that have a bound."""
-    (tmp_path / "s.yaml").write_text("name: s\\nprompts:\\n"
-                                     "  - {id: a, messages: [{role: user, content: 'What is the capital of France?'}]}\\n"
-                                     "  - {id: b, messages: [{role: user, content: 'Count to ten: one, two,'}]}\\n")
+    (tmp_path / "s.yaml").write_text("name: s\nprompts:\n"
+                                     "  - {id: a, messages: [{role: user, content: 'What is the capital of France?'}]}\n"
+                                     "  - {id: b, messages: [{role: user, content: 'Count to ten: one, two,'}]}\n")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(YAML.format(suite=tmp_path / "s.yaml", url=vllm_text.url))
     p = cli("compare", "--config", cfg, "--out", tmp_path / "out")

@@ -225,6 +225,9 @@ class VllmServer:
             raise InputError("pass the API key through the VLLM_API_KEY environment variable, not --api-key "
                              "(command lines are visible to every user and end up in logs)")
         self._extra_env = dict(env or {})
+        if cpu_kv_cache_gib != int(cpu_kv_cache_gib) or cpu_kv_cache_gib < 1:
+            raise InputError(f"cpu_kv_cache_gib={cpu_kv_cache_gib!r}: a whole number of GiB, 1 or more (vLLM reads "
+                             "VLLM_CPU_KVCACHE_SPACE as an integer)")
         self._cpu_kv_cache_gib = cpu_kv_cache_gib
         self.colocate_engine_core = self.flavor == "cpu" if colocate_engine_core is None else colocate_engine_core
         self.placement: dict[str, list[int]] = {}
