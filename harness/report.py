@@ -155,7 +155,17 @@ def guide_table(results: ComparisonResults) -> tuple[list[str], list[tuple[str, 
         best = best_throughput(results, name)
         cells["Throughput"][name] = (f"{best[0]:.0f} output tok/s (best, at {best[1]} {best[2]})" if best
                                      else "not measured")
-        if results.parity:
+        ref = results.config.get("reference")
+        pair = (results.pairs or {}).get(f"{ref}-{name}")
+        if pair is not None:  # each side's own comparison with the reference
+            counts: dict[str, int] = {}
+            for p in pair.prompts:
+                counts[p.verdict] = counts.get(p.verdict, 0) + 1
+            cells["Parity"][name] = (f"vs {ref}: {pair.verdict}" + (" (report only)" if pair.report_only else "")
+                                     + ": " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
+        elif name == ref:
+            cells["Parity"][name] = "the reference"
+        elif results.parity:
             c = parity_counts(results)
             cells["Parity"][name] = f"{results.verdict}: " + ", ".join(f"{n} {v}" for v, n in sorted(c.items()))
         measured = _against_reference(results, name)
@@ -365,16 +375,18 @@ def sides_rows(results: ComparisonResults) -> list[dict[str, str]]:
     for name in results.sides():
         s = results.setup.get(name)
         rep = reports.get(f"{ref}-{name}")
-        row = {"side": name + (" (reference)" if name == ref else ""),
-               "engine": (s.engine or name) if s else "", "options": ", ".join(f"{k}={v}" for k, v in
-                                                                        (s.options if s else {}).items()) or "-"}
+        opts = dict(s.options) if s else {}
+        if s and s.model and s.model != results.config.get("model"):
+            opts = {"model": s.model, **opts}
+        row = {"side": name + (" (reference)" if name == ref else ""), "engine": (s.engine or name) if s else "",
+               "options": ", ".join(f"{k}={v}" for k, v in opts.items()) or "-"}
         if rep is not None:
             ags = [p.agreement for p in rep.prompts if p.agreement]
             ran = [p for p in rep.prompts if p.greedy_equal is not None]
             f = lambda x: f"{x:.2e}" if x is not None else "n/a"  # noqa: E731
             row.update({
                 "verdict": rep.verdict + (" (report only)" if rep.report_only else ""),
-                "bound": f"{rep.tolerance.logprob_pass:g}",
+                "bound": "report only" if rep.report_only else f"{rep.tolerance.logprob_pass:g}",
                 "max |Δlogprob|": f(max((a.max_abs_dlogprob for a in ags), default=None)),
                 "mean |Δlogprob|": f(float(np.mean([a.mean_abs_dlogprob for a in ags])) if ags else None),
                 "KL top-k max": f(max((a.kl_topk_max for a in ags), default=None)),

@@ -34,6 +34,7 @@ def test_named_sides_pairs_options_and_models():
     ({"sides": [{"name": "a", "engine": "tpu"}]}, "side 'a': unknown engine 'tpu'"),
     ({"sides": SIDES, "reference": "nope"}, "reference 'nope' is not among the sides (ref, kv8, jax)"),
     ({"backends": ["vllm", "mystery"]}, "unknown side or engine 'mystery'"),
+    ({"sides": [{"name": "a", "engine": "vllm", "colour": 1}]}, "--sides-0-colour: Extra inputs are not permitted"),
 ])
 def test_bad_sides_are_refused_in_one_line(bad, says):
     with pytest.raises(InputError) as e:
