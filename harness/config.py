@@ -133,8 +133,9 @@ class CompareConfig(BaseModel):
                                 "request_timeout": self.request_timeout}
         if self.vllm_api_key is not None:
             vllm["api_key"] = self.vllm_api_key.get_secret_value()
+        shorthand = all(s.name != backend for s in self.sides)  # a side named after its engine
         if "url" not in side.options:  # --vllm-url: the shorthand side's server
-            if self.vllm_url and side.name == "vllm":
+            if self.vllm_url and shorthand:
                 vllm["url"] = self.vllm_url
             elif self.layer_capture:
                 vllm["layer_capture"] = True
