@@ -62,13 +62,17 @@ def _row_name(k: int, n: int) -> str:
     return "embedding" if k == 0 else "final norm" if k == n + 1 else f"layer {k - 1}"
 
 
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    top = float(np.abs(a).max()) if a.size else 0.0
-    return float(np.abs(a - b).max()) / top if top else float(np.abs(a - b).max() if a.size else 0.0)
+def _rel(x: np.ndarray, y: np.ndarray, top: float, where: np.ndarray | None = None) -> float | None:
+    """max |x - y| / top (over the tokens `where`; None when there are none)."""
+    if where is not None and not where.any():
+        return None
+    d = np.abs(x - y) if where is None else np.abs(x[where] - y[where])
+    return float(d.max()) / top
 
 
 def layer_rows(a: LayerStates, b: LayerStates, local: LayerStates | None = None) -> list[LayerRow]:
-    """Per-row relative differences of b against a (and of the local pass against a)."""
+    """Per-row relative differences of b against a (and of the local pass against a); every
+    difference of a row is divided by that row's max |a| (its L2 difference by its L2 norm)."""
     ha, hb = a.hidden.astype(np.float64), b.hidden.astype(np.float64)
     n = ha.shape[0] - 2
     media = np.asarray(a.media, bool)
@@ -76,13 +80,11 @@ def layer_rows(a: LayerStates, b: LayerStates, local: LayerStates | None = None)
     for k in range(ha.shape[0]):
         x, y = ha[k], hb[k]
         top = float(np.abs(x).max()) or 1.0
-        norm = float(np.linalg.norm(x)) or 1.0
         rows.append(LayerRow(
-            index=k - 1, name=_row_name(k, n), rel_max=float(np.abs(x - y).max()) / top,
-            rel_l2=float(np.linalg.norm(x - y)) / norm,
-            rel_max_text=float(np.abs(x[~media] - y[~media]).max()) / top if (~media).any() else None,
-            rel_max_media=float(np.abs(x[media] - y[media]).max()) / top if media.any() else None,
-            local_rel_max=(_rel(x, local.hidden[k].astype(np.float64)) if local is not None and k > 0 else None)))
+            index=k - 1, name=_row_name(k, n), rel_max=_rel(x, y, top) or 0.0,
+            rel_l2=float(np.linalg.norm(x - y)) / (float(np.linalg.norm(x)) or 1.0),
+            rel_max_text=_rel(x, y, top, ~media), rel_max_media=_rel(x, y, top, media),
+            local_rel_max=_rel(x, local.hidden[k].astype(np.float64), top) if local is not None and k > 0 else None))
     return rows
 
 
