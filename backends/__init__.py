@@ -38,6 +38,7 @@ from ._protocol import (
     SettingsRescoring,
     TimedStreaming,
 )
+from ._quiet import log_into as keep_library_log_in
 from ._signals import install_signal_handlers, stop_point
 from ._system import peak_rss_bytes
 from ._types import (
@@ -62,5 +63,5 @@ __all__ = [
     "CompileCounting", "Generation", "ImagePart", "ImagePixels", "ImagePixelsResult", "InputError", "LayerCapture", "LayerStates",
     "MemorySnapshot", "Message", "Modality", "ModelError", "ModelSettings", "SettingsRescoring", "ModelSpec", "ParitybenchError", "REGISTRY", "Request",
     "SamplingParams", "TextPart", "TimedStreaming", "Timings", "TokenScores", "UnsupportedError", "check_options", "engine_class", "option_names",
-    "engines", "get", "get_spec", "install_signal_handlers", "media", "peak_rss_bytes", "stop_point", "vllm_env_dir",
+    "engines", "get", "get_spec", "install_signal_handlers", "keep_library_log_in", "media", "peak_rss_bytes", "stop_point", "vllm_env_dir",
 ]

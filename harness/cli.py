@@ -21,7 +21,15 @@ if TYPE_CHECKING:
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Parity, memory and speed of vLLM vs JAX gemma.")
 models_app = typer.Typer(no_args_is_help=True, help="Known models and the embedded tiny models.")
 app.add_typer(models_app, name="models")
-console = Console(width=None if sys.stdout.isatty() else 140)
+
+
+def _stdout() -> Console:
+    """The console on stdout: the terminal's width, or in a log file or pipe (no terminal) wide
+    enough that no table wraps mid-word (rich would assume 80 columns)."""
+    return Console(width=None if sys.stdout.isatty() else 1000)
+
+
+console = _stdout()
 
 
 @models_app.command("list")
@@ -160,7 +168,7 @@ def _run(cfg, force: bool, resume: Path | None = None) -> None:
     else:
         results = _compare.compare(cfg, force=force, console=console)
         folder = Path(cfg.out)
-    out = Console()
+    out = _stdout()
     out.print(_report.summary_table(results))
     if results.parity:
         out.print(_report.parity_table(results))
@@ -295,7 +303,7 @@ def report(
     if len(results) not in (1, 2):
         raise typer.BadParameter("give one results file to re-render, or two to compare")
     runs = [_report.load(p) for p in results]
-    term = Console()
+    term = _stdout()
     if len(runs) == 1:
         folder = out or (results[0] if results[0].is_dir() else results[0].parent)
         page = _report.render(runs[0], folder)
@@ -442,6 +450,7 @@ def bench(
     from . import suites
 
     pct = _floats(percentiles, "--percentiles")
+    backends.keep_library_log_in(out.parent)  # the libraries' own output beside the results
     opts: dict = {"url": vllm_url} if vllm_url else {}
     if "max_concurrency" in _options_of(backend):  # an engine that sends requests concurrently
         opts["max_concurrency"] = int(max(_floats(concurrency, "--concurrency")))

@@ -60,7 +60,7 @@ def prepare_out(out: Path, force: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not force:
             raise InputError(f"output folder {out} is not empty; pass --force to overwrite it or choose another --out")
-        for name in ("results.jsonl", "results.json", "report.md", "report.html"):
+        for name in ("results.jsonl", "results.json", "report.md", "report.html", "libraries.log"):
             with contextlib.suppress(FileNotFoundError):
                 (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -142,6 +142,7 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
     requests = suite.requests
     if previous is None:
         prepare_out(out, force)
+    backends.keep_library_log_in(out)  # the libraries' own output (TensorFlow, absl, Orbax) beside the results
     rec = Recorder(out / "results.jsonl")
     parity_sampling = SamplingParams(max_tokens=config.max_tokens, logprobs=config.top_k_logprobs)
     greedy = SamplingParams(max_tokens=config.max_tokens, logprobs=0)

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from backends import InputError
 
+from .config import CompareConfig
 from .parity import PromptParity
 from .results import AnswerRow, BatchRun, ComparisonResults, ServingRun, level_kind, upgrade
 
@@ -501,11 +502,22 @@ def _answer_rows(answers: list[AnswerRow]) -> list[dict[str, str]]:
     return [{k: str(v) for k, v in a.model_dump(exclude_none=True).items()} for a in answers]
 
 
+def _side_model(results: ComparisonResults, name: str) -> str | None:
+    """The model one side ran (its set-up record), or was configured with (a run that stopped
+    before that side was set up)."""
+    setup = results.setup.get(name)
+    if setup is not None and (setup.model or setup.describe.get("model")):
+        return setup.model or setup.describe.get("model")
+    try:
+        return CompareConfig.model_validate(results.config).model_for(name)
+    except (ValidationError, InputError, KeyError, ValueError):
+        return results.config.get("model")
+
+
 def _title(results: ComparisonResults) -> str:
     """The run's kind, each side's model and the sides."""
     names = results.sides()
-    models = {n: (results.setup[n].describe.get("model") if n in results.setup else None) or results.config.get("model")
-              for n in names}
+    models = {n: _side_model(results, n) for n in names}
     shown = next(iter(models.values())) if len(set(models.values())) == 1 else ", ".join(
         f"{n}: {m}" for n, m in models.items())
     return f"paritybench {results.kind}: {shown} ({' vs '.join(names)})"

@@ -208,7 +208,31 @@ def _media_path(path: Path, rel: str, allow_outside: bool) -> tuple[Path, str | 
     return media, None
 
 
+def _check_turns(p: PromptSpec, path: Path, node, i: int) -> None:
+    """One-line errors, at the message's line, for what the engines cannot run: empty text, an
+    empty message, and a prompt that does not end with the user's turn (an assistant prefill)."""
+    def refuse(loc: list[Any], problem: str) -> InputError:
+        where = ["prompts", i, "messages", *loc]
+        return InputError(f"{path} line {yamlio.line_of(node, where)}: field {'.'.join(map(str, where))}: {problem}")
+
+    for j, m in enumerate(p.messages):
+        if isinstance(m.content, str) and not m.content.strip():
+            raise refuse([j, "content"], "the text is empty; write the message's text (or drop the message)")
+        if isinstance(m.content, list) and not m.content:
+            raise refuse([j, "content"], "the message has no parts; give it a text, image or audio part")
+        for k, part in enumerate(m.content if isinstance(m.content, list) else []):
+            if isinstance(part, TextSpec) and part.text is not None and not part.text.strip():
+                raise refuse([j, "content", k, "text"], "the text is empty; write the part's text (or drop the part)")
+    last = p.messages[-1]
+    if last.role != "user":
+        raise refuse([len(p.messages) - 1, "role"], (
+            f"the prompt ends with a{'n' if last.role == 'assistant' else ''} {last.role} message; a prompt must end "
+            "with the user's turn (an assistant prefill is not continued): move that text into the user's message "
+            "or drop it"))
+
+
 def _request(p: PromptSpec, path: Path, node, i: int, allow_outside: bool = False) -> Request:
+    _check_turns(p, path, node, i)
     msgs: list[dict[str, Any]] = []
     for j, m in enumerate(p.messages):
         if isinstance(m.content, str):
@@ -231,20 +255,25 @@ def _request(p: PromptSpec, path: Path, node, i: int, allow_outside: bool = Fals
                     where[-1] = "file"
                     raise InputError(f"{path} line {yamlio.line_of(node, where)}: field {'.'.join(map(str, where))}: "
                                      f"{problem}")
+                where[-1] = "file"
                 try:
-                    parts.append({"type": "text", "text": media.read_text(encoding="utf-8")})
+                    text = media.read_text(encoding="utf-8")
                 except (OSError, UnicodeDecodeError) as e:
-                    where[-1] = "file"
                     raise InputError(f"{path} line {yamlio.line_of(node, where)}: field {'.'.join(map(str, where))}: "
                                      f"cannot read text file {media} ({type(e).__name__})") from None
+                if not text.strip():
+                    raise InputError(f"{path} line {yamlio.line_of(node, where)}: field {'.'.join(map(str, where))}: "
+                                     f"the text file {media} is empty")
+                parts.append({"type": "text", "text": text})
             else:
                 parts.append({"type": "text", "text": part.text})
         msgs.append({"role": m.role, "content": parts})
     try:
         return Request(id=p.id, messages=[Message.model_validate(m) for m in msgs])
-    except (ValidationError, ValueError) as e:
+    except ValidationError as e:  # the role order: one line, pydantic's own message
         line = yamlio.line_of(node, ["prompts", i, "messages"])
-        raise InputError(f"{path} line {line}: field prompts.{i}.messages: {e}") from None
+        msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+        raise InputError(f"{path} line {line}: field prompts.{i}.messages: {msg}") from None
 
 
 def _image_part(media: Path) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -78,6 +79,17 @@ def vllm_vision(tiny_vision_dir):
     """A real vLLM server serving tiny-gemma3-vision for the whole session, with its layer-capture
     extension (dev mode; it changes nothing until a capture installs its hooks)."""
     yield from _session_backend("vllm", "tiny-gemma3-vision", layer_capture=True)
+
+
+# What must never reach the console of a paritybench command (the libraries' own start-up and
+# logging output is kept in the library log; `--verbose` shows it).
+NOISE = re.compile(r"I0000 |absl::|cudart_stub|oneDNN custom operations|WARNING:absl|Grain multiprocess|OCDBT")
+
+
+def assert_quiet(p) -> None:
+    """The completed process `p` printed none of the libraries' noise."""
+    noisy = [line for line in (p.stdout + p.stderr).splitlines() if NOISE.search(line)]
+    assert not noisy, noisy
 
 
 def still_running(pids) -> list[int]:

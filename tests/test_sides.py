@@ -27,6 +27,22 @@ def test_named_sides_pairs_options_and_models():
     assert cfg.CompareConfig(backends=["vllm", "jax", "hf"]).pairs() == [("vllm", "jax"), ("vllm", "hf"), ("jax", "hf")]
 
 
+def test_report_title_names_each_sides_model():
+    from harness import report
+    from harness.results import ComparisonResults, SideSetup, SuiteInfo
+
+    c = cfg.with_overrides(cfg.CompareConfig(), model="tiny-gemma3", jax_model="converted")
+    suite = SuiteInfo(name="s", path="s.yaml", prompts=1)
+    before = ComparisonResults(kind="compare", config=c.model_dump(mode="json"), suite=suite, started="now")
+    assert report._title(before) == "paritybench compare: vllm: tiny-gemma3, jax: converted (vllm vs jax)"
+    ran = before.model_copy(update={"setup": {"vllm": SideSetup(backend="vllm", model="/m/hf"),
+                                              "jax": SideSetup(backend="jax", describe={"model": "/m/gemma"})}})
+    assert report._title(ran) == "paritybench compare: vllm: /m/hf, jax: /m/gemma (vllm vs jax)"
+    same = cfg.with_overrides(cfg.CompareConfig(), model="tiny-gemma3")
+    assert report._title(before.model_copy(update={"config": same.model_dump(mode="json")})) == (
+        "paritybench compare: tiny-gemma3 (vllm vs jax)")
+
+
 @pytest.mark.parametrize("bad, says", [
     ({"sides": [{"name": "a", "engine": "vllm"}, {"name": "a", "engine": "jax"}]}, "two sides are named 'a'"),
     ({"sides": [{"name": "a", "engine": "vllm", "options": {"colour": 1}}]}, "side 'a': the vllm engine takes no option 'colour'"),

@@ -95,13 +95,23 @@ def test_bad_media_or_part_is_one_error_with_file_line_field_and_others_still_ru
     ("  - id: x\n    messages:\n      - {role: user, content: hi}\n    scorer: fuzzy\n    reference: a\n", 9,
      "prompts.1.scorer", "Input should be"),
     ("  - id: x y\n    messages:\n      - {role: user, content: hi}\n", 6, "prompts.1.id", "pattern"),
+    # a prompt must end with the user's turn: one line at the assistant message, not pydantic's three
+    ("  - id: x\n    messages:\n      - {role: user, content: hi}\n      - {role: assistant, content: 'The answer is'}\n",
+     9, "prompts.1.messages.1.role", "ends with an assistant message"),
+    ("  - id: x\n    messages:\n      - {role: assistant, content: a}\n      - {role: user, content: hi}\n", 8,
+     "prompts.1.messages", "roles must alternate"),
+    # empty text is refused where it is written
+    ("  - id: x\n    messages:\n      - {role: user, content: ''}\n", 8, "prompts.1.messages.0.content", "text is empty"),
+    ("  - id: x\n    messages:\n      - role: user\n        content:\n          - {type: text, text: '  '}\n", 10,
+     "prompts.1.messages.0.content.0.text", "text is empty"),
+    ("  - id: x\n    messages:\n      - {role: user, content: []}\n", 8, "prompts.1.messages.0.content", "no parts"),
 ])
 def test_schema_errors_name_file_line_and_field(tmp_path, prompt, line, field, expected):
     path = _suite(tmp_path, f"name: t\nprompts:\n{GOOD}{prompt}")
     s = suites.read(path)
     assert s.prompts[0].request is not None
     assert s.errors[0].startswith(f"{path} line {line}: field {field}"), s.errors[0]
-    assert expected in s.errors[0]
+    assert expected in s.errors[0] and "\n" not in s.errors[0]
 
 
 def test_suite_level_errors(tmp_path):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_quiet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +26,7 @@ def three(tmp_path_factory, vllm_vision):
 def test_every_pair_compared_and_the_odd_one_named(three):
     out, p = three
     assert p.returncode == 0, p.stderr[-3000:]
+    assert_quiet(p)
     r = json.loads((out / "results.json").read_text())
     assert set(r["pairs"]) == {"vllm-jax", "vllm-hf", "jax-hf"}
     verdict = {k: {x["id"]: x for x in rep["prompts"]} for k, rep in r["pairs"].items()}
