@@ -76,6 +76,10 @@ class BaseBackend:
     def guide_facts(self) -> dict[str, str]:
         return {}
 
+    def throughput_notes(self) -> list[str]:
+        """Known causes of a throughput curve that does not rise with the level; none by default."""
+        return []
+
     def model_settings(self) -> ModelSettings:
         """What this side computes where engines part by design; nothing known by default."""
         return ModelSettings()

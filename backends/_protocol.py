@@ -49,6 +49,8 @@ class Backend(Protocol):
     - `model_settings`: what the engine computes where engines part by design (`ModelSettings`).
     - `guide_facts`: the engine's own words for the provider guide's table rows (setup, API,
       model loading, memory model, multi-device, quantization).
+    - `throughput_notes`: known causes, on this engine and machine, of a throughput curve that
+      does not rise with the batch or concurrency (shown next to a curve the report flags).
     - `memory`: a snapshot of what the engine holds now.
     - `check_alive`: raise `BackendGone` when the engine can no longer answer (a dead server).
     - `close`: release everything (a managed server, device memory). Engines are context managers.
@@ -81,6 +83,8 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
     def guide_facts(self) -> dict[str, str]: ...
+
+    def throughput_notes(self) -> list[str]: ...
 
     def model_settings(self) -> ModelSettings: ...
 

@@ -364,7 +364,8 @@ def _bench_all(sides: dict[str, backends.Backend], config: CompareConfig, result
                                   seed=config.seed)
             task = progress.add_task(f"{name} throughput ({'concurrency' if serving else 'batch size'})",
                                      total=len(levels))
-            section = results.bench[name] = BenchSection(workload=wl.describe(), mode="serving" if serving else "batch")
+            section = results.bench[name] = BenchSection(workload=wl.describe(), mode="serving" if serving else "batch",
+                                                         notes=side.throughput_notes())
             for level in levels:
                 if (name, level) in reused:  # measured by the interrupted run
                     section.runs.append(_reused_run(reused[(name, level)]))

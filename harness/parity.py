@@ -490,13 +490,27 @@ def generate_each(backend: Backend, reqs: list[Request], s: SamplingParams) -> l
         return out
 
 
-def _score_or_error(backend: Backend, req: Request, ids: list[int], top: int):
+def score_each(backend: Backend, reqs: list[Request], conts: list[list[int]], top: int) -> list[Any]:
+    """Teacher-forced scores of each continuation (None for an empty one), in one batched call, or
+    the error per request when the batch fails: one bad prompt does not sink the others."""
+    todo = [i for i, c in enumerate(conts) if c]
+    out: list[Any] = [None] * len(reqs)
     try:
-        return backend.score([req], [ids], top_logprobs=top)[0]
+        for i, sc in zip(todo, backend.score([reqs[i] for i in todo], [conts[i] for i in todo], top_logprobs=top)):
+            out[i] = sc
+        return out
     except BackendGone:
         raise
-    except ParitybenchError as e:
-        return e
+    except ParitybenchError:
+        pass
+    for i in todo:
+        try:
+            out[i] = backend.score([reqs[i]], [conts[i]], top_logprobs=top)[0]
+        except BackendGone:
+            raise
+        except ParitybenchError as e:
+            out[i] = e
+    return out
 
 
 def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: int = 32, top_k: int = 5,
@@ -536,13 +550,19 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
             runnable.append((pid, r))
     reqs = [r for _, r in runnable]
     gens_a, gens_b = generate_each(a, reqs, s), generate_each(b, reqs, s)
+    # teacher-forced cross-scoring, batched: each side scores the other's greedy output
+    both = [i for i, (ga, gb) in enumerate(zip(gens_a, gens_b)) if not isinstance(ga, Exception)
+            and not isinstance(gb, Exception)]
+    a_on_b = score_each(a, [reqs[i] for i in both], [gens_b[i].token_ids for i in both], top)
+    b_on_a = score_each(b, [reqs[i] for i in both], [gens_a[i].token_ids for i in both], top)
+    cross = {i: (x, y) for i, x, y in zip(both, a_on_b, b_on_a)}
     failing_on_logprobs: list[str] = []
-    for (pid, r), ga, gb in zip(runnable, gens_a, gens_b):
+    for k, ((pid, r), ga, gb) in enumerate(zip(runnable, gens_a, gens_b)):
         if isinstance(ga, Exception) or isinstance(gb, Exception):
             errs = [f"{x.name}: {e}" for x, e in ((a, ga), (b, gb)) if isinstance(e, Exception)]
             results[pid] = PromptParity(id=pid, modalities=sorted(r.modalities), verdict="error", reasons=errs)
         else:
-            results[pid] = res = _compare_prompt(a, b, pid, r, ga, gb, tol, top, diffs)
+            results[pid] = res = _compare_prompt(a, b, pid, r, ga, gb, tol, top, diffs, cross[k])
             failing = any(c.name == "logprobs" for c in res.causes)
             if failing:
                 failing_on_logprobs.append(pid)
@@ -585,7 +605,8 @@ def _dtype(desc: dict[str, Any]) -> str | None:
 
 
 def _compare_prompt(a: Backend, b: Backend, pid: str, r: Request, ga, gb, tol: Tolerance, top: int,
-                    diffs: list[diagnosis.SettingDiff] | None = None) -> PromptParity:
+                    diffs: list[diagnosis.SettingDiff] | None = None, cross: tuple[Any, Any] = (None, None)) -> PromptParity:
+    """Every check on one prompt; `cross`: a's score of b's output and b's of a's (or the error)."""
     res = PromptParity(id=pid, modalities=sorted(r.modalities), verdict="pass",
                        a=Side(prompt_ids=ga.prompt_ids, token_ids=ga.token_ids, text=ga.text,
                               finish_reason=ga.finish_reason),
@@ -634,10 +655,9 @@ def _compare_prompt(a: Backend, b: Backend, pid: str, r: Request, ga, gb, tol: T
             res.image_pixel_max_abs = image_pixel_diff(pixels[a.name], pixels[b.name])
         except ParitybenchError as e:  # the comparison stands without it
             res.reasons.append(f"image preprocessing check unavailable: {e}")
-    # 4. teacher-forced cross-scoring: each side scores the other's output
+    # 4. teacher-forced cross-scoring (scored in one batch per side, `compare`)
     pairs: dict[str, tuple[Any, Any]] = {}
-    sa_on_b = _score_or_error(a, r, gb.token_ids, top) if gb.token_ids else None
-    sb_on_a = _score_or_error(b, r, ga.token_ids, top) if ga.token_ids else None
+    sa_on_b, sb_on_a = cross
     if sb_on_a is not None and not isinstance(sb_on_a, Exception):
         pairs[f"{a.name} output"] = (ga, sb_on_a)
     if sa_on_b is not None and not isinstance(sa_on_b, Exception):

@@ -443,6 +443,31 @@ def bench_rows(results: ComparisonResults) -> list[dict[str, str]]:
     return rows
 
 
+CURVE_DROP = 0.9  # a level below 90% of the best tok/s at a lower level: the curve falls
+
+
+def curve_rows(results: ComparisonResults) -> list[dict[str, str]]:
+    """Each side whose output tok/s falls as the batch or concurrency grows (beyond noise: below
+    CURVE_DROP of the best at a lower level), with the engine's known cause when it has one."""
+    rows = []
+    for name, section in results.bench.items():
+        runs = sorted(section.runs, key=lambda r: level_kind(r)[1] or 0)
+        best = None
+        for r in runs:
+            kind, level = level_kind(r)
+            if best is not None and r.output_throughput < CURVE_DROP * best.output_throughput:
+                rows.append({
+                    "backend": name,
+                    "curve": f"output tok/s falls from {best.output_throughput:.1f} at {kind} {level_kind(best)[1]} to "
+                             f"{r.output_throughput:.1f} at {kind} {level}",
+                    "known cause": " ".join(section.notes) or "none known (measure again: the machine may be busy)",
+                })
+                break
+            if best is None or r.output_throughput > best.output_throughput:
+                best = r
+    return rows
+
+
 def capability_rows(results: ComparisonResults) -> list[dict[str, str]]:
     """The capability matrix: per modality, per backend, supported or why not, and how many of the
     suite's prompts use it."""
@@ -583,6 +608,9 @@ def markdown(results: ComparisonResults, images: dict[str, bytes]) -> str:
     if results.bench:
         lines += ["", "## Throughput, latency and memory", ""]
         lines += _md_table(bench_rows(results))
+        if curve_rows(results):
+            lines += ["", "### Throughput curves that fall", ""]
+            lines += _md_table(curve_rows(results))
     for name in images:
         lines += ["", f"![{name}]({name}.png)"]
     lines += ["", "## Reproducibility", "", *_repro_lines(results), ""]
@@ -656,6 +684,9 @@ def html_page(results: ComparisonResults, images: dict[str, bytes]) -> str:
     if results.bench:
         parts.append("<h2>Throughput, latency and memory</h2>")
         parts.append(_html_table(bench_rows(results), table_id="bench"))
+        if curve_rows(results):
+            parts.append("<h3>Throughput curves that fall</h3>")
+            parts.append(_html_table(curve_rows(results), table_id="curves"))
     for name, png in images.items():
         parts.append(f'<img class=plot id="plot-{name}" alt="{name}" '
                      f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')

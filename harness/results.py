@@ -152,6 +152,7 @@ class BenchSection(_Record):
     workload: dict[str, Any] = Field(default_factory=dict)
     mode: Literal["serving", "batch"] | None = None
     runs: list[Run] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)  # the engine's known causes of a curve that falls
 
 
 class SideSetup(_Record):

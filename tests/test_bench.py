@@ -102,3 +102,35 @@ def test_load_256_requests_at_concurrency_64_none_lost(vllm_text, tmp_path):
     assert 30e6 < r["harness_peak_rss_bytes"] < 4e9  # the client process alone (VmHWM, not the parent's peak)
     print(f"\n256 requests at concurrency 64: {r['output_throughput']:.0f} output tok/s, median TTFT "
           f"{r['median_ttft_ms']:.0f} ms, harness peak RSS {r['harness_peak_rss_bytes'] / 2**20:.0f} MiB")
+
+
+def test_a_falling_throughput_curve_is_flagged_with_the_engines_known_cause():
+    from harness import report
+    from harness.results import BatchRun, BenchSection, ComparisonResults, SuiteInfo
+
+    def runs(*tok_s):
+        return [BatchRun(backend="jax", batch_size=b, num_prompts=8, batches=8 // b, warmup_s=1, compile_s=1,
+                         compilations_warmup=1, duration=1, compilations_after_warmup=0, compile_s_after_warmup=0,
+                         total_input_tokens=64, total_output_tokens=64, output_throughput=t, total_token_throughput=t,
+                         request_throughput=1) for b, t in zip((1, 2, 4, 8), tok_s)]
+
+    def results(**sections):
+        return ComparisonResults(kind="run", config={}, suite=SuiteInfo(name="s", path="s", prompts=1), started="now",
+                                 bench=sections)
+
+    rising = results(jax=BenchSection(runs=runs(100, 180, 300, 290)))  # 290 vs 300: noise, not a fall
+    assert report.curve_rows(rising) == []
+    dip = results(jax=BenchSection(runs=runs(217, 68, 133, 227), notes=["the logits product"]),
+                  other=BenchSection(runs=runs(50, 30)))
+    rows = report.curve_rows(dip)
+    assert rows[0] == {"backend": "jax", "curve": "output tok/s falls from 217.0 at batch size 1 to 68.0 at batch size 2",
+                       "known cause": "the logits product"}
+    assert rows[1]["backend"] == "other" and rows[1]["known cause"].startswith("none known")
+    md = report.markdown(dip, {})
+    assert "### Throughput curves that fall" in md and "the logits product" in md
+
+
+def test_the_jax_engine_names_the_logits_product_on_a_large_vocabulary(jax_text, jax_vision):
+    assert jax_text.vocab_size < 65536 and jax_text.throughput_notes() == []
+    [note] = jax_vision.throughput_notes()  # 262144 pieces, on CPU
+    assert "jnp.dot(x, table.T)" in note and "262144" in note

@@ -41,6 +41,7 @@ from ..models import END_OF_TURN, EOS, PAD, Gemma3nArch, GemmaArch
 
 TOP_K_MAX = MAX_TOP_LOGPROBS
 GEMMA_RMS_EPS = 1e-6  # the gemma library's RMSNorm epsilon, a constant
+LARGE_VOCAB = 65536  # from here, the transposed logits product dominates a CPU decode step at batch > 1
 PAD_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
 
@@ -474,6 +475,8 @@ class JaxBackend(BaseBackend):
                                            causal_images=causal_images, net=net)[0]
             else:
                 text_only.append(i)
+        # similar lengths share a batch (each batch is padded to its longest, rounded to a bucket)
+        text_only.sort(key=lambda i: len(self._text_ids(requests[i])) + len(continuation_ids[i]))
         for start in range(0, len(text_only), self.max_batch_size):
             chunk = text_only[start:start + self.max_batch_size]
             for i, sc in zip(chunk, self._score_batch([requests[i] for i in chunk],
@@ -599,6 +602,20 @@ class JaxBackend(BaseBackend):
                           f"one device ({jax.devices()[0].platform}; pass mesh={{data: D, model: M}} to shard)"),
             "Quantization": f"none; dtype {self.dtype}",
         }
+
+    def throughput_notes(self) -> list[str]:
+        """On CPU with a large vocabulary, the logits product dominates decoding at batch 2-16 (issue
+        17's profile: benchmarks/jax_batch_roofline.py)."""
+        import jax
+
+        vocab = self.vocab_size
+        if jax.devices()[0].platform != "cpu" or vocab < LARGE_VOCAB:
+            return []
+        return [f"XLA:CPU computes the logits product of gemma's Embedder.decode, jnp.dot(x, table.T) against the "
+                f"transposed [{vocab}, D] embedding table, several times slower at batch 2-16 than at batch 1 "
+                "(where XLA fuses it with a copy): it takes most of each decode step there, so tok/s can fall "
+                "from batch 1 to 2 (an XLA:CPU matter, not the model's; profiled by benchmarks/jax_batch_roofline.py, "
+                "reproduced alone by benchmarks/xla_cpu_transposed_dot.py)"]
 
     def _on_mesh(self, batch: np.ndarray) -> Any:
         """A batch as a device array: split over the mesh's data axis when it divides evenly."""
