@@ -12,7 +12,7 @@ env:
 	@scripts/ensure_vllm_env.sh
 
 demo: env
-	.venv/bin/paritybench compare --localize failing --out $(OUT) --force
+	.venv/bin/paritybench compare --localize failing --num-prompts 32 --out $(OUT) --force
 
 test: env lint
 	@scripts/ensure_chromium.sh

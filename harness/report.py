@@ -180,6 +180,15 @@ def guide_table(results: ComparisonResults) -> tuple[list[str], list[tuple[str, 
 # ----------------------------------------------------------------------------- plots
 
 
+def _most_samples(runs: list[ServingRun | BatchRun]) -> ServingRun | BatchRun:
+    """The run whose latency histogram has the most values (a batch engine's smallest batch;
+    among equals, the highest level)."""
+    def n(r: ServingRun | BatchRun) -> int:
+        return len(r.latencies) if isinstance(r, ServingRun) else len(r.batch_latencies_s)
+
+    return max(reversed(runs), key=n)
+
+
 def plots(results: ComparisonResults) -> dict[str, bytes]:
     """PNG images by name; a plot without data is left out."""
     import matplotlib
@@ -202,7 +211,7 @@ def plots(results: ComparisonResults) -> dict[str, bytes]:
         colors = ["tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:red"]
         fig, axes = plt.subplots(1, len(sides), figsize=(5 * len(sides), 3.4), squeeze=False)
         for ax, (name, runs) in zip(axes[0], sides):
-            r = runs[-1]
+            r = _most_samples(runs)
             kind, level = level_kind(r)
             if isinstance(r, ServingRun):
                 e2el = [x * 1000 for x in r.latencies if x]
@@ -225,14 +234,15 @@ def plots(results: ComparisonResults) -> dict[str, bytes]:
         save(fig, "throughput")
         fig, ax = plt.subplots(figsize=(10, 3.4))
         for (name, runs), color in zip(sides, colors):
-            tl = runs[-1].memory.timeline
+            longest = max(runs, key=lambda r: r.duration)  # the most memory samples
+            tl, (kind, level) = longest.memory.timeline, level_kind(longest)
             if tl.get("rss_bytes"):
                 ax.plot(tl["t_s"], [(v or 0) / 2**20 for v in tl["rss_bytes"]], "o-",
-                        label=f"{ENGINE_TITLES.get(name, name)} RSS", color=color)
+                        label=f"{ENGINE_TITLES.get(name, name)} RSS ({kind} {level})", color=color)
             if any(tl.get("device_bytes_in_use") or []):
                 ax.plot(tl["t_s"], [(v or 0) / 2**20 for v in tl["device_bytes_in_use"]], "s--",
-                        label=f"{ENGINE_TITLES.get(name, name)} device", color=color)
-        ax.set_xlabel("seconds into the largest level's measured run")
+                        label=f"{ENGINE_TITLES.get(name, name)} device ({kind} {level})", color=color)
+        ax.set_xlabel("seconds into each side's longest measured run")
         ax.set_ylabel("MiB")
         ax.set_title("Memory over time")
         ax.legend()
