@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -78,6 +79,59 @@ def _host_devices(config: CompareConfig) -> None:
 
 def _open(name: str, config: CompareConfig) -> backends.Backend:
     return backends.get(config.side(name).engine, model=config.model_for(name), **config.engine_options(name))
+
+
+def open_sides(config: CompareConfig, release: threading.Event) -> dict[str, tuple[backends.Backend, float]]:
+    """Every side set up at once, each in its own thread: a managed vLLM server starts (a process
+    the harness waits on) while an in-process engine loads and compiles. Returns {side: (backend,
+    its own set-up seconds)} in the configured order.
+
+    Each thread then waits for `release` (set it once the sides are closed): a server started with
+    the kernel's parent-death signal is tied to the thread that started it, and would be stopped
+    when that thread ends. When a side fails, or a signal stops the run, the sides already open are
+    closed and one still opening is closed as soon as it opens (the threads are daemons: leaving
+    does not wait for them, and a managed server also stops at exit)."""
+    names = list(config.backends)
+    opened: dict[str, tuple[backends.Backend, float]] = {}
+    failed: dict[str, BaseException] = {}
+    lock = threading.Lock()
+    abandoned = threading.Event()
+
+    def work(name: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            side = _open(name, config)
+        except BaseException as e:  # handed to the main thread
+            failed[name] = e
+            return
+        with lock:
+            keep = not abandoned.is_set()
+            if keep:
+                opened[name] = (side, time.perf_counter() - t0)
+        if keep:
+            release.wait()
+        else:
+            side.close()
+
+    threads = [threading.Thread(target=work, args=(n,), name=f"paritybench-setup-{n}", daemon=True) for n in names]
+    for t in threads:
+        t.start()
+    try:
+        while not failed and len(opened) < len(names):
+            time.sleep(0.1)  # a signal lands here, in the main thread
+            stop_point()
+        if failed:
+            raise next(failed[n] for n in names if n in failed)
+    except BaseException:
+        with lock:
+            abandoned.set()
+            done = list(opened.values())
+        for side, _ in done:
+            with contextlib.suppress(Exception):
+                side.close()
+        release.set()
+        raise
+    return {n: opened[n] for n in names}
 
 
 def _pair_bound(config: CompareConfig, x: backends.Backend, y: backends.Backend, xn: str, yn: str,
@@ -169,13 +223,16 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
     try:
         with contextlib.ExitStack() as stack:
             sides: dict[str, backends.Backend] = {}
-            for name in config.backends:
-                t0 = time.perf_counter()
-                with console.status(f"setting up {name} for {config.model_for(name)}"):
-                    side = stack.enter_context(_open(name, config))
+            release = threading.Event()
+            stack.callback(release.set)  # after the sides below are closed (the stack unwinds in reverse)
+            with console.status("setting up " + ", ".join(f"{n} ({config.model_for(n)})" for n in config.backends)):
+                ready = open_sides(config, release)
+            for side, _ in ready.values():
+                stack.enter_context(side)
+            for name, (side, setup_s) in ready.items():
                 spec = config.side(name)
                 setup = SideSetup(backend=name, engine=spec.engine, model=config.model_for(name),
-                                  options=spec.options, setup_s=time.perf_counter() - t0, load_s=side.load_s,
+                                  options=spec.options, setup_s=setup_s, load_s=side.load_s,
                                   warmup_s=side.warmup_s, describe=side.describe(), guide=side.guide_facts(),
                                   bench_mode="serving" if isinstance(side, TimedStreaming) else "batch",
                                   memory=side.memory())

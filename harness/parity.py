@@ -549,7 +549,12 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
         else:
             runnable.append((pid, r))
     reqs = [r for _, r in runnable]
-    gens_a, gens_b = generate_each(a, reqs, s), generate_each(b, reqs, s)
+    # a prompt the first side cannot answer is an error either way: the second side is spared it
+    gens_a = generate_each(a, reqs, s)
+    answered = [i for i, g in enumerate(gens_a) if not isinstance(g, Exception)]
+    gens_b: list[Any] = [ParitybenchError(f"not sent to {b.name}: {a.name} could not answer it")] * len(reqs)
+    for i, g in zip(answered, generate_each(b, [reqs[i] for i in answered], s)):
+        gens_b[i] = g
     # teacher-forced cross-scoring, batched: each side scores the other's greedy output
     both = [i for i, (ga, gb) in enumerate(zip(gens_a, gens_b)) if not isinstance(ga, Exception)
             and not isinstance(gb, Exception)]

@@ -10,6 +10,14 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PARITYBENCH_NO_KAGGLE", "1")
+# JAX's persistent compilation cache, for this process and every command the tests start: the same
+# tiny models are compiled again in each subprocess otherwise (about 10 s of a 25 s CLI run). A hit
+# still counts as a compilation (the backend_compile event wraps the cache read), so the checks of
+# "no compilation after warm-up" keep their meaning.
+_cache = os.environ.get("PARITYBENCH_CACHE", os.path.expanduser("~/.cache/paritybench"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_cache, "jax-compilation-cache-tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def pytest_addoption(parser):
