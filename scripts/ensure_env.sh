@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Create (or reuse) the harness environment and link it at .venv.
 #
-# The environment is several GB, so it lives in a cache outside the clone, keyed by the hash of
-# the lock file and pyproject.toml: a fresh machine builds it from nothing (about 5 minutes), a
-# second clone or a CI run on the same machine reuses it. The project itself is installed
-# editable into it on every call (a second or two), so the env always points at this clone.
+# The dependencies are several GB, so they live in a cache outside the clone, keyed by the hash of
+# the lock file and pyproject.toml: a fresh machine builds them from nothing (about 5 minutes), a
+# second clone or a CI run on the same machine reuses them. The project itself is never installed
+# there: each clone gets its own small .venv (no packages of its own, made in a second) that sees
+# the cached dependencies and this clone's code, so two clones side by side each run their own.
 #
 #   PARITYBENCH_ENV_CACHE   where environments are kept (default ~/.cache/paritybench/envs)
 #   PYTHON                  interpreter to build from (default python3.11)
@@ -33,25 +34,40 @@ if [ ! -f "$ENV_DIR/.complete" ]; then
     echo "error: installing the harness environment failed; full log: $CACHE/pip-harness-$KEY.log" >&2
     exit 2
   fi
-  "$ENV_DIR/bin/python" -c "import gemma, jax, torch, transformers, harness" \
+  "$ENV_DIR/bin/python" -c "import gemma, jax, torch, transformers" \
       || { echo "error: the harness environment in $ENV_DIR is broken (see pip output above)" >&2; exit 2; }
+  "$ENV_DIR/bin/pip" uninstall --quiet --yes paritybench > /dev/null  # the dependencies stay; the code is each clone's
   "$ENV_DIR/bin/pip" freeze --exclude-editable > "$ENV_DIR/installed.txt"
   echo "$(( $(date +%s) - start ))" > "$ENV_DIR/.build_seconds"
   touch "$ENV_DIR/.complete"
   echo "[paritybench] environment ready in $(cat "$ENV_DIR/.build_seconds")s, $(du -sh "$ENV_DIR" | cut -f1)"
 fi
 
-# .venv -> the cached environment (replace a stale link, never a real directory someone made).
-if [ -L .venv ] || [ ! -e .venv ]; then
-  ln -sfn "$ENV_DIR" .venv
-elif [ "$(readlink -f .venv)" != "$(readlink -f "$ENV_DIR")" ]; then
-  echo "error: .venv exists and is not paritybench's environment link; move it away and rerun" >&2
-  exit 2
+# An environment built before clones had their own .venv held an editable install of one clone.
+if compgen -G "$ENV_DIR/lib/python3.11/site-packages/__editable__*paritybench*" > /dev/null; then
+  "$ENV_DIR/bin/pip" uninstall --quiet --yes paritybench > /dev/null 2>&1 || true
 fi
 
-# Point the editable install at this clone (another clone may have claimed the shared env).
-here="$(.venv/bin/python -c 'import harness, os; print(os.path.dirname(os.path.dirname(os.path.abspath(harness.__file__))))' 2>/dev/null || true)"
-if [ "$here" != "$ROOT" ]; then
-  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . > /dev/null 2>&1 \
-    || { echo "error: editable install of paritybench into .venv failed" >&2; exit 2; }
+# .venv: this clone's own interpreter environment over the cached dependencies (replace a link or
+# an older one of ours, never a directory someone else made).
+MARK=.venv/paritybench-layer
+if [ -e .venv ] && [ ! -L .venv ] && [ ! -f "$MARK" ]; then
+  echo "error: .venv exists and is not paritybench's environment; move it away and rerun" >&2
+  exit 2
+fi
+if [ -L .venv ] || [ ! -f "$MARK" ] || [ "$(cat "$MARK")" != "$ENV_DIR" ]; then
+  rm -rf .venv
+  "$PYTHON" -m venv --without-pip .venv
+  SP="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  # the cached dependencies (their own .pth files included), then this clone's code
+  echo "import site; site.addsitedir('$ENV_DIR/lib/python3.11/site-packages')" > "$SP/_paritybench_deps.pth"
+  echo "$ROOT" > "$SP/_paritybench_src.pth"
+  for tool in ruff; do ln -sfn "$ENV_DIR/bin/$tool" ".venv/bin/$tool"; done  # native binaries
+  for tool in mypy pytest; do  # Python tools: run by this clone's interpreter
+    printf '#!%s\nimport runpy, sys\nsys.argv[0] = "%s"\nrunpy.run_module("%s", run_name="__main__", alter_sys=True)\n' \
+      "$ROOT/.venv/bin/python" "$tool" "$tool" > ".venv/bin/$tool"
+  done
+  printf '#!%s\nimport sys\nfrom harness.cli import main\nsys.exit(main())\n' "$ROOT/.venv/bin/python" > .venv/bin/paritybench
+  chmod +x .venv/bin/mypy .venv/bin/pytest .venv/bin/paritybench
+  echo "$ENV_DIR" > "$MARK"
 fi
