@@ -14,9 +14,10 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# A long vLLM sweep, so the fault lands while it runs.
-ARGS = ["--model", "tiny-gemma3", "--suite", ROOT / "evals" / "smoke.yaml", "--max-tokens", "8", "--num-prompts", "48",
-        "--output-len", "64", "--concurrency", "1", "--batch-sizes", "1"]
+# A vLLM sweep of several seconds, so a fault sent as parity ends lands while it runs (and a resumed
+# run finishes it quickly).
+ARGS = ["--model", "tiny-gemma3", "--suite", ROOT / "evals" / "smoke.yaml", "--max-tokens", "8", "--num-prompts", "16",
+        "--output-len", "32", "--concurrency", "1", "--batch-sizes", "1"]
 
 
 def vllm_pids(marker: str) -> list[int]:
