@@ -2,7 +2,8 @@
 #   make demo   set up everything, then compare vLLM and JAX on the embedded tiny model (report in out/demo)
 #   make test   set up everything, then run the test suite
 # Both are idempotent: the two environments are built once and reused (scripts/ensure_env.sh for
-# the harness and the gemma library, scripts/ensure_vllm_env.sh for the vLLM server).
+# the harness and the gemma library, scripts/ensure_vllm_env.sh for the vLLM server), and what the
+# first vLLM server start builds is built once with them (scripts/warm_vllm.py).
 .PHONY: demo test lint env bench clean
 
 OUT ?= out/demo
@@ -10,6 +11,7 @@ OUT ?= out/demo
 env:
 	@scripts/ensure_env.sh
 	@scripts/ensure_vllm_env.sh
+	@.venv/bin/python scripts/warm_vllm.py
 
 demo: env
 	.venv/bin/paritybench compare --localize failing --num-prompts 32 --out $(OUT) --force
