@@ -22,8 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 import backends  # noqa: E402
-from backends import Message, Request, SamplingParams  # noqa: E402
-from backends import models  # noqa: E402
+from backends import (  # noqa: E402
+    Message,
+    Request,
+    SamplingParams,
+    models,  # noqa: E402
+)
 
 MODELS = ("tiny-gemma3", "tiny-gemma3-vision")  # one of each Gemma 3 architecture vLLM serves
 
