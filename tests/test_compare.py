@@ -75,7 +75,9 @@ def test_passing_comparison_exits_0_and_writes_everything(passing):
     assert "Parity" in p.stdout and "report.html" in p.stdout
     assert_quiet(p)
     assert "absl" in (out / "libraries.log").read_text()
-    assert all("warn" in line for line in p.stdout.splitlines() if "red-square" in line), p.stdout
+    lines = p.stdout.splitlines()
+    assert any("red-square" in line and "warn" in line and "1." in line for line in lines), p.stdout  # one row
+    assert max(map(len, lines)) > 120 and not any(line.rstrip().endswith("…") for line in lines)
     md = (out / "report.md").read_text()
     assert md.index("## vLLM vs JAX, measured") < md.index("## Capabilities") < md.index("## Parity: warn")
     assert "## Accuracy" in md
