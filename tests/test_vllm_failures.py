@@ -84,7 +84,8 @@ def test_exception_during_a_run_stops_the_server(tiny_text_dir):
 
 
 RUNNER = """
-import json, sys, backends
+import json, signal, sys, backends
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even under a parent that ignores it (nohup, &)
 from backends import Request, SamplingParams
 b = backends.get("vllm", model="tiny-gemma3", warmup=False)
 print(json.dumps([p.pid for p in b.server.process_tree()]), flush=True)

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import contextvars
 import inspect
 import io
 import json
 import os
+import signal
 import threading
 import time
 import uuid
@@ -110,6 +112,14 @@ def openai_messages(request: Request) -> list[dict[str, Any]]:
                 parts.append({"type": "input_audio", "input_audio": _audio_payload(p)})
         out.append({"role": m.role, "content": parts})
     return out
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The client's event loop thread. SIGINT and SIGTERM are blocked here so the kernel delivers
+    them to the main thread: delivered here, they would only set Python's flag while the main
+    thread sleeps in a lock wait that nothing interrupts (a Ctrl-C that hangs)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    loop.run_forever()
 
 
 class VllmBackend(BaseBackend):
@@ -268,7 +278,7 @@ class VllmBackend(BaseBackend):
         import aiohttp
 
         self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._loop.run_forever, name="paritybench-vllm", daemon=True).start()
+        threading.Thread(target=_run_loop, args=(self._loop,), name="paritybench-vllm", daemon=True).start()
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
         async def make() -> None:
@@ -287,6 +297,8 @@ class VllmBackend(BaseBackend):
             raise RuntimeError("VllmBackend used after close()")
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
+            while not fut.done():  # short waits: between them a signal's handler runs (KeyboardInterrupt)
+                concurrent.futures.wait([fut], timeout=0.5)
             return fut.result()
         except BaseException:
             fut.cancel()
