@@ -7,6 +7,10 @@
 .PHONY: demo test lint env bench clean
 
 OUT ?= out/demo
+# Test workers (pytest-xdist, one test file per worker at a time): on 2 cores the suite waits on
+# vLLM servers and subprocesses about half the time. Each worker holds its own session servers
+# (about 2-3 GiB each): more workers need more memory.
+TEST_WORKERS ?= 2
 
 env:
 	@scripts/ensure_env.sh
@@ -18,7 +22,7 @@ demo: env
 
 test: env lint
 	@scripts/ensure_chromium.sh
-	.venv/bin/python -m pytest --durations=10 $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=10 $(PYTEST_ARGS)
 
 # ruff (lint + import order) and mypy (types), configured in pyproject.toml
 lint: env

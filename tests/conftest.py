@@ -18,6 +18,9 @@ _cache = os.environ.get("PARITYBENCH_CACHE", os.path.expanduser("~/.cache/parity
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_cache, "jax-compilation-cache-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# Every vLLM server the tests start (several at once under two workers) reserves a quarter GiB of
+# CPU KV cache instead of 1 GiB: the tiny models need a few MiB, and the cache is resident memory.
+os.environ.setdefault("PARITYBENCH_VLLM_CPU_KV_CACHE_GIB", "0.25")
 
 
 def pytest_addoption(parser):

@@ -44,7 +44,7 @@ WORKER_EXTENSIONS = Path(__file__).resolve().parent.parent / "vllm_env" / "worke
 
 # Known ways a vLLM start-up or request fails, as advice (the provider guide's troubleshooting).
 _OOM_ADVICE = (
-    "out of memory: lower --max-model-len or --gpu-memory-utilization (on CPU: VLLM_CPU_KVCACHE_SPACE, GiB), "
+    "out of memory: lower --max-model-len or --gpu-memory-utilization (on CPU: cpu_kv_cache_gib, GiB), "
     "or serve the smaller gemma-3n-E2B-it"
 )
 ADVICE: list[tuple[re.Pattern[str], str]] = [
@@ -92,6 +92,21 @@ def cpu_groups(cores: Sequence[int], n: int) -> str:
     size = len(cores) // n
     parts = [cores[i * size:(i + 1) * size] for i in range(n)]
     return "|".join(",".join(str(c) for c in part) for part in parts)
+
+
+def _kv_cache_gib(given: float | None) -> float:
+    """The CPU KV cache size in GiB: given, else $PARITYBENCH_VLLM_CPU_KV_CACHE_GIB, else 1."""
+    where = "cpu_kv_cache_gib"
+    if given is None:
+        given_text = os.environ.get("PARITYBENCH_VLLM_CPU_KV_CACHE_GIB", "1")
+        where = "PARITYBENCH_VLLM_CPU_KV_CACHE_GIB"
+        try:
+            given = float(given_text)
+        except ValueError:
+            raise InputError(f"{where}={given_text!r}: give the CPU KV cache size in GiB, e.g. 1 or 0.25") from None
+    if not 1 / 64 <= given <= 4096:
+        raise InputError(f"{where}={given!r}: give the CPU KV cache size in GiB, from 1/64 (16 MiB) up")
+    return float(given)
 
 
 def free_port() -> int:
@@ -180,7 +195,7 @@ class VllmServer:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         vllm_env: str | os.PathLike | None = None,
-        cpu_kv_cache_gib: float = 1.0,
+        cpu_kv_cache_gib: float | None = None,
         log_path: str | os.PathLike | None = None,
         startup_timeout: float = 900.0,
         api_key: str | None = None,
@@ -225,10 +240,10 @@ class VllmServer:
             raise InputError("pass the API key through the VLLM_API_KEY environment variable, not --api-key "
                              "(command lines are visible to every user and end up in logs)")
         self._extra_env = dict(env or {})
-        if cpu_kv_cache_gib != int(cpu_kv_cache_gib) or cpu_kv_cache_gib < 1:
-            raise InputError(f"cpu_kv_cache_gib={cpu_kv_cache_gib!r}: a whole number of GiB, 1 or more (vLLM reads "
-                             "VLLM_CPU_KVCACHE_SPACE as an integer)")
-        self._cpu_kv_cache_gib = cpu_kv_cache_gib
+        self._cpu_kv_cache_gib = _kv_cache_gib(cpu_kv_cache_gib)
+        if self.flavor == "cpu" and not (os.environ.get("VLLM_CPU_KVCACHE_SPACE") or self._extra_env.get("VLLM_CPU_KVCACHE_SPACE")):
+            # the CPU KV cache is allocated (resident) at start: its size, or vLLM takes most of the RAM
+            self.flags += ["--kv-cache-memory-bytes", str(int(self._cpu_kv_cache_gib * 2**30))]
         self.colocate_engine_core = self.flavor == "cpu" if colocate_engine_core is None else colocate_engine_core
         self.placement: dict[str, list[int]] = {}
         self.proc: subprocess.Popen | None = None
@@ -287,7 +302,6 @@ class VllmServer:
         if Path(self.model).exists():
             env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
         if self.flavor == "cpu":
-            env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self._cpu_kv_cache_gib:g}")
             if self.tensor_parallel_size > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in env:
                 # vllm-cpu binds each tensor-parallel worker to its own NUMA node unless told which
                 # cores to use: one NUMA node (most machines) cannot hold two; give each worker its share
