@@ -12,9 +12,9 @@ OUT ?= out/demo
 # (about 2-3 GiB each): more workers need more memory.
 TEST_WORKERS ?= 2
 
+# The two environments are built side by side (each is mostly pip downloading and unpacking).
 env:
-	@scripts/ensure_env.sh
-	@scripts/ensure_vllm_env.sh
+	@scripts/ensure_vllm_env.sh & vllm=$$!; scripts/ensure_env.sh; harness=$$?; wait $$vllm && [ $$harness = 0 ]
 	@.venv/bin/python scripts/warm_vllm.py
 
 demo: env
