@@ -18,7 +18,7 @@ env:
 	@.venv/bin/python scripts/warm_vllm.py
 
 demo: env
-	.venv/bin/paritybench compare --localize failing --num-prompts 32 --out $(OUT) --force
+	.venv/bin/paritybench compare --localize failing --num-prompts 24 --out $(OUT) --force
 
 test: env lint
 	@scripts/ensure_chromium.sh
