@@ -37,7 +37,6 @@ from backends import (
     Backend,
     BackendGone,
     CausalImageScoring,
-    Generation,
     ImagePart,
     ImagePixels,
     ImagePixelsResult,
@@ -472,17 +471,18 @@ def worst(*verdicts: Verdict) -> Verdict:
     return max(verdicts, key=lambda v: _ORDER[v]) if verdicts else "pass"
 
 
-def generate_each(backend: Backend, reqs: list[Request], s: SamplingParams) -> list[Any]:
-    """Generations, or the error per request: one bad prompt does not sink the others."""
+def _each(call: Callable[[list[int]], Sequence[Any]], n: int) -> list[Any]:
+    """`call` on items 0..n-1 in one batch; when the batch fails, item by item with the error in
+    place of a failed item's result: one bad prompt does not sink the others (a gone backend does)."""
     try:
-        return list(backend.generate(reqs, s))
+        return list(call(list(range(n))))
     except BackendGone:
         raise
     except ParitybenchError:
-        out: list[Generation | ParitybenchError] = []
-        for r in reqs:
+        out: list[Any] = []
+        for i in range(n):
             try:
-                out.append(backend.generate([r], s)[0])
+                out.append(call([i])[0])
             except BackendGone:
                 raise
             except ParitybenchError as e:
@@ -490,26 +490,19 @@ def generate_each(backend: Backend, reqs: list[Request], s: SamplingParams) -> l
         return out
 
 
+def generate_each(backend: Backend, reqs: list[Request], s: SamplingParams) -> list[Any]:
+    """Generations, or the error per request."""
+    return _each(lambda idx: backend.generate([reqs[i] for i in idx], s), len(reqs))
+
+
 def score_each(backend: Backend, reqs: list[Request], conts: list[list[int]], top: int) -> list[Any]:
-    """Teacher-forced scores of each continuation (None for an empty one), in one batched call, or
-    the error per request when the batch fails: one bad prompt does not sink the others."""
+    """Teacher-forced scores of each continuation (None for an empty one), or the error per request."""
     todo = [i for i, c in enumerate(conts) if c]
+    scores = _each(lambda idx: backend.score([reqs[todo[k]] for k in idx], [conts[todo[k]] for k in idx],
+                                             top_logprobs=top), len(todo))
     out: list[Any] = [None] * len(reqs)
-    try:
-        for i, sc in zip(todo, backend.score([reqs[i] for i in todo], [conts[i] for i in todo], top_logprobs=top)):
-            out[i] = sc
-        return out
-    except BackendGone:
-        raise
-    except ParitybenchError:
-        pass
-    for i in todo:
-        try:
-            out[i] = backend.score([reqs[i]], [conts[i]], top_logprobs=top)[0]
-        except BackendGone:
-            raise
-        except ParitybenchError as e:
-            out[i] = e
+    for i, sc in zip(todo, scores):
+        out[i] = sc
     return out
 
 
