@@ -23,7 +23,7 @@ Subpackages: `backends.models` (registry, resolver, conversion, tiny models), `b
 
 from . import _media as media
 from ._base import BaseBackend
-from ._engines import check_options, engine_class, engines, get, option_names
+from ._engines import check_options, engine_class, engines, get, import_libraries, option_names
 from ._envs import vllm_env_dir
 from ._errors import BackendGone, InputError, ModelError, ParitybenchError, UnsupportedError
 from ._protocol import (
@@ -62,6 +62,6 @@ __all__ = [
     "AudioPart", "Backend", "BackendGone", "BaseBackend", "Capabilities", "CausalImageScoring", "CompileCount",
     "CompileCounting", "Generation", "ImagePart", "ImagePixels", "ImagePixelsResult", "InputError", "LayerCapture", "LayerStates",
     "MemorySnapshot", "Message", "Modality", "ModelError", "ModelSettings", "SettingsRescoring", "ModelSpec", "ParitybenchError", "REGISTRY", "Request",
-    "SamplingParams", "TextPart", "TimedStreaming", "Timings", "TokenScores", "UnsupportedError", "check_options", "engine_class", "option_names",
+    "SamplingParams", "TextPart", "TimedStreaming", "Timings", "TokenScores", "UnsupportedError", "check_options", "engine_class", "import_libraries", "option_names",
     "engines", "get", "get_spec", "install_signal_handlers", "keep_library_log_in", "media", "peak_rss_bytes", "stop_point", "vllm_env_dir",
 ]

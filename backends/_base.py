@@ -20,6 +20,12 @@ class BaseBackend:
     load_s: float | None = None
     warmup_s: float | None = None
 
+    @classmethod
+    def import_libraries(cls) -> None:
+        """Import the engine's libraries now (set-up calls it for every side, one after another,
+        before the sides open in threads). Nothing by default: an engine whose libraries change
+        process-wide state while they import does it here."""
+
     # ---------------------------------------------------------------- shared checks
 
     def check_requests(self, requests: Sequence[Request]) -> None:

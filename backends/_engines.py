@@ -39,6 +39,14 @@ def engine_class(name: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
+def import_libraries(name: str) -> None:
+    """Engine `name`'s libraries imported now, in this thread (`BaseBackend.import_libraries`):
+    sides that open side by side in threads call this first, one engine after another."""
+    hook = getattr(engine_class(name), "import_libraries", None)
+    if hook is not None:
+        hook()
+
+
 def option_names(name: str) -> list[str]:
     """The options engine `name` takes (its constructor's keyword arguments, and for an engine that
     passes the rest on, what it passes them to: `extra_options()`)."""

@@ -72,3 +72,52 @@ def test_image_to_text_only_model_is_refused(jax_text):
 def test_backend_honours_protocol(jax_text):
     assert isinstance(jax_text, backends.Backend)
     assert jax_text.capabilities.modalities == {"text"}
+
+
+LAZY_WINDOWS = r'''
+import contextlib, sys, threading
+from etils import epy
+from etils.epy import lazy_imports_utils
+import numpy as np
+import backends
+from backends import Message, Request, SamplingParams
+
+windows = []  # each time gemma's code replaces builtins.__import__ while a module loads
+real = lazy_imports_utils.lazy_imports
+
+@contextlib.contextmanager
+def recorded(*a, **k):
+    windows.append(sys._getframe(2).f_code.co_filename)
+    with real(*a, **k):
+        yield
+
+epy.lazy_imports = lazy_imports_utils.lazy_imports = recorded
+backends.import_libraries("jax")
+before = len(windows)
+with backends.get("jax", model=sys.argv[1]) as b:
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    reqs = [Request.from_text("Hello there"),
+            Request(messages=[Message(role="user", content=[{"type": "image", "array": img}, {"type": "text", "text": "What?"}])])]
+    gens = b.generate(reqs, SamplingParams(max_tokens=3))
+    b.score(reqs, [g.token_ids for g in gens], top_logprobs=2)
+    b.capture_layers(reqs[1], gens[1].token_ids)
+print(before, windows[before:])
+'''
+
+
+def test_no_lazy_import_window_opens_after_import_libraries(tiny_vision_dir):
+    """gemma and kauldron import through etils' lazy imports, which replace `builtins.__import__`
+    for the whole process while a module loads (an import in another thread then gets a
+    placeholder: torch's `@dataclass` became a `LazyModule` while hf set up beside jax). After
+    `import_libraries` (which `compare` runs before opening sides in threads), loading a model,
+    generating with an image, scoring and capturing layers open none. The recorder sees the
+    windows `import_libraries` itself opens, so it can fail."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", LAZY_WINDOWS, "tiny-gemma3-vision"], capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    before, after = p.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert int(before) > 10  # the recorder works: gemma's own imports were seen
+    assert after == "[]", f"lazy-import windows opened after import_libraries: {after}"

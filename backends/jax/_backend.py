@@ -88,6 +88,24 @@ class JaxBackend(BaseBackend):
 
     name = "jax"
 
+    @classmethod
+    def import_libraries(cls) -> None:
+        """gemma and kauldron import their modules through etils' lazy imports, which replace
+        `builtins.__import__` for the whole process while a module loads: an import in another
+        thread at that moment gets a placeholder module (seen: torch's `@dataclass` became a
+        `LazyModule` while the hf side set up beside this one). Everything this engine reaches is
+        imported here, before other threads start; afterwards nothing of gemma's loads lazily."""
+        import jax.numpy  # noqa: F401
+        import orbax.checkpoint  # noqa: F401
+        from gemma import gm
+        from gemma.gm.nn import config, gemma3n  # noqa: F401
+        from gemma.gm.utils import _attention_mask, _types  # noqa: F401
+        from gemma.gm.vision import _preprocess, _token_utils  # noqa: F401
+        from gemma.multimodal import vision  # noqa: F401
+
+        for namespace in (gm.nn, gm.text, gm.ckpts, gm.vision, gm.utils, gm.data):
+            dir(namespace)  # resolves the lazy module
+
     def __init__(
         self,
         model: str,
