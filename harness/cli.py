@@ -48,12 +48,18 @@ def models_list() -> None:
 
 @models_app.command("build")
 def models_build(
-    name: str = typer.Argument(..., help="tiny-gemma3, tiny-gemma3-vision or tiny-gemma3n"),
+    name: str = typer.Argument(..., help="a model built locally (tiny-gemma3, tiny-gemma3-vision, tiny-gemma3n, "
+                               "random-gemma-3-270m, random-gemma-3-1b), or with --random-weights a registry model"),
+    random_weights: bool = typer.Option(False, "--random-weights", help="NAME is a registry model "
+                                        "(gemma-3-270m-it, gemma-3-1b-it): build its architecture with random weights"),
     out: Path | None = typer.Option(None, "--out", help="folder to write (default: the cache folder)"),
 ) -> None:
-    """Build an embedded tiny model (gemma checkpoint + Hugging Face folder in hf/); prints its folder."""
+    """Build a model from its recipe (gemma checkpoint + Hugging Face folder in hf/), seeded and
+    byte-reproducible; prints its folder. Compare it by that folder or by its name."""
     from backends import models
 
+    if random_weights:
+        name = models.random_twin(name).name
     path = models.build_tiny(name, out) if out else models.ensure_tiny(name)
     print(path)
 

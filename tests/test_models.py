@@ -29,6 +29,9 @@ def test_unknown_model_lists_known_ones():
 
 # Published Hugging Face config values of the real checkpoints (google/gemma-3-*-it).
 HF_FACTS = {
+    "gemma-3-270m-it": dict(hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
+                            num_key_value_heads=1, head_dim=256, sliding_window=512, query_pre_attn_scalar=256,
+                            vocab_size=262144),
     "gemma-3-1b-it": dict(hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
                           num_key_value_heads=1, head_dim=256, sliding_window=512, query_pre_attn_scalar=256,
                           vocab_size=262144),
@@ -43,7 +46,7 @@ HF_FACTS = {
                            vocab_size=262208),
 }
 # Parameter counts (billions, including the vision tower where there is one).
-SIZES = {"gemma-3-1b-it": (0.95, 1.05), "gemma-3-4b-it": (3.8, 4.4), "gemma-3-12b-it": (11.5, 12.5),
+SIZES = {"gemma-3-270m-it": (0.26, 0.28), "gemma-3-1b-it": (0.95, 1.05), "gemma-3-4b-it": (3.8, 4.4), "gemma-3-12b-it": (11.5, 12.5),
          "gemma-3-27b-it": (26.5, 27.8), "gemma-3n-E2B-it": (4.0, 6.0), "gemma-3n-E4B-it": (6.0, 8.5)}
 
 
@@ -65,7 +68,7 @@ def test_real_registry_entries_build_abstractly(name):
         text = cfg.get("text_config", cfg)
         for k, v in HF_FACTS[name].items():
             assert text[k] == v, (name, k, text[k], v)
-        assert text["rope_parameters"]["full_attention"].get("factor", 1.0) == (1.0 if name.endswith("1b-it") else 8.0)
+        assert text["rope_parameters"]["full_attention"].get("factor", 1.0) == (1.0 if name.endswith(("1b-it", "270m-it")) else 8.0)
         assert ("vision_config" in cfg) == ("image" in spec.jax_modalities)
         if "vision_config" in cfg:
             assert cfg["image_token_index"] == 262144 and cfg["vision_config"]["image_size"] == 896
@@ -74,6 +77,23 @@ def test_real_registry_entries_build_abstractly(name):
     else:  # Gemma 3n: text-only on JAX in gemma 3.3, everything on vLLM
         assert spec.jax_modalities == {"text"} and spec.vllm_modalities == {"text", "image", "audio"}
         assert "text-only" in spec.unsupported["jax"]["audio"]
+
+
+@pytest.mark.parametrize("name", ["random-gemma-3-270m", "random-gemma-3-1b"])
+def test_random_weight_models_have_the_real_architecture(name):
+    """A random-weight model's recipe is the gemma library's own class configuration (float32, max
+    position 4096), and `--random-weights` on the real registry name finds it."""
+    from gemma import gm
+
+    recipe = models.TINY_RECIPES[name]
+    real = GemmaArch.from_gemma_config(getattr(gm.nn, recipe.gemma_class).config, dtype="float32",
+                                       max_position_embeddings=4096)
+    assert recipe.arch == real
+    spec = get_spec(name)
+    assert models.random_twin(spec.shape_of) is spec and get_spec(spec.shape_of).gemma_class == recipe.gemma_class
+    with pytest.raises(InputError, match="no random-weight build of gemma-3-4b-it's architecture; there is one of: "
+                                         "gemma-3-270m-it \\(random-gemma-3-270m\\)"):
+        models.random_twin("gemma-3-4b-it")
 
 
 def test_kaggle_download_layout_is_found(tmp_path, tiny_text_dir):

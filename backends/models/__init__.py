@@ -59,6 +59,7 @@ from ._registry import (
     is_path,
     locate_kaggle_download,
     looks_like_hf_id,
+    random_twin,
     real_model,
 )
 from ._resolve import ResolvedModel, converted, resolve
@@ -79,6 +80,6 @@ __all__ = [
     "ModelCard", "ModelSpec", "ResolvedModel", "VisionArch", "abstract_params", "atomic_dir", "build_tiny", "cache_root",
     "commit_dir", "converted", "dir_fingerprint", "download_kaggle", "ensure_tiny", "find_spec",
     "gemma_dir_to_hf", "gemma_model_class", "get_spec", "hf_dir_to_gemma", "hf_to_params", "is_path",
-    "load_params", "locate_kaggle_download", "looks_like_hf_id", "params_to_hf", "read_card", "real_model",
+    "load_params", "locate_kaggle_download", "looks_like_hf_id", "params_to_hf", "random_twin", "read_card", "real_model",
     "render_chat", "resolve", "save_params", "train_tiny_tokenizer", "tree_digest", "write_model_dir",
 ]

@@ -42,7 +42,8 @@ class ModelSpec:
     vllm_modalities: frozenset[str]
     unsupported: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # backend -> modality -> why
     max_model_len: int = 131_072
-    tiny: bool = False
+    tiny: bool = False  # built locally from a recipe (backends/models/_tiny.py), on first use
+    shape_of: str | None = None  # a locally built model with this registry model's architecture
 
     def modalities(self, backend: str) -> frozenset[str]:
         return self.jax_modalities if backend == "jax" else self.vllm_modalities
@@ -98,6 +99,19 @@ def _tiny(name: str, *, vision: bool) -> ModelSpec:
     )
 
 
+def _random_shape(size: str) -> ModelSpec:
+    """A real Gemma 3 text architecture with seeded random weights, built locally (float32)."""
+    why = {"audio": NO_AUDIO_GEMMA3, "image": f"Gemma 3 {size.upper()} is a text-only model"}
+    return ModelSpec(
+        name=f"random-gemma-3-{size}",
+        description=f"Gemma 3 {size.upper()}'s architecture (gm.nn.Gemma3_{size.upper()}), random weights from a "
+                    "fixed seed, float32, built locally",
+        hf_id=None, gemma_class=None, checkpoint=None, kaggle_handle=None, tokenizer="local",
+        jax_modalities=frozenset({"text"}), vllm_modalities=frozenset({"text"}),
+        unsupported={"jax": why, "vllm": why}, max_model_len=4096, tiny=True, shape_of=f"gemma-3-{size}-it",
+    )
+
+
 def _tiny_gemma3n() -> ModelSpec:
     """Random tiny Gemma 3n from one set of text weights: gemma folder for JAX (text), Hugging
     Face folder with vision and audio towers for vLLM."""
@@ -120,12 +134,25 @@ REGISTRY: dict[str, ModelSpec] = {
         _gemma3n("E2B"),
         _gemma3n("E4B"),
         _tiny_gemma3n(),
+        _random_shape("270m"),
+        _random_shape("1b"),
+        _gemma3("270m", 32_768, vision=False),
         _gemma3("1b", 32_768, vision=False),
         _gemma3("4b", 131_072, vision=True),
         _gemma3("12b", 131_072, vision=True),
         _gemma3("27b", 131_072, vision=True),
     ]
 }
+
+
+def random_twin(name: str) -> ModelSpec:
+    """The locally built random-weight model with registry model `name`'s architecture."""
+    spec = get_spec(name)
+    twin = spec if spec.shape_of else next((s for s in REGISTRY.values() if s.shape_of == name), None)
+    if twin is None:
+        shapes = ", ".join(f"{s.shape_of} ({s.name})" for s in REGISTRY.values() if s.shape_of)
+        raise InputError(f"no random-weight build of {name}'s architecture; there is one of: {shapes}")
+    return twin
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -217,7 +244,7 @@ def real_model(spec: ModelSpec, *, text_only: bool = False) -> Any:
     cls = getattr(gm.nn, spec.gemma_class)
     if spec.gemma_class.startswith("Gemma3n_"):  # gemma 3.3's Gemma 3n vision encoder is a placeholder
         return cls(text_only=True)
-    if spec.gemma_class.startswith("Gemma3_") and spec.gemma_class != "Gemma3_1B":
+    if spec.gemma_class.startswith("Gemma3_") and spec.gemma_class not in ("Gemma3_270M", "Gemma3_1B"):
         return cls(text_only=text_only)
     return cls()
 

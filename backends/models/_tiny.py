@@ -1,4 +1,5 @@
-"""Embedded tiny Gemma 3 models, built locally from a fixed seed (no downloads).
+"""Models built locally from a fixed seed (no downloads): the embedded tiny Gemma 3 and Gemma 3n
+models, and real Gemma 3 shapes (270M, 1B) with random weights.
 
 `build("tiny-gemma3")` writes, into the cache folder (or `out`):
 
@@ -40,11 +41,15 @@ GEMMA3N = "tiny-gemma3n"
 
 @dataclasses.dataclass(frozen=True)
 class TinyRecipe:
+    """arch: the architecture. gemma_class: the gemma library class whose configuration `arch`
+    copies (a real-shape model; `tests/test_models.py` checks they agree)."""
+
     arch: GemmaArch
     seed: int = 0
     vocab_pieces: int = 1024
     full_vocab: bool = False
     sharpen: float = 6.0
+    gemma_class: str | None = None
 
 
 _TEXT = GemmaArch(
@@ -54,6 +59,12 @@ _TEXT = GemmaArch(
 )
 # head_dim 32: vLLM's CPU attention supports 32, 64, 80, ... (not 16). num_kv_heads != num_heads
 # keeps the q_einsum + kv_einsum layout of the released 4B/12B/27B. Window 8 matters on short prompts.
+
+_REAL_SHAPE = GemmaArch(
+    vocab_size=_tok.FULL_VOCAB, embed_dim=0, hidden_dim=0, num_heads=4, head_dim=256, num_kv_heads=1,
+    layer_types=("full",), sliding_window=512, query_pre_attn_scalar=256, max_position_embeddings=4096,
+    dtype="float32",
+)
 
 RECIPES: dict[str, TinyRecipe] = {
     "tiny-gemma3": TinyRecipe(arch=_TEXT),
@@ -65,6 +76,17 @@ RECIPES: dict[str, TinyRecipe] = {
         )),
         full_vocab=True,
     ),
+    # Real shapes with seeded random weights: the gemma library's Gemma3_270M and Gemma3_1B
+    # configurations (head_dim 256, one KV head, window 512, 5 sliding : 1 full, the 262144-piece
+    # vocabulary), in float32. max_position_embeddings is 4096 (the releases say 32768): a managed
+    # vLLM server sizes its longest sequence by it, and a whole 32768-token sequence needs more CPU KV
+    # cache than a test server reserves; RoPE without scaling does not depend on it.
+    "random-gemma-3-270m": TinyRecipe(arch=_REAL_SHAPE.model_copy(update=dict(
+        embed_dim=640, hidden_dim=2048, layer_types=(("sliding",) * 5 + ("full",)) * 3)),
+        full_vocab=True, gemma_class="Gemma3_270M"),
+    "random-gemma-3-1b": TinyRecipe(arch=_REAL_SHAPE.model_copy(update=dict(
+        embed_dim=1152, hidden_dim=6912, layer_types=((("sliding",) * 5 + ("full",)) * 5)[:26])),
+        full_vocab=True, gemma_class="Gemma3_1B"),
     # Every Gemma 3n feature on: AltUp, LAuReL, per-layer inputs, activation sparsity, soft-cap,
     # a window of 8, KV sharing. Layers 3-5 share KV caches; "sliding, full" as the last unshared
     # layers keeps gemma's/vLLM's fixed offsets and HF's same-type rule on the same targets
@@ -91,6 +113,8 @@ def recipe_key(name: str) -> str:
     parts = {"v": RECIPE_VERSION, "arch": r.arch.model_dump(mode="json"), "seed": r.seed,
              "pieces": r.vocab_pieces, "full": r.full_vocab, "sharpen": r.sharpen,
              "corpus": hashlib.sha256(_tok.CORPUS.read_bytes()).hexdigest()}
+    if r.gemma_class:
+        parts["init"] = ["real-shape leafwise numpy", r.gemma_class]
     if isinstance(r.arch, Gemma3nArch):
         from .._envs import vllm_env_dir
 
@@ -108,7 +132,7 @@ def check_buildable(name: str) -> None:
     if name not in RECIPES:
         from .._errors import InputError
 
-        raise InputError(f"no tiny model {name!r}; tiny models: {', '.join(RECIPES)} "
+        raise InputError(f"no model recipe {name!r}; models built locally: {', '.join(RECIPES)} "
                          "(real models: paritybench models list)")
 
 
@@ -153,6 +177,33 @@ def init_params(arch: GemmaArch, *, seed: int, sharpen: float) -> dict:
     return jax.tree_util.tree_unflatten(tree, out)
 
 
+def init_real_shape_params(arch: GemmaArch, *, seed: int, sharpen: float) -> dict:
+    """Seeded random weights for a real-size architecture, drawn leaf by leaf with numpy (the
+    gemma library's `model.init` peaks at six times the model's size: 6.4 GiB for the 270M).
+    Shapes come from the library's own model (`jax.eval_shape`, no memory). Matrices N(0, 0.02)
+    (Gemma 3's `initializer_range`), RMSNorm scales 0.1 N (so `1 + scale` is exercised), the
+    embedding 0.01 N times `sharpen` as the tiny models' (logits of about 1.5 standard deviation).
+    Each leaf has its own generator seeded by (seed, leaf index): reproducible bytes."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ._registry import gemma_model_class
+
+    model = gemma_model_class(arch)(dtype=jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(seed), tokens=jnp.zeros((1, 4), jnp.int32)))["params"]
+    flat, tree = jax.tree_util.tree_flatten_with_path(shapes)
+    out = []
+    for i, (path, leaf) in enumerate(flat):
+        name = "/".join(str(getattr(p, "key", p)) for p in path)
+        rng = np.random.default_rng([seed, i])
+        std = 0.1 if name.endswith("scale") else 0.01 * sharpen if name == "embedder/input_embedding" else 0.02
+        w = rng.standard_normal(leaf.shape, dtype=np.float32)
+        w *= np.float32(std)
+        out.append(w)
+    return jax.tree_util.tree_unflatten(tree, out)
+
+
 def init_gemma3n_params(arch: Gemma3nArch, *, seed: int) -> dict:
     """The gemma library's Gemma 3n init, then seeded noise at realistic scales on every tensor
     (its init leaves norm scales and AltUp coefficients at constants, which would hide a mapping
@@ -192,7 +243,8 @@ def build(name: str, out: Path | None = None) -> Path:
     final = Path(out) if out is not None else default_dir(name)
     tmp = _ckpt.atomic_dir(final)
     try:
-        card = ModelCard(name=name, arch=r.arch, source=f"paritybench tiny recipe v{RECIPE_VERSION}, seed {r.seed}")
+        shape = f" (the shape of gm.nn.{r.gemma_class}, random weights)" if r.gemma_class else ""
+        card = ModelCard(name=name, arch=r.arch, source=f"paritybench tiny recipe v{RECIPE_VERSION}{shape}, seed {r.seed}")
         if isinstance(r.arch, Gemma3nArch):
             spm, v = _tok.gemma3n_tokenizer(_tok.train_tiny(r.vocab_pieces))
             assert v == r.arch.text_vocab_size, (v, r.arch.text_vocab_size)
@@ -203,7 +255,8 @@ def build(name: str, out: Path | None = None) -> Path:
             shutil.rmtree(towers)
         else:
             spm = _tok.train_tiny(r.vocab_pieces, full=r.full_vocab)
-            params = init_params(r.arch, seed=r.seed, sharpen=r.sharpen)
+            init = init_real_shape_params if r.gemma_class else init_params
+            params = init(r.arch, seed=r.seed, sharpen=r.sharpen)
             _ckpt.write_model_dir(tmp, card, params, spm)
             _convert.write_hf_dir(tmp / "hf", params, r.arch, tmp / _ckpt.TOKENIZER)
     except BaseException:
