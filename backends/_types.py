@@ -256,11 +256,13 @@ class ModelSettings(_Model):
     epsilon, tied embeddings, image-token layout) are what the engine's model was built from.
     kv_cache_dtype and quantization: how the engine stores the KV cache and the weights.
     tokenizer_sha256: the SentencePiece file's hash; chat_template_sha256: the template file's.
-    end_ids: the token ids that end a generation.
+    end_ids: the token ids that end a generation. embed_dim: the residual stream's width (the
+    float32 tolerance follows the model's size).
     """
 
     convention: str | None = None
     family: str | None = None
+    embed_dim: int | None = None
     dtype: str | None = None
     max_model_len: int | None = None
     final_logit_softcap: float | None = None

@@ -14,7 +14,8 @@ Parts (--parts, comma-separated; all by default):
   stream by depth.
 - bf16: the same suite with both sides in bfloat16 (`--side ...,dtype=bfloat16`).
 - plants: a sliding window of 511 instead of 512 on the vLLM side (config.json), and one layer's
-  post-FFW norm scale +0.01 on the JAX side: each must fail, and be localised.
+  post-FFW norm scale +0.01 on the JAX side, on evals/windows.yaml (600 and 1100 tokens, 8 tokens
+  out): each must fail, and be localised.
 - speed: vLLM at concurrency 1, 2, 4, 8 and JAX at batch 1, 2, 4, 8 (prompts of --input-len
   tokens, --output-len out), server and JAX memory, next to the roofline of one decode step:
 
@@ -147,7 +148,7 @@ def plant_window(path: Path, tmp: Path, window: int) -> Path:
         (d / f.name).symlink_to(f)
     (d / "config.json").unlink()
     cfg = json.loads((path / "hf" / "config.json").read_text())
-    cfg.setdefault("text_config", cfg)["sliding_window"] = window
+    (cfg.get("text_config") or cfg)["sliding_window"] = window
     (d / "config.json").write_text(json.dumps(cfg, indent=2))
     return d
 
@@ -169,8 +170,8 @@ def run_plants(model: str, path: Path, tmp: Path, out: Path) -> None:
     print("|---|---|---|---|---|---|")
     for i, (label, (flag, where)) in enumerate(plants.items()):
         o = out / f"plant-{i}"
-        paritybench("compare", "--model", model, flag, where, "--suite", "evals/long.yaml", "--no-bench",
-                    "--localize", "failing", "--out", str(o), "--force")
+        paritybench("compare", "--model", model, flag, where, "--suite", "evals/windows.yaml", "--no-bench",
+                    "--max-tokens", "8", "--localize", "failing", "--out", str(o), "--force")
         r = results(o)
         assert r.parity is not None
         worst = max((p.agreement.max_abs_dlogprob for p in r.parity.prompts if p.agreement), default=float("nan"))

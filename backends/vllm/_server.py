@@ -283,6 +283,18 @@ class VllmServer:
             found["dtype"] = found["dtype"].removeprefix("torch.")
         return found
 
+    def root_cause(self) -> str | None:
+        """The last exception line the server logged ("RuntimeError: ..."), for an error whose
+        message only points at the log ("EngineCore encountered an issue. See stack trace")."""
+        if self.log_path is None or not self.log_path.is_file():
+            return None
+        found = None
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            m = re.search(r"\b([A-Z]\w*(?:Error|Exception)): (.+)$", line)
+            if m and "EngineDeadError" not in m.group(1) and "EngineCore encountered" not in m.group(2):
+                found = f"{m.group(1)}: {m.group(2).strip()}"
+        return found
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
