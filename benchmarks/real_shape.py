@@ -199,8 +199,10 @@ def machine_peaks() -> tuple[float, float]:
 
     a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
     flops = 2 * 2048**3 / best(lambda: a @ a)
-    big = np.ones(64 * 2**20, np.float32)  # 256 MiB
-    return flops, big.nbytes / best(lambda: big.sum())
+    # read bandwidth as a decode step sees it: a matrix-vector product over a 256 MiB matrix (BLAS,
+    # every core); numpy's one-threaded sum reads at half that here
+    big, x = np.ones((16384, 4096), np.float32), np.ones(4096, np.float32)
+    return flops, big.nbytes / best(lambda: big @ x)
 
 
 def roofline(arch: models.GemmaArch, batch: int, context: int, flops_s: float, bytes_s: float) -> float:
@@ -215,15 +217,17 @@ def roofline(arch: models.GemmaArch, batch: int, context: int, flops_s: float, b
     return batch / max(flops / flops_s, (weights + batch * kv_bytes) / bytes_s)
 
 
-def run_speed(model: str, path: Path, out: Path, input_len: int, output_len: int, num_prompts: int) -> None:
+def run_speed(model: str, path: Path, out: Path, input_len: int, output_len: int, num_prompts: int,
+              measure: bool = True) -> None:
     flops_s, bytes_s = machine_peaks()
     arch = models.read_card(path).arch
     print(f"\nmachine: matmul {flops_s / 1e9:.0f} GFLOP/s, read {bytes_s / 1e9:.1f} GB/s (numpy, float32, best of 5)")
     levels = ",".join(map(str, LEVELS))
     o = out / "speed"
-    paritybench("compare", "--model", model, "--suite", "evals/smoke.yaml", "--out", str(o), "--force",
-                "--localize", "off", "--num-prompts", str(num_prompts), "--output-len", str(output_len),
-                "--concurrency", levels, "--batch-sizes", levels, "--config", str(write_bench_config(out, input_len)))
+    if measure:
+        paritybench("compare", "--model", model, "--suite", "evals/smoke.yaml", "--max-tokens", "8", "--out", str(o),
+                    "--force", "--localize", "off", "--num-prompts", str(num_prompts), "--output-len", str(output_len),
+                    "--concurrency", levels, "--batch-sizes", levels, "--config", str(write_bench_config(out, input_len)))
     r = results(o)
     context = input_len + output_len // 2
     print("| engine | level | output tok/s | roofline tok/s | fraction | TTFT or batch latency | peak RSS GiB |")
@@ -258,6 +262,8 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=256)
     ap.add_argument("--output-len", type=int, default=32)
     ap.add_argument("--num-prompts", type=int, default=16)
+    ap.add_argument("--tables-only", action="store_true", help="speed: print the tables of the last run again "
+                    "(machine figures measured anew)")
     args = ap.parse_args()
     parts = args.parts.split(",")
     unknown = sorted(set(parts) - set(PARTS))
@@ -277,7 +283,7 @@ def main() -> None:
         if "plants" in parts:
             run_plants(args.model, path, tmp, out)
         if "speed" in parts:
-            run_speed(args.model, path, out, args.input_len, args.output_len, args.num_prompts)
+            run_speed(args.model, path, out, args.input_len, args.output_len, args.num_prompts, not args.tables_only)
 
 
 if __name__ == "__main__":

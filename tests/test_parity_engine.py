@@ -194,3 +194,21 @@ def test_bfloat16_follows_the_top_n_rule(tiny_text_dir):
         if not p.greedy_equal:  # may part only at a near-tie, and the report says so
             assert p.verdict == "warn" and p.divergence.a_in_b_top_n and p.divergence.b_in_a_top_n
             assert any("near-tie" in r for r in p.reasons)
+
+
+def test_the_float32_bound_follows_the_models_width():
+    """Real sizes (a residual stream 512 or wider) get the real-size float32 profile, measured on the
+    270M shape; the tiny models keep 1e-5; bfloat16 and Gemma 3n keep theirs. Each side's settings
+    carry the width."""
+    from backends import models
+    from harness import parity
+
+    assert parity.profile_for("float32", "float32", embed_dim=640).logprob_pass == 1e-4
+    assert "real-size" in parity.profile_for("float32", "float32", embed_dim=640).reason
+    assert parity.profile_for("float32", "float32", embed_dim=64).logprob_pass == 1e-5
+    assert parity.profile_for("float32", "float32").logprob_pass == 1e-5
+    assert parity.profile_for("float32", "bfloat16", embed_dim=640).name == "bfloat16"
+    assert parity.profile_for("float32", family="gemma3n", embed_dim=2048).logprob_pass == 1e-4
+    arch = models.TINY_RECIPES["random-gemma-3-270m"].arch
+    assert models.engine_settings(arch, "gemma").embed_dim == 640
+    assert models.engine_settings(models.TINY_RECIPES["tiny-gemma3"].arch, "hf").embed_dim == 64
