@@ -131,8 +131,8 @@ def parity_tables(r: ComparisonResults, label: str) -> None:
             print(f"  {pid:>22} ({loc.tokens} tokens): " + "  ".join(f"{row.name} {row.rel_max:.1e}" for row in pick))
 
 
-def run_parity(model: str, out: Path, *extra: str) -> ComparisonResults:
-    paritybench("compare", "--model", model, "--suite", "evals/long.yaml", "--no-bench", "--localize", "all",
+def run_parity(model: str, suite: str, out: Path, *extra: str) -> ComparisonResults:
+    paritybench("compare", "--model", model, "--suite", suite, "--no-bench", "--localize", "all",
                 "--out", str(out), "--force", *extra)
     return results(out)
 
@@ -205,11 +205,31 @@ def machine_peaks() -> tuple[float, float]:
     return flops, big.nbytes / best(lambda: big @ x)
 
 
+def _per_layer(arch: models.GemmaArch) -> int:
+    """Matmul weights of one layer: q, k, v, o, gate, up, down."""
+    d, q, kv = arch.embed_dim, arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
+    return d * q + 2 * d * kv + q * d + 3 * d * arch.hidden_dim
+
+
+def _attended(tokens: int, window: int | None) -> int:
+    """Key positions all query positions of a causal prefill attend to, within `window`."""
+    w = min(window or tokens, tokens)
+    return w * (w + 1) // 2 + (tokens - w) * w
+
+
+def prefill_roofline_s(arch: models.GemmaArch, tokens: int, flops_s: float) -> float:
+    """Seconds a prefill of `tokens` needs at the matmul throughput (the logits of the last
+    position only, as a server computes them; scores and weighted sums within each layer's window)."""
+    q = arch.num_heads * arch.head_dim
+    attn = sum(4 * q * _attended(tokens, arch.sliding_window if t == "sliding" else None) for t in arch.layer_types)
+    return (2 * tokens * arch.num_layers * _per_layer(arch) + 2 * arch.vocab_size * arch.embed_dim + attn) / flops_s
+
+
 def roofline(arch: models.GemmaArch, batch: int, context: int, flops_s: float, bytes_s: float) -> float:
     """Decode tokens/s one step of `batch` sequences at `context` tokens can reach (float32)."""
     d, v, layers = arch.embed_dim, arch.vocab_size, arch.num_layers
     q, kv = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
-    per_layer = d * q + 2 * d * kv + q * d + 3 * d * arch.hidden_dim  # q, k, v, o, gate, up, down
+    per_layer = _per_layer(arch)
     weights = 4 * (layers * per_layer + v * d)
     seen = [min(context, arch.sliding_window or context) if t == "sliding" else context for t in arch.layer_types]
     kv_bytes = sum(4 * 2 * kv * s for s in seen)
@@ -230,6 +250,8 @@ def run_speed(model: str, path: Path, out: Path, input_len: int, output_len: int
                     "--concurrency", levels, "--batch-sizes", levels, "--config", str(write_bench_config(out, input_len)))
     r = results(o)
     context = input_len + output_len // 2
+    ttft_roof = prefill_roofline_s(arch, input_len, flops_s)
+    print(f"prefill roofline of one {input_len}-token prompt: {ttft_roof * 1e3:.0f} ms")
     print("| engine | level | output tok/s | roofline tok/s | fraction | TTFT or batch latency | peak RSS GiB |")
     print("|---|---|---|---|---|---|---|")
     for side, section in r.bench.items():
@@ -244,8 +266,8 @@ def run_speed(model: str, path: Path, out: Path, input_len: int, output_len: int
             print(f"| {side} | {level} | {run.output_throughput:.1f} | {roof:.1f} | {run.output_throughput / roof:.2f} | "
                   f"{lat} | {rss / 2**30 if rss else float('nan'):.2f} |")
     for side, setup in r.setup.items():
-        print(f"  {side}: set-up {setup.setup_s or float('nan'):.0f}s (load {setup.load_s or float('nan'):.0f}s, "
-              f"warm-up {setup.warmup_s or float('nan'):.0f}s)")
+        parts = [f"{what} {s:.0f}s" for what, s in (("load", setup.load_s), ("warm-up", setup.warmup_s)) if s is not None]
+        print(f"  {side}: set-up {setup.setup_s or 0:.0f}s ({', '.join(parts)})")
 
 
 def write_bench_config(out: Path, input_len: int) -> Path:
@@ -257,6 +279,8 @@ def write_bench_config(out: Path, input_len: int) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="random-gemma-3-270m")
+    ap.add_argument("--suite", default="evals/long.yaml", help="the parity and bf16 parts' suite "
+                    "(evals/windows.yaml: the quicker cut without the 3578-token prompt)")
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "real-shape")
     ap.add_argument("--input-len", type=int, default=256)
@@ -276,9 +300,9 @@ def main() -> None:
         tmp = Path(t)
         path = build(args.model, tmp) if "build" in parts else models.ensure_tiny(args.model)
         if "parity" in parts:
-            parity_tables(run_parity(args.model, out / "parity-float32"), "float32, both sides")
+            parity_tables(run_parity(args.model, args.suite, out / "parity-float32"), "float32, both sides")
         if "bf16" in parts:
-            parity_tables(run_parity(args.model, out / "parity-bfloat16", "--side", "vllm=vllm,dtype=bfloat16",
+            parity_tables(run_parity(args.model, args.suite, out / "parity-bfloat16", "--side", "vllm=vllm,dtype=bfloat16",
                                      "--side", "jax=jax,dtype=bfloat16"), "bfloat16, both sides")
         if "plants" in parts:
             run_plants(args.model, path, tmp, out)

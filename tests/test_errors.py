@@ -54,7 +54,9 @@ def test_tokenizer_without_gemma_layout(tmp_path, tiny_text_dir):
 
 
 def test_unknown_model_name_cli():
-    _one_line_error(_cli("models", "build", "gemma-9"), "no tiny model 'gemma-9'", "tiny-gemma3")
+    _one_line_error(_cli("models", "build", "gemma-9"), "no model recipe 'gemma-9'", "random-gemma-3-270m")
+    _one_line_error(_cli("models", "build", "gemma-3-4b-it", "--random-weights"),
+                    "no random-weight build of gemma-3-4b-it's architecture", "gemma-3-1b-it (random-gemma-3-1b)")
 
 
 def test_unknown_backend():
