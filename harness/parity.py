@@ -532,13 +532,13 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
     `localize`: compare the sides layer by layer (`harness.localize`) for the prompts whose log-probs
     fail ("failing") or for every prompt both sides ran on the same ids ("all")."""
     check_compatible(a, b)
-    desc_a = {**a.describe(), "settings": a.model_settings().model_dump(mode="json", exclude_unset=True)}
-    desc_b = {**b.describe(), "settings": b.model_settings().model_dump(mode="json", exclude_unset=True)}
-    diffs = diagnosis.settings_diff(a.model_settings(), b.model_settings())
-    family = a.model_settings().family or b.model_settings().family
-    da, db = a.model_settings().dtype or _dtype(desc_a), b.model_settings().dtype or _dtype(desc_b)
-    width = max(a.model_settings().embed_dim or 0, b.model_settings().embed_dim or 0) or None
-    tol = tolerance or profile_for(da, db, family=family, embed_dim=width)
+    sa, sb = a.model_settings(), b.model_settings()
+    desc_a = {**a.describe(), "settings": sa.model_dump(mode="json", exclude_unset=True)}
+    desc_b = {**b.describe(), "settings": sb.model_dump(mode="json", exclude_unset=True)}
+    diffs = diagnosis.settings_diff(sa, sb)
+    da, db = sa.dtype or _dtype(desc_a), sb.dtype or _dtype(desc_b)
+    width = max(sa.embed_dim or 0, sb.embed_dim or 0) or None
+    tol = tolerance or profile_for(da, db, family=sa.family or sb.family, embed_dim=width)
     if tolerance is None and da and db and da != db:
         tol = tol.model_copy(update={"reason": f"{a.name} computes in {da}, {b.name} in {db}: the bound follows the "
                                                "lower precision (dtype-mismatch)"})
