@@ -52,3 +52,26 @@ def test_score_refuses_ids_that_do_not_round_trip(vllm_vision):
     req = ask(image(4), "Describe it")
     with pytest.raises(backends.UnsupportedError, match="re-encode"):
         vllm_vision.score([req], [[203634, 203634]])  # an <unusedN> piece: decodes to text that splits
+
+
+def test_image_pixels_come_from_one_helper_process_and_its_errors_are_one_line(vllm_vision, tmp_path):
+    """vLLM's image processor runs in one helper process per backend (not one per prompt); a folder
+    it cannot load is a one-line error naming the request."""
+    a = vllm_vision.image_pixels(ask(image(6)))
+    helper = vllm_vision._pixels._proc
+    b = vllm_vision.image_pixels(ask(image(6)))
+    assert vllm_vision._pixels._proc is helper and helper.poll() is None
+    assert a.processor == b.processor and np.array_equal(a.pixels[0], b.pixels[0])
+    assert a.resized[0].shape == (64, 64, 3) and a.pixels[0].dtype == np.float32
+
+    from backends._envs import vllm_python
+    from backends.vllm._backend import _PixelsHelper
+
+    broken = _PixelsHelper(vllm_python(), str(tmp_path))  # no preprocessor_config.json there
+    try:
+        with pytest.raises(backends.ModelError) as e:
+            broken.run([image(6)])
+        assert "\n" not in str(e.value) and str(e.value)
+    finally:
+        broken.close()
+    assert broken._proc.poll() is not None

@@ -151,6 +151,7 @@ class VllmBackend(BaseBackend):
         self.warmup_s: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._pixels: _PixelsHelper | None = None
         t0 = time.perf_counter()
         down: dict[str, str] = {}
         if url is not None:
@@ -462,30 +463,23 @@ class VllmBackend(BaseBackend):
 
     def image_pixels(self, request: Request) -> ImagePixelsResult | None:
         """The pixels vLLM's image processor makes of the request's images (`ImagePixels`),
-        computed in the vLLM environment; None when the served folder or the environment is not
-        on this machine."""
-        import subprocess
-        import tempfile
-
+        computed in the vLLM environment (one helper process per backend); None when the served
+        folder or the environment is not on this machine."""
         try:
             py = Path(self.server.vllm).parent / "python" if self.server else vllm_python()
         except ModelError:
             return None
         if not request.images or self.hf_dir is None or not Path(self.hf_dir).is_dir() or not py.exists():
             return None
-        with tempfile.TemporaryDirectory() as tmp:
-            src, dst = Path(tmp, "in.npz"), Path(tmp, "out.npz")
-            arrays: dict[str, Any] = {f"img{i}": p.to_rgb_array() for i, p in enumerate(request.images)}
-            np.savez(src, **arrays)  # typed Any: mypy would match the names against savez's allow_pickle
-            run = subprocess.run([str(py), str(SCRIPTS / "pixels.py"), str(self.hf_dir), str(src), str(dst)],
-                                 capture_output=True, text=True, timeout=300)
-            if run.returncode != 0:
-                raise ModelError(f"vLLM's image processor failed on request {request.id or ''}: "
-                                 f"{run.stderr.strip().splitlines()[-1] if run.stderr.strip() else run.returncode}")
-            out = np.load(dst)
-            n = len(request.images)
-            return ImagePixelsResult(processor=str(out["processor"]), resized=[out[f"resized{i}"] for i in range(n)],
-                                     pixels=[out[f"pixels{i}"] for i in range(n)])
+        if self._pixels is None:
+            self._pixels = _PixelsHelper(py, self.hf_dir)
+        try:
+            out = self._pixels.run([p.to_rgb_array() for p in request.images])
+        except ModelError as e:
+            raise ModelError(f"vLLM's image processor failed on request {request.id or ''}: {e}") from None
+        n = len(request.images)
+        return ImagePixelsResult(processor=str(out["processor"]), resized=[out[f"resized{i}"] for i in range(n)],
+                                 pixels=[out[f"pixels{i}"] for i in range(n)])
 
     def guide_facts(self) -> dict[str, str]:
         flags = self.server.flags if self.server else []
@@ -846,11 +840,70 @@ class VllmBackend(BaseBackend):
                 asyncio.run_coroutine_threadsafe(shut(), self._loop).result(timeout=10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop = None
+        if self._pixels is not None:
+            self._pixels.close()
         if self.server is not None:
             self.server.stop()
 
     def __repr__(self) -> str:  # never shows the API key
         return f"VllmBackend({self.model!r}, url={self.url!r}, managed={self.server is not None})"
+
+
+class _PixelsHelper:
+    """vLLM's image processor in one long-lived process of the vLLM environment
+    (`backends/vllm_env/pixels.py`): loading transformers there takes seconds, once per backend
+    instead of once per image prompt. Requests go one at a time; the process ends with `close`
+    or when this one ends (its stdin closes)."""
+
+    def __init__(self, python: Path, hf_dir: str) -> None:
+        import subprocess
+        import tempfile
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="paritybench-pixels-")
+        self._log = open(Path(self._tmp.name, "helper.log"), "w+b")
+        self._lock = threading.Lock()
+        self._n = 0
+        self._proc = subprocess.Popen([str(python), str(SCRIPTS / "pixels.py"), hf_dir], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=self._log, text=True)
+
+    def run(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The processor's outputs for `images` (npz names of `pixels.py`)."""
+        with self._lock:
+            self._n += 1
+            src, dst = Path(self._tmp.name, f"in{self._n}.npz"), Path(self._tmp.name, f"out{self._n}.npz")
+            arrays: dict[str, Any] = {f"img{i}": x for i, x in enumerate(images)}
+            np.savez(src, **arrays)  # typed Any: mypy would match the names against savez's allow_pickle
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            try:
+                self._proc.stdin.write(f"{src} {dst}\n")
+                self._proc.stdin.flush()
+                answer = self._proc.stdout.readline().strip()
+            except (BrokenPipeError, OSError):
+                answer = ""
+            if answer != "ok":
+                raise ModelError(answer.removeprefix("error: ") if answer else self._last_error())
+            with np.load(dst) as z:
+                out = {k: z[k] for k in z.files}
+            src.unlink()
+            dst.unlink()
+            return out
+
+    def _last_error(self) -> str:
+        self._proc.poll()
+        self._log.seek(0)
+        lines = [x for x in self._log.read().decode(errors="replace").splitlines() if x.strip()]
+        return lines[-1] if lines else f"the helper ended (exit code {self._proc.returncode})"
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=10)
+        except Exception:
+            self._proc.kill()
+        self._log.close()
+        self._tmp.cleanup()
 
 
 def _npz_b64(hs: np.ndarray) -> str:

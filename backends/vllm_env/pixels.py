@@ -1,11 +1,13 @@
 """Print-free helper run by the vLLM environment's interpreter (never imported by the harness):
 the pixels vLLM's image processor makes of some images, for the image-preprocessing parity check.
 
-    .venv-vllm/bin/python backends/vllm_pixels.py HF_DIR IN.npz OUT.npz
+    .venv-vllm/bin/python backends/vllm_env/pixels.py HF_DIR
 
+The processor is loaded once (AutoImageProcessor, as vLLM loads it: the default fast/torchvision
+variant); then each line on stdin names two files, "IN.npz OUT.npz", and the helper answers one
+line, "ok" or "error: ...", when OUT.npz is written. It ends when stdin closes (its parent ended).
 IN.npz holds uint8 HxWx3 arrays img0, img1, ...; OUT.npz gets for each `resized{i}` (uint8 HxWx3,
 after resizing, before rescaling) and `pixels{i}` (float32 HxWx3, what the vision tower receives).
-The processor is loaded as vLLM loads it (AutoImageProcessor, default fast/torchvision variant).
 """
 
 import sys
@@ -14,8 +16,7 @@ import numpy as np
 from transformers import AutoImageProcessor
 
 
-def main(hf_dir: str, src: str, dst: str) -> None:
-    proc = AutoImageProcessor.from_pretrained(hf_dir)
+def convert(proc, src: str, dst: str) -> None:
     images = np.load(src)
     out = {}
     for i in range(len(images.files)):
@@ -28,5 +29,18 @@ def main(hf_dir: str, src: str, dst: str) -> None:
     np.savez(dst, **out)
 
 
+def main(hf_dir: str) -> None:
+    proc = AutoImageProcessor.from_pretrained(hf_dir)
+    for line in sys.stdin:
+        try:
+            src, dst = line.split()
+            convert(proc, src, dst)
+            answer = "ok"
+        except Exception as e:  # one bad request is answered, the helper goes on
+            answer = "error: " + (str(e).splitlines() or [type(e).__name__])[0]
+        sys.stdout.write(answer + "\n")
+        sys.stdout.flush()
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(sys.argv[1])
