@@ -257,12 +257,18 @@ class ModelSettings(_Model):
     kv_cache_dtype and quantization: how the engine stores the KV cache and the weights.
     tokenizer_sha256: the SentencePiece file's hash; chat_template_sha256: the template file's.
     end_ids: the token ids that end a generation. embed_dim: the residual stream's width (the
-    float32 tolerance follows the model's size).
+    float32 tolerance follows the model's size); hidden_dim, num_heads, num_kv_heads, head_dim:
+    the feed-forward width and the attention heads (with embed_dim and layer_types, the shape a
+    roofline estimate reads: `harness.roofline`).
     """
 
     convention: str | None = None
     family: str | None = None
     embed_dim: int | None = None
+    hidden_dim: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
     dtype: str | None = None
     max_model_len: int | None = None
     final_logit_softcap: float | None = None

@@ -17,10 +17,9 @@ Parts (--parts, comma-separated; all by default):
   post-FFW norm scale +0.01 on the JAX side, on evals/windows.yaml (600 and 1100 tokens, 8 tokens
   out): each must fail, and be localised.
 - speed: vLLM at concurrency 1, 2, 4, 8 and JAX at batch 1, 2, 4, 8 (prompts of --input-len
-  tokens, --output-len out), server and JAX memory, next to the roofline of one decode step:
+  tokens, --output-len out), server and JAX memory, next to the roofline of one decode step
+  (`harness/roofline.py`, the same estimate as the report's columns):
 
-      bytes(B) = weight bytes (the embedding is also the logits matrix) + B * KV bytes read
-      flops(B) = 2 B (matmul weights + vocabulary x width) + attention
       roofline tok/s = B / max(flops / matmul FLOP/s, bytes / read bandwidth)
 
   with the machine's matmul throughput and read bandwidth measured here (numpy, float32).
@@ -47,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backends import models  # noqa: E402
+from harness import roofline  # noqa: E402
 from harness.results import BatchRun, ComparisonResults, ServingRun  # noqa: E402
 
 PARTS = ("build", "parity", "bf16", "plants", "speed")
@@ -186,62 +186,13 @@ def run_plants(model: str, path: Path, tmp: Path, out: Path) -> None:
 # ---------------------------------------------------------------------------------------- speed
 
 
-def machine_peaks() -> tuple[float, float]:
-    """(float32 matmul FLOP/s, memory read bytes/s) of this machine, best of 5 (numpy)."""
-    def best(f, n=5):
-        f()
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
-    flops = 2 * 2048**3 / best(lambda: a @ a)
-    # read bandwidth as a decode step sees it: a matrix-vector product over a 256 MiB matrix (BLAS,
-    # every core); numpy's one-threaded sum reads at half that here
-    big, x = np.ones((16384, 4096), np.float32), np.ones(4096, np.float32)
-    return flops, big.nbytes / best(lambda: big @ x)
-
-
-def _per_layer(arch: models.GemmaArch) -> int:
-    """Matmul weights of one layer: q, k, v, o, gate, up, down."""
-    d, q, kv = arch.embed_dim, arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
-    return d * q + 2 * d * kv + q * d + 3 * d * arch.hidden_dim
-
-
-def _attended(tokens: int, window: int | None) -> int:
-    """Key positions all query positions of a causal prefill attend to, within `window`."""
-    w = min(window or tokens, tokens)
-    return w * (w + 1) // 2 + (tokens - w) * w
-
-
-def prefill_roofline_s(arch: models.GemmaArch, tokens: int, flops_s: float) -> float:
-    """Seconds a prefill of `tokens` needs at the matmul throughput (the logits of the last
-    position only, as a server computes them; scores and weighted sums within each layer's window)."""
-    q = arch.num_heads * arch.head_dim
-    attn = sum(4 * q * _attended(tokens, arch.sliding_window if t == "sliding" else None) for t in arch.layer_types)
-    return (2 * tokens * arch.num_layers * _per_layer(arch) + 2 * arch.vocab_size * arch.embed_dim + attn) / flops_s
-
-
-def roofline(arch: models.GemmaArch, batch: int, context: int, flops_s: float, bytes_s: float) -> float:
-    """Decode tokens/s one step of `batch` sequences at `context` tokens can reach (float32)."""
-    d, v, layers = arch.embed_dim, arch.vocab_size, arch.num_layers
-    q, kv = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
-    per_layer = _per_layer(arch)
-    weights = 4 * (layers * per_layer + v * d)
-    seen = [min(context, arch.sliding_window or context) if t == "sliding" else context for t in arch.layer_types]
-    kv_bytes = sum(4 * 2 * kv * s for s in seen)
-    flops = 2 * batch * (layers * per_layer + v * d) + sum(4 * batch * q * s for s in seen)
-    return batch / max(flops / flops_s, (weights + batch * kv_bytes) / bytes_s)
-
-
 def run_speed(model: str, path: Path, out: Path, input_len: int, output_len: int, num_prompts: int,
               measure: bool = True) -> None:
-    flops_s, bytes_s = machine_peaks()
+    peaks = roofline.measure_machine()
     arch = models.read_card(path).arch
-    print(f"\nmachine: matmul {flops_s / 1e9:.0f} GFLOP/s, read {bytes_s / 1e9:.1f} GB/s (numpy, float32, best of 5)")
+    settings = models.engine_settings(arch, "gemma", dtype=arch.dtype)
+    print(f"\nmachine: matmul {peaks.matmul_flops / 1e9:.0f} GFLOP/s, read {peaks.read_bytes_s / 1e9:.1f} GB/s "
+          "(numpy, float32, best of 5)")
     levels = ",".join(map(str, LEVELS))
     o = out / "speed"
     if measure:
@@ -250,7 +201,7 @@ def run_speed(model: str, path: Path, out: Path, input_len: int, output_len: int
                     "--concurrency", levels, "--batch-sizes", levels, "--config", str(write_bench_config(out, input_len)))
     r = results(o)
     context = input_len + output_len // 2
-    ttft_roof = prefill_roofline_s(arch, input_len, flops_s)
+    ttft_roof = roofline.prefill_s(settings, input_len, peaks)
     print(f"prefill roofline of one {input_len}-token prompt: {ttft_roof * 1e3:.0f} ms")
     print("| engine | level | output tok/s | roofline tok/s | fraction | TTFT or batch latency | peak RSS GiB |")
     print("|---|---|---|---|---|---|---|")
@@ -259,7 +210,7 @@ def run_speed(model: str, path: Path, out: Path, input_len: int, output_len: int
             level = run.max_concurrency if isinstance(run, ServingRun) else run.batch_size if isinstance(run, BatchRun) else None
             if level is None:
                 continue
-            roof = roofline(arch, level, context, flops_s, bytes_s)
+            roof = roofline.decode_tok_s(settings, level, context, peaks)
             lat = (f"TTFT {run.median_ttft_ms:.0f} ms" if isinstance(run, ServingRun)
                    else f"batch {run.batch_latency_s.get('median', float('nan')):.1f} s")
             rss = run.memory.peak_rss_bytes

@@ -453,7 +453,7 @@ def bench(
 
     from . import bench as _bench
     from . import report as _report
-    from . import suites
+    from . import roofline, suites
 
     pct = _floats(percentiles, "--percentiles")
     backends.keep_library_log_in(out.parent)  # the libraries' own output beside the results
@@ -470,6 +470,8 @@ def bench(
         else:
             wl = _bench.synthetic(b, num_prompts=num_prompts, input_len=input_len, output_len=output_len,
                                   range_ratio=range_ratio, seed=seed, ignore_eos=ignore_eos)
+        roof = roofline.for_levels(b.model_settings(), [int(x) for x in levels], input_len, output_len,
+                                   roofline.measure_machine())
         runs: list[ServingRun | BatchRun] = []
         for level in levels:
             console.print(f"[bold]{backend}[/] {'concurrency' if serving else 'batch size'} {int(level)} ...")
@@ -481,9 +483,11 @@ def bench(
             else:
                 r = _bench.run_batched(b, wl, batch_size=int(level), memory_interval=memory_interval)
             runs.append(r)
-            _print_level(r)
+            _print_level(r, roof.tok_s.get(int(level)))
+        if roof.note:
+            console.print(roof.note)
         result = {"backend": backend, "model": model, "workload": wl.describe(), "describe": b.describe(),
-                  "runs": [r.model_dump(mode="json") for r in runs]}
+                  "runs": [r.model_dump(mode="json") for r in runs], "roofline": roof.model_dump(mode="json")}
     out.parent.mkdir(parents=True, exist_ok=True)
     _report.write_atomic(out, json.dumps(result, indent=1, default=str))
     console.print(f"results: {out}")
@@ -497,7 +501,7 @@ def _options_of(engine: str) -> list[str]:
     return list(inspect.signature(backends.engine_class(engine)).parameters)  # the constructor's, without self
 
 
-def _print_level(r: ServingRun | BatchRun) -> None:
+def _print_level(r: ServingRun | BatchRun, roof: float | None) -> None:
     from .results import ServingRun
 
     rss = (r.memory.peak_rss_bytes or 0) / 2**30
@@ -508,6 +512,8 @@ def _print_level(r: ServingRun | BatchRun) -> None:
     else:
         console.print(f"  steady {r.output_throughput:.1f} tok/s  compile {r.compile_s:.1f} s  "
                       f"compilations after warm-up {r.compilations_after_warmup}  peak RSS {rss:.2f} GiB")
+    if roof:
+        console.print(f"  roofline {roof:.0f} tok/s: this level reaches {r.output_throughput / roof:.0%} of it")
 
 
 @app.callback()

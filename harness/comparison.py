@@ -31,7 +31,7 @@ import backends
 from backends import InputError, ParitybenchError, SamplingParams, TimedStreaming, stop_point
 
 from . import bench as _bench
-from . import diagnosis, environment, parity, report, suites
+from . import diagnosis, environment, parity, report, roofline, suites
 from .config import CompareConfig
 from .results import AnswerRow, BenchSection, ComparisonResults, Run, ScoreRow, Scores, SideSetup, SuiteInfo
 
@@ -420,6 +420,7 @@ def _bench_all(sides: dict[str, backends.Backend], config: CompareConfig, result
     """Every side's levels: engines that stream (`TimedStreaming`) at each concurrency, the others
     at each batch size."""
     s = config.bench
+    peaks = roofline.measure_machine()  # about a second; the same figures for every side
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
         for name, side in sides.items():
@@ -429,8 +430,9 @@ def _bench_all(sides: dict[str, backends.Backend], config: CompareConfig, result
                                   seed=config.seed)
             task = progress.add_task(f"{name} throughput ({'concurrency' if serving else 'batch size'})",
                                      total=len(levels))
-            section = results.bench[name] = BenchSection(workload=wl.describe(), mode="serving" if serving else "batch",
-                                                         notes=side.throughput_notes())
+            section = results.bench[name] = BenchSection(
+                workload=wl.describe(), mode="serving" if serving else "batch", notes=side.throughput_notes(),
+                roofline=roofline.for_levels(side.model_settings(), levels, s.input_len, s.output_len, peaks))
             for level in levels:
                 if (name, level) in reused:  # measured by the interrupted run
                     section.runs.append(_reused_run(reused[(name, level)]))

@@ -441,9 +441,12 @@ def bench_rows(results: ComparisonResults) -> list[dict[str, str]]:
     for name, section in results.bench.items():
         for r in section.runs:
             kind, level = level_kind(r)
+            roof = section.roofline.tok_s.get(level) if section.roofline and level is not None else None
             rows.append({
                 "backend": name, "level": f"{kind} {level}",
                 "output tok/s": f"{r.output_throughput:.1f}",
+                "roofline tok/s": f"{roof:.0f}" if roof else "n/a",
+                "of roofline": f"{r.output_throughput / roof:.0%}" if roof else "n/a",
                 "median TTFT ms": f"{r.median_ttft_ms:.1f}" if isinstance(r, ServingRun) else "n/a",
                 "median TPOT ms": f"{r.median_tpot_ms:.2f}" if isinstance(r, ServingRun) else "n/a",
                 "failed": str(r.failed) if isinstance(r, ServingRun) else "0",
@@ -452,6 +455,22 @@ def bench_rows(results: ComparisonResults) -> list[dict[str, str]]:
                                                if isinstance(r, BatchRun) and r.compilations_counted else "n/a"),
             })
     return rows
+
+
+def roofline_lines(results: ComparisonResults) -> list[str]:
+    """What the roofline columns rest on: the machine's figures, each side's weights and prefill."""
+    sections = {n: s.roofline for n, s in results.bench.items() if s.roofline is not None}
+    if not sections:
+        return []
+    m = next(iter(sections.values())).machine
+    lines = [f"Roofline: one decode step's FLOPs over this machine's measured matmul throughput "
+             f"({m.matmul_flops / 1e9:.0f} GFLOP/s, float32) or its bytes over the measured read bandwidth "
+             f"({m.read_bytes_s / 1e9:.1f} GB/s), whichever takes longer (docs/metrics.md)."]
+    for name, r in sections.items():
+        lines.append(f"{name}: {r.note}" if r.note else
+                     f"{name}: {(r.weight_bytes or 0) / 2**30:.2f} GiB of weights read per step, mean context "
+                     f"{r.context} tokens, prefill of one input {r.prefill_ms:.0f} ms at the roofline")
+    return lines
 
 
 CURVE_DROP = 0.9  # a level below 90% of the best tok/s at a lower level: the curve falls
@@ -619,6 +638,7 @@ def markdown(results: ComparisonResults, images: dict[str, bytes]) -> str:
     if results.bench:
         lines += ["", "## Throughput, latency and memory", ""]
         lines += _md_table(bench_rows(results))
+        lines += ["", *(f"- {x}" for x in roofline_lines(results))]
         if curve_rows(results):
             lines += ["", "### Throughput curves that fall", ""]
             lines += _md_table(curve_rows(results))
@@ -695,6 +715,7 @@ def html_page(results: ComparisonResults, images: dict[str, bytes]) -> str:
     if results.bench:
         parts.append("<h2>Throughput, latency and memory</h2>")
         parts.append(_html_table(bench_rows(results), table_id="bench"))
+        parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in roofline_lines(results)) + "</ul>")
         if curve_rows(results):
             parts.append("<h3>Throughput curves that fall</h3>")
             parts.append(_html_table(curve_rows(results), table_id="curves"))

@@ -146,13 +146,34 @@ def level_kind(run: ServingRun | BatchRun) -> tuple[str, int | None]:
     return "batch size", run.batch_size
 
 
+class MachinePeaks(_Record):
+    """This machine's measured float32 matmul throughput (FLOP/s) and read bandwidth (bytes/s)."""
+
+    matmul_flops: float
+    read_bytes_s: float
+
+
+class Roofline(_Record):
+    """What the machine allows a side's decode at each bench level (`harness.roofline`): output
+    tok/s by level at the mean context (tokens), the weight bytes a step reads, the prefill of one
+    input in ms; `note` says why there is none."""
+
+    machine: MachinePeaks
+    context: int
+    weight_bytes: float | None = None
+    prefill_ms: float | None = None
+    tok_s: dict[int, float] = Field(default_factory=dict)
+    note: str | None = None
+
+
 class BenchSection(_Record):
-    """An engine's benchmark: its workload and one run per level."""
+    """An engine's benchmark: its workload and one run per level, next to its roofline."""
 
     workload: dict[str, Any] = Field(default_factory=dict)
     mode: Literal["serving", "batch"] | None = None
     runs: list[Run] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)  # the engine's known causes of a curve that falls
+    roofline: Roofline | None = None
 
 
 class SideSetup(_Record):

@@ -521,6 +521,9 @@ Convention = Literal["gemma", "hf", "vllm"]
 CONFIG_FIELDS = ("query_pre_attn_scalar", "sliding_window", "layer_types", "rope_local_base", "rope_global_base",
                  "rope_local_scale", "rope_global_scale", "attn_logit_softcap")
 
+# the model's shape (not compared by the diagnosis: a model of another shape does not load)
+SHAPE_FIELDS = ("embed_dim", "hidden_dim", "num_heads", "num_kv_heads", "head_dim")
+
 
 def engine_settings(arch: GemmaArch, convention: Convention, **known_more: Any) -> Any:
     """What an engine following `convention` computes for `arch` (a `backends.ModelSettings`):
@@ -531,9 +534,9 @@ def engine_settings(arch: GemmaArch, convention: Convention, **known_more: Any) 
     from .._types import ModelSettings
 
     rows = arch.vocab_size if convention == "gemma" else arch.hf_vocab_size
-    known: dict[str, Any] = {"convention": convention, "family": arch.family, "embed_dim": arch.embed_dim,
+    known: dict[str, Any] = {"convention": convention, "family": arch.family,
                              "final_logit_softcap": arch.final_logit_softcap, "logit_rows": rows,
-                             **{f: getattr(arch, f) for f in CONFIG_FIELDS}, **known_more}
+                             **{f: getattr(arch, f) for f in (*SHAPE_FIELDS, *CONFIG_FIELDS)}, **known_more}
     if isinstance(arch, Gemma3nArch):
         known.update(text_vocab_size=arch.text_vocab_size,
                      kv_sharing=arch.kv_sharing("hf" if convention == "hf" else "gemma"),
