@@ -62,11 +62,11 @@ def test_passing_comparison_exits_0_and_writes_everything(passing):
     assert [x["batch_size"] for x in r["bench"]["jax"]["runs"]] == [1, 2]
     assert all(x["completed"] == 4 and x["failed"] == 0 for x in r["bench"]["vllm"]["runs"])
     assert all(x["compilations_after_warmup"] == 0 for x in r["bench"]["jax"]["runs"])
-    # each side's roofline from its own settings and the machine measured in this run (the same model
-    # and dtype on both sides: the same figures)
+    # each side's roofline from its own settings and the machine measured in this run; an attached
+    # server does not say which dtype it computes in, so it has none, and says so
     roofs = {side: r["bench"][side]["roofline"] for side in ("vllm", "jax")}
-    assert roofs["vllm"]["tok_s"] == roofs["jax"]["tok_s"] and set(roofs["jax"]["tok_s"]) == {"1", "2"}
-    assert roofs["vllm"]["weight_bytes"] > 0 and roofs["vllm"]["note"] is None
+    assert set(roofs["jax"]["tok_s"]) == {"1", "2"} and roofs["jax"]["weight_bytes"] > 0 and not roofs["jax"]["note"]
+    assert not roofs["vllm"]["tok_s"] and "dtype" in roofs["vllm"]["note"]
     # the JSON-lines log has every record, in the order measured
     kinds = [json.loads(line)["type"] for line in (out / "results.jsonl").read_text().splitlines()]
     assert kinds == ["run", "setup", "setup"] + ["parity_prompt"] * 7 + ["parity"] + ["bench"] * 4

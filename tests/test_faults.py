@@ -106,6 +106,9 @@ def test_server_killed_mid_run_stops_with_a_clear_error(tmp_path):
                                                            "multi-turn"]
     assert [x["max_concurrency"] for x in r["bench"]["vllm"]["runs"]] == [1]
     assert [x["batch_size"] for x in r["bench"]["jax"]["runs"]] == [1]
+    # a managed server's logged dtype and the JAX side's card: the same model, the same roofline
+    roofs = [r["bench"][side]["roofline"] for side in ("vllm", "jax")]
+    assert roofs[0]["tok_s"] == roofs[1]["tok_s"] and roofs[0]["tok_s"]["1"] > 0, roofs
     kinds = [json.loads(line)["type"] for line in (out / "results.jsonl").read_text().splitlines()]
     assert kinds.count("parity_prompt") == 5 and kinds.count("resume") == 1  # nothing redone, nothing duplicated
     assert_no_server_left(out)
