@@ -469,7 +469,7 @@ def roofline_lines(results: ComparisonResults) -> list[str]:
     for name, r in sections.items():
         lines.append(f"{name}: {r.note}" if r.note else
                      f"{name}: {(r.weight_bytes or 0) / 2**30:.2f} GiB of weights read per step, mean context "
-                     f"{r.context} tokens, prefill of one input {r.prefill_ms:.0f} ms at the roofline")
+                     f"{r.context} tokens, prefill of one input {r.prefill_ms:.3g} ms at the roofline")
     return lines
 
 
