@@ -470,8 +470,10 @@ def bench(
         else:
             wl = _bench.synthetic(b, num_prompts=num_prompts, input_len=input_len, output_len=output_len,
                                   range_ratio=range_ratio, seed=seed, ignore_eos=ignore_eos)
-        roof = roofline.for_levels(b.model_settings(), [int(x) for x in levels], input_len, output_len,
-                                   roofline.measure_machine())
+        # the roofline at the workload's mean lengths (a suite's prompts: their token counts)
+        mean_in = input_len if suite is None else round(sum(len(b.prompt_ids(r)) for r in wl.requests) / len(wl.requests))
+        roof = roofline.for_levels(b.model_settings(), [int(x) for x in levels], mean_in,
+                                   round(sum(wl.output_lens) / len(wl.output_lens)), roofline.measure_machine())
         runs: list[ServingRun | BatchRun] = []
         for level in levels:
             console.print(f"[bold]{backend}[/] {'concurrency' if serving else 'batch size'} {int(level)} ...")

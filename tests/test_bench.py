@@ -100,6 +100,7 @@ def test_load_256_requests_at_concurrency_64_none_lost(vllm_text, tmp_path):
         assert len(r[key]) == 256, key
     assert r["completed"] == 256 and r["output_lens"] == [8] * 256
     assert 30e6 < r["harness_peak_rss_bytes"] < 4e9  # the client process alone (VmHWM, not the parent's peak)
+    assert "dtype" in json.loads(out.read_text())["roofline"]["note"]  # an attached server does not say its dtype
     print(f"\n256 requests at concurrency 64: {r['output_throughput']:.0f} output tok/s, median TTFT "
           f"{r['median_ttft_ms']:.0f} ms, harness peak RSS {r['harness_peak_rss_bytes'] / 2**20:.0f} MiB")
 
@@ -134,3 +135,26 @@ def test_the_jax_engine_names_the_logits_product_on_a_large_vocabulary(jax_text,
     assert jax_text.vocab_size < 65536 and jax_text.throughput_notes() == []
     [note] = jax_vision.throughput_notes()  # 262144 pieces, on CPU
     assert "jnp.dot(x, table.T)" in note and "262144" in note
+
+
+def test_bench_of_a_suite_prints_each_levels_roofline_at_the_suites_lengths(jax_text, tmp_path):
+    """`paritybench bench` on a suite: the roofline's context is the suite's mean prompt length (its
+    token ids) plus half the output; each level's line says what fraction of it the level reached."""
+    import json
+    import subprocess
+    import sys
+
+    import evals
+    from harness import suites
+
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--backend", "jax", "--model", "tiny-gemma3",
+                        "--suite", str(evals.path("smoke")), "--num-prompts", "5", "--output-len", "4",
+                        "--batch-sizes", "1,2", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    roof = json.loads(out.read_text())["roofline"]
+    _, reqs = suites.load(evals.path("smoke"))
+    mean_in = round(sum(len(jax_text.prompt_ids(r)) for r in reqs) / len(reqs))
+    assert roof["context"] == mean_in + 2 and roof["note"] is None
+    assert 0 < roof["tok_s"]["1"] < roof["tok_s"]["2"]
+    assert sum("roofline" in line and "of it" in line for line in p.stdout.splitlines()) == 2, p.stdout
