@@ -30,6 +30,7 @@ def convert(proc, src: str, dst: str) -> None:
 
 
 def main(hf_dir: str) -> None:
+    answers, sys.stdout = sys.stdout, sys.stderr  # what a library prints goes to the log, not among the answers
     proc = AutoImageProcessor.from_pretrained(hf_dir)
     for line in sys.stdin:
         try:
@@ -38,8 +39,8 @@ def main(hf_dir: str) -> None:
             answer = "ok"
         except Exception as e:  # one bad request is answered, the helper goes on
             answer = "error: " + (str(e).splitlines() or [type(e).__name__])[0]
-        sys.stdout.write(answer + "\n")
-        sys.stdout.flush()
+        answers.write(answer + "\n")
+        answers.flush()
 
 
 if __name__ == "__main__":
