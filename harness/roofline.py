@@ -17,18 +17,19 @@ inputs, KV sharing) and weights of unknown stored size are not estimated: the re
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from backends import ModelSettings
+from backends import ModelSettings, models
 
 from .results import MachinePeaks, Roofline
 
 _DTYPE_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "fp8": 1.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0}
 _QUANT_BYTES = {None: None, "fp8": 1.0}  # stored bytes per matmul weight (None: the compute dtype's)
-_SHAPE = ("embed_dim", "hidden_dim", "num_heads", "num_kv_heads", "head_dim", "layer_types", "logit_rows", "dtype")
+_NEEDED = (*models.SHAPE_FIELDS, "layer_types", "logit_rows", "dtype")
 
 
 def measure_machine() -> MachinePeaks:
@@ -55,7 +56,7 @@ def why_not(s: ModelSettings) -> str | None:
     """Why no roofline can be estimated for a side with settings `s` (None: it can)."""
     if s.family not in (None, "gemma3"):
         return f"{s.family}: AltUp, per-layer inputs and KV sharing are not in the estimate"
-    missing = [f for f in _SHAPE if getattr(s, f) is None]
+    missing = [f for f in _NEEDED if getattr(s, f) is None]
     if missing:
         return f"the side does not report its model's {', '.join(missing)}"
     if s.dtype not in _DTYPE_BYTES:
@@ -65,51 +66,71 @@ def why_not(s: ModelSettings) -> str | None:
     return None
 
 
-def _layer_weights(s: ModelSettings) -> int:
-    """Matmul weights of one layer: q, k, v, o, gate, up, down."""
-    assert s.embed_dim and s.num_heads and s.head_dim and s.num_kv_heads and s.hidden_dim
-    d, q, kv = s.embed_dim, s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-    return 2 * d * q + 2 * d * kv + 3 * d * s.hidden_dim
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """What the estimate reads of a side's settings (checked by `why_not` first)."""
+
+    width: int  # D
+    q_dim: int
+    kv_dim: int
+    hidden: int
+    layer_types: tuple[str, ...]
+    window: int | None
+    rows: int  # V: the logits matrix's rows
+    value_bytes: float  # the compute dtype's
+    stored_bytes: float  # a matmul weight as stored
+    kv_bytes: float  # a key or value element in the cache
+
+    @property
+    def layer_weights(self) -> int:
+        """Matmul weights of one layer: q, k, v, o, gate, up, down."""
+        return 2 * self.width * self.q_dim + 2 * self.width * self.kv_dim + 3 * self.width * self.hidden
+
+    def seen(self, context: int) -> list[int]:
+        """Key positions each layer reads at `context` tokens (a sliding layer: its window at most)."""
+        return [min(context, self.window or context) if t == "sliding" else context for t in self.layer_types]
 
 
-def _seen(s: ModelSettings, context: int) -> list[int]:
-    assert s.layer_types is not None
-    return [min(context, s.sliding_window or context) if t == "sliding" else context for t in s.layer_types]
+def _shape(s: ModelSettings) -> _Shape:
+    reason = why_not(s)
+    if reason is not None:
+        raise ValueError(f"no roofline: {reason}")
+    assert s.embed_dim and s.num_heads and s.head_dim and s.num_kv_heads and s.hidden_dim  # checked by why_not
+    assert s.layer_types is not None and s.logit_rows and s.dtype
+    value = _DTYPE_BYTES[s.dtype]
+    return _Shape(width=s.embed_dim, q_dim=s.num_heads * s.head_dim, kv_dim=s.num_kv_heads * s.head_dim,
+                  hidden=s.hidden_dim, layer_types=s.layer_types, window=s.sliding_window, rows=s.logit_rows,
+                  value_bytes=value, stored_bytes=_QUANT_BYTES[s.quantization] or value,
+                  kv_bytes=_DTYPE_BYTES.get(s.kv_cache_dtype or s.dtype, value))
 
 
 def weight_bytes(s: ModelSettings) -> float:
     """Bytes one decode step reads of the weights: the layers' matmul weights as stored, the
     embedding table (the logits matrix) at the compute dtype."""
-    assert s.layer_types is not None and s.logit_rows and s.embed_dim and s.dtype
-    value = _DTYPE_BYTES[s.dtype]
-    stored = _QUANT_BYTES[s.quantization] or value
-    return len(s.layer_types) * _layer_weights(s) * stored + s.logit_rows * s.embed_dim * value
+    m = _shape(s)
+    return len(m.layer_types) * m.layer_weights * m.stored_bytes + m.rows * m.width * m.value_bytes
 
 
 def decode_tok_s(s: ModelSettings, batch: int, context: int, peaks: MachinePeaks) -> float:
     """Output tok/s one decode step of `batch` sequences at `context` tokens can reach."""
-    assert s.layer_types is not None and s.logit_rows and s.embed_dim and s.dtype
-    assert s.num_heads and s.head_dim and s.num_kv_heads
-    q, kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-    seen = _seen(s, context)
-    kv_value = _DTYPE_BYTES.get(s.kv_cache_dtype or s.dtype, _DTYPE_BYTES[s.dtype])
-    flops = 2 * batch * (len(seen) * _layer_weights(s) + s.logit_rows * s.embed_dim) + sum(4 * batch * q * n for n in seen)
-    nbytes = weight_bytes(s) + batch * sum(2 * kv * n for n in seen) * kv_value
+    m = _shape(s)
+    seen = m.seen(context)
+    flops = 2 * batch * (len(seen) * m.layer_weights + m.rows * m.width) + sum(4 * batch * m.q_dim * n for n in seen)
+    nbytes = weight_bytes(s) + batch * sum(2 * m.kv_dim * n for n in seen) * m.kv_bytes
     return batch / max(flops / peaks.matmul_flops, nbytes / peaks.read_bytes_s)
 
 
 def prefill_s(s: ModelSettings, tokens: int, peaks: MachinePeaks) -> float:
     """Seconds a prefill of `tokens` needs at the matmul throughput (the logits of the last
     position only, as a server computes them; scores and weighted sums within each layer's window)."""
-    assert s.layer_types is not None and s.logit_rows and s.embed_dim and s.num_heads and s.head_dim
+    m = _shape(s)
 
     def attended(window: int | None) -> int:  # key positions all query positions attend to
         w = min(window or tokens, tokens)
         return w * (w + 1) // 2 + (tokens - w) * w
 
-    q = s.num_heads * s.head_dim
-    attn = sum(4 * q * attended(s.sliding_window if t == "sliding" else None) for t in s.layer_types)
-    flops = 2 * tokens * len(s.layer_types) * _layer_weights(s) + 2 * s.logit_rows * s.embed_dim + attn
+    attn = sum(4 * m.q_dim * attended(m.window if t == "sliding" else None) for t in m.layer_types)
+    flops = 2 * tokens * len(m.layer_types) * m.layer_weights + 2 * m.rows * m.width + attn
     return flops / peaks.matmul_flops
 
 

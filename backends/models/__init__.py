@@ -18,6 +18,7 @@ from ._arch import (
     HF_GEMMA3N_SOFTCAP,
     KV_RULES,
     PAD,
+    SHAPE_FIELDS,
     START_OF_IMAGE,
     START_OF_TURN,
     Gemma3nArch,
@@ -73,7 +74,7 @@ from ._tokenizer import CHAT_TEMPLATE, CORPUS, FULL_VOCAB, IMAGE_SOFT_TOKEN, gem
 from ._tokenizer import train_tiny as train_tiny_tokenizer
 
 __all__ = [
-    "CONFIG_FIELDS", "random_params", "file_sha256", "hf_end_ids", "hf_folder_settings", "SCHEMES", "quantize_hf_dir", "HF_GEMMA3N_SOFTCAP", "KV_RULES", "Conversion", "Gemma3nArch", "arch_from_hf_config", "engine_settings", "gemma3n_tokenizer",
+    "CONFIG_FIELDS", "SHAPE_FIELDS", "random_params", "file_sha256", "hf_end_ids", "hf_folder_settings", "SCHEMES", "quantize_hf_dir", "HF_GEMMA3N_SOFTCAP", "KV_RULES", "Conversion", "Gemma3nArch", "arch_from_hf_config", "engine_settings", "gemma3n_tokenizer",
     "kv_sharing_targets", "BOS", "CARD", "CHAT_TEMPLATE", "CORPUS", "END_OF_IMAGE", "END_OF_TURN", "EOS", "FULL_VOCAB",
     "GEMMA3N_TEXT_ONLY", "IMAGE_SOFT_TOKEN", "NO_AUDIO_GEMMA3", "PAD", "PARAMS", "REGISTRY", "START_OF_IMAGE",
     "START_OF_TURN", "TINY_GEMMA3N", "TINY_RECIPES", "TOKENIZER", "GemmaArch",

@@ -32,6 +32,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -856,9 +858,6 @@ class _PixelsHelper:
     or when this one ends (its stdin closes)."""
 
     def __init__(self, python: Path, hf_dir: str) -> None:
-        import subprocess
-        import tempfile
-
         self._tmp = tempfile.TemporaryDirectory(prefix="paritybench-pixels-")
         self._log = open(Path(self._tmp.name, "helper.log"), "w+b")
         self._lock = threading.Lock()
@@ -900,8 +899,9 @@ class _PixelsHelper:
                 self._proc.stdin.close()
         try:
             self._proc.wait(timeout=10)
-        except Exception:
+        except subprocess.TimeoutExpired:
             self._proc.kill()
+            self._proc.wait()
         self._log.close()
         self._tmp.cleanup()
 
