@@ -25,3 +25,20 @@ def test_models_build_prints_folder(tmp_path):
     assert_quiet(p)  # Orbax's "Skipping merge of OCDBT checkpoints" is in the library log
     assert p.stdout.strip() == str(tmp_path / "m")
     assert (tmp_path / "m" / "hf" / "config.json").is_file() and (tmp_path / "m" / "params").is_dir()
+
+
+def test_commands_keep_jax_programs_in_the_cache_folder(monkeypatch, tmp_path):
+    import os
+
+    from harness.cli import jax_compilation_cache
+
+    for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("PARITYBENCH_CACHE", str(tmp_path))
+    jax_compilation_cache()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "jax-compilation-cache")
+    assert os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # the user's choice stands: no cache
+    jax_compilation_cache()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == ""

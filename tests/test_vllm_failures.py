@@ -12,7 +12,7 @@ import pytest
 from conftest import still_running
 
 import backends
-from backends import ModelError, Request, SamplingParams
+from backends import ModelError
 from backends.vllm import VllmServer, advice_for, attach
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,31 +90,38 @@ def test_missing_model_folder_fails_before_starting(tmp_path):
         backends.get("vllm", model=str(tmp_path / "nope"))
 
 
-def test_exception_during_a_run_stops_the_server(tiny_text_dir):
-    pids = []
-    with pytest.raises(RuntimeError, match="boom"):
-        with backends.get("vllm", model="tiny-gemma3", warmup=False) as b:
-            pids = [p.pid for p in b.server.process_tree()]
-            assert len(pids) >= 2  # API server + engine core
-            b.generate([Request.from_text("Hello")], SamplingParams(max_tokens=4))
-            raise RuntimeError("boom")
-    assert pids and not still_running(pids)
-
-
 RUNNER = """
 import json, signal, sys, backends
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even under a parent that ignores it (nohup, &)
 from backends import Request, SamplingParams
-b = backends.get("vllm", model="tiny-gemma3", warmup=False)
-print(json.dumps([p.pid for p in b.server.process_tree()]), flush=True)
-while True:  # a run in progress: requests until a signal arrives
-    b.generate([Request.from_text("Tell me a long story")] * 4, SamplingParams(max_tokens=64))
+
+def run(b):
+    print(json.dumps([p.pid for p in b.server.process_tree()]), flush=True)
+    while True:  # a run in progress: requests until a signal arrives
+        b.generate([Request.from_text("Tell me a long story")] * 4, SamplingParams(max_tokens=64))
+
+if sys.argv[1] == "with":
+    import psutil
+    pids = []
+    try:
+        with backends.get("vllm", model="tiny-gemma3", warmup=False) as b:
+            pids = [p.pid for p in b.server.process_tree()]
+            run(b)
+    finally:  # after the block, before the interpreter exits: which of the server's processes still run
+        up = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        print(json.dumps(up), flush=True)
+else:
+    run(backends.get("vllm", model="tiny-gemma3", warmup=False))
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_during_a_run_stops_the_server(tiny_text_dir, sig):
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+@pytest.mark.parametrize("sig, style", [(signal.SIGINT, "bare"), (signal.SIGTERM, "with")], ids=["SIGINT", "SIGTERM"])
+def test_signal_or_exception_during_a_run_stops_the_server(tiny_text_dir, sig, style):
+    """A script using the library, stopped mid-run. SIGINT to a script that never closes its backend:
+    the library stops the server at exit. SIGTERM to one that opened it in a `with` block: SIGTERM
+    raises SystemExit inside `generate`, and the exception unwinding through the block stops the
+    server, as any exception raised in a run does."""
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, style], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT)
     try:
         line = proc.stdout.readline()
@@ -128,6 +135,8 @@ def test_signal_during_a_run_stops_the_server(tiny_text_dir, sig):
         if proc.poll() is None:
             proc.kill()
     assert code != 0
+    if style == "with":  # the block itself stopped every process, before the interpreter's exit
+        assert json.loads(proc.stdout.readline()) == [], proc.stderr.read()[-2000:]
     deadline = time.time() + 10
     while still_running(pids) and time.time() < deadline:
         time.sleep(0.2)

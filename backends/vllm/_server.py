@@ -445,12 +445,19 @@ class VllmServer:
         except psutil.NoSuchProcess:
             return []
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM the process group, wait, then SIGKILL whatever is left (group and stragglers)."""
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM the process group, wait, then SIGKILL whatever is left (group and stragglers).
+        The wait: 20 s for a server that became healthy (its shutdown aborts requests in flight and
+        releases its engine), 3 s for one still starting, which has nothing to release and whose
+        processes, interrupted while they spawn and import, may not end on SIGTERM (a SIGTERM to
+        `compare` during start-up then took 25 s to return)."""
         proc = self.proc
         if proc is None:
             return
         import psutil
+
+        if timeout is None:
+            timeout = 20.0 if self.startup_s is not None else 3.0
 
         procs = self.process_tree()
         pgid = proc.pid  # start_new_session: the group id is the leader's pid
