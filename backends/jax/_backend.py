@@ -315,7 +315,7 @@ class JaxBackend(BaseBackend):
             "device": str(jax.devices()[0]), "jax": jax.__version__, "gemma": md.version("gemma"),
             "load_s": self.load_s,
             # compile times depend on it (a program found there is loaded, not compiled); results do not
-            "compilation_cache": jax.config.jax_compilation_cache_dir or None,
+            "compilation_cache": jax.config.values.get("jax_compilation_cache_dir") or None,
         }
 
     def _text_ids(self, request: Request) -> list[int]:
