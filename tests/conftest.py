@@ -167,6 +167,9 @@ def _unit(nodeid: str) -> str:
 
 
 def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` (make test's) with the units above; any other --dist as pytest-xdist has it."""
+    if config.getvalue("dist") != "loadfile":
+        return None
     from xdist.scheduler import LoadFileScheduling
 
     class Units(LoadFileScheduling):
