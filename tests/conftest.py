@@ -103,6 +103,24 @@ def assert_quiet(p) -> None:
     assert not noisy, noisy
 
 
+def assert_engine_core_beside_its_worker(server) -> set[int]:
+    """A managed CPU server's placement: the engine core's threads on its worker's OpenMP cores
+    (the worker in a process of its own, or inside the engine core), the API server's elsewhere.
+    Returns the worker's cores."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.fail("needs 2 or more cores")
+    procs = {p.name(): p for p in server.process_tree()}
+    engine = next(p for n, p in procs.items() if n.startswith("VLLM::EngineCore"))
+    worker = next((p for n, p in procs.items() if n.startswith("VLLM::Worker")), None)
+    cores = set(worker.cpu_affinity()) if worker else set(server.placement["VLLM::EngineCore"])
+    assert cores and cores < set(os.sched_getaffinity(0))
+    assert all(set(os.sched_getaffinity(t.id)) == cores for t in engine.threads())
+    api_cores = {c for t in procs["vllm"].threads() for c in os.sched_getaffinity(t.id)}
+    assert api_cores and not api_cores & cores
+    assert server.placement["VLLM::EngineCore"] == sorted(cores)
+    return cores
+
+
 def still_running(pids) -> list[int]:
     """The pids of `pids` that still run (zombies count as gone)."""
     import psutil

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import assert_engine_core_beside_its_worker
 
 import backends
 from backends import Request, SamplingParams
@@ -24,7 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture()
 def second(tiny_text_dir):
-    with VllmServer(tiny_text_dir / "hf", served_model_name="tiny-gemma3", dtype="float32", max_model_len=1024) as s:
+    """A second server, in vLLM's default CPU layout (its model worker in a process of its own)."""
+    with VllmServer(tiny_text_dir / "hf", served_model_name="tiny-gemma3", dtype="float32", max_model_len=1024,
+                    worker_in_engine_core=False) as s:
         yield s
 
 
@@ -37,6 +40,10 @@ def test_a_group_with_a_server_down_at_start_uses_the_others(vllm_text):
 
 
 def test_a_server_killed_mid_run_loses_nothing(tmp_path, vllm_text, second):
+    # (the second server's layout first: the engine core placed beside its worker process)
+    assert "--distributed-executor-backend" not in second.flags and not second.engine_env
+    assert any(p.name().startswith("VLLM::Worker") for p in second.process_tree())
+    assert_engine_core_beside_its_worker(second)
     out = tmp_path / "out"
     args = [sys.executable, "-m", "harness.cli", "compare", "--model", "tiny-gemma3",
             "--suite", ROOT / "evals" / "smoke.yaml", "--max-tokens", "8", "--vllm-url", f"{vllm_text.url},{second.url}",

@@ -459,6 +459,7 @@ class VllmBackend(BaseBackend):
         }
         if self.server is not None:
             out.update({"flavor": self.server.flavor, "server_flags": self.server.flags,
+                        "server_env": self.server.engine_env,
                         "startup_s": self.server.startup_s, "log": str(self.server.log_path),
                         "cpu_placement": self.server.placement})
         return out
