@@ -102,6 +102,32 @@ def test_engine_core_placed_beside_its_worker(vllm_text):
     assert vllm_text.describe()["cpu_placement"] == server.placement
 
 
+@pytest.mark.parametrize("options, worker_in_engine_core", [
+    ({}, True),
+    ({"tensor_parallel_size": 2}, False),  # a worker process per rank
+    ({"extra_args": ["--distributed-executor-backend", "mp"]}, False),  # the user's executor
+    ({"extra_args": ["--distributed-executor-backend=mp"]}, False),
+    ({"env": {"VLLM_CPU_OMP_THREADS_BIND": "0"}}, False),  # the user's placement
+    ({"env": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}}, False),
+    ({"env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}}, False),
+    ({"worker_in_engine_core": False}, False),
+])
+def test_the_worker_runs_in_the_engine_core_unless_the_user_chose_a_layout(tiny_text_dir, options, worker_in_engine_core):
+    """Only the flags and variables a managed CPU server would get (nothing is started)."""
+    from backends.vllm import VllmServer
+
+    s = VllmServer(tiny_text_dir / "hf", **options)
+    assert s.worker_in_engine_core is worker_in_engine_core
+    assert ("uni" in s.flags) is worker_in_engine_core
+    assert bool(s.engine_env) is worker_in_engine_core
+    if worker_in_engine_core:
+        assert s.engine_env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+        assert s._environment()["OMP_NUM_THREADS"] == s.engine_env["OMP_NUM_THREADS"]
+    env = {**options.get("env", {}), "OMP_NUM_THREADS": "7"}  # the user's thread count stays
+    with_omp = VllmServer(tiny_text_dir / "hf", **{**options, "env": env})
+    assert "OMP_NUM_THREADS" not in with_omp.engine_env and with_omp._environment()["OMP_NUM_THREADS"] == "7"
+
+
 def test_unsupported_input_is_refused_before_sending(vllm_text):
     req = Request(messages=[{"role": "user", "content": [{"type": "image", "array": image(0)}, {"type": "text", "text": "?"}]}])
     with pytest.raises(UnsupportedError, match="image"):
