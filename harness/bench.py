@@ -190,9 +190,14 @@ def run_serving(backend: Backend, workload: Workload, *, max_concurrency: int | 
 
 def run_batched(backend: Backend, workload: Workload, *, batch_size: int,
                 memory_interval: float = MEMORY_INTERVAL_S) -> BatchRun:
-    """One batch size: a warm-up pass over the whole workload (compiles every shape it needs on an
-    engine that compiles), then the measured pass; steady-state tokens/s exclude nothing but are
-    measured after warm-up. Compilations are counted where the engine reports them (`CompileCounting`)."""
+    """One batch size: a warm-up (compiles every shape it needs on an engine that compiles), then
+    the measured pass; steady-state tokens/s exclude nothing but are measured after warm-up.
+
+    Where the engine counts its compilations (`CompileCounting`), the warm-up runs one batch of each
+    (size, output length), the shapes the harness can tell apart, and a measured pass that still
+    compiled (a shape only the engine tells apart, such as a prompt-length bucket) counts as warm-up
+    and is run again; where it does not count them, the warm-up is the whole workload once."""
+    counting = isinstance(backend, CompileCounting)
 
     def compiled() -> tuple[int, float]:
         if isinstance(backend, CompileCounting):
@@ -204,12 +209,16 @@ def run_batched(backend: Backend, workload: Workload, *, batch_size: int,
     for i, n in enumerate(workload.output_lens):
         groups.setdefault(n, []).append(i)
     batches = [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+    first_of_each: dict[tuple[int, int], list[int]] = {}
+    for b in batches:
+        first_of_each.setdefault((len(b), workload.output_lens[b[0]]), b)
+    warm = list(first_of_each.values()) if counting else batches
 
-    def one_pass() -> tuple[float, float, int, int, list[float]]:
+    def one_pass(todo: list[list[int]]) -> tuple[float, float, int, int, list[float]]:
         c0, s0 = compiled()
         t0 = time.perf_counter()
         tokens, per_batch = 0, []
-        for b in batches:
+        for b in todo:
             tb = time.perf_counter()
             gens = backend.generate([workload.requests[i] for i in b], workload.sampling(b[0]))
             per_batch.append(time.perf_counter() - tb)
@@ -217,14 +226,21 @@ def run_batched(backend: Backend, workload: Workload, *, batch_size: int,
         c1, s1 = compiled()
         return time.perf_counter() - t0, s1 - s0, c1 - c0, tokens, per_batch
 
-    warm_s, warm_compile_s, warm_compiles, _, _ = one_pass()
-    with MemorySampler(backend.memory, memory_interval) as mem:
-        dur, compile_s, compiles, tokens, per_batch = one_pass()
+    warm_s, warm_compile_s, warm_compiles, _, _ = one_pass(warm)
+    warm_batches = len(warm)
+    for again in (True, False):
+        with MemorySampler(backend.memory, memory_interval) as mem:
+            dur, compile_s, compiles, tokens, per_batch = one_pass(batches)
+        if not (counting and compiles and again):
+            break
+        warm_s, warm_compile_s, warm_compiles = warm_s + dur, warm_compile_s + compile_s, warm_compiles + compiles
+        warm_batches += len(batches)
     total_in = sum(len(backend.prompt_ids(r)) for r in workload.requests)
     return BatchRun(
         backend=backend.name, level=batch_size, batch_size=batch_size,
         compilations_counted=isinstance(backend, CompileCounting), num_prompts=len(workload.requests),
-        batches=len(batches), warmup_s=warm_s, compile_s=warm_compile_s, compilations_warmup=warm_compiles,
+        batches=len(batches), warmup_batches=warm_batches, warmup_s=warm_s, compile_s=warm_compile_s,
+        compilations_warmup=warm_compiles,
         duration=dur, compilations_after_warmup=compiles, compile_s_after_warmup=compile_s,
         total_input_tokens=total_in, total_output_tokens=tokens,
         output_throughput=tokens / dur, total_token_throughput=(total_in + tokens) / dur,

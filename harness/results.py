@@ -119,6 +119,7 @@ class BatchRun(_Record):
     compilations_counted: bool = True
     num_prompts: int
     batches: int
+    warmup_batches: int | None = None  # batch calls of the warm-up (None in files written before it was recorded)
     warmup_s: float
     compile_s: float
     compilations_warmup: int

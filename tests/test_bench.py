@@ -65,8 +65,19 @@ def test_jax_no_compilation_after_warmup(jax_text):
     wl = bench.synthetic(jax_text, num_prompts=6, input_len=24, output_len=8, seed=0)
     r = bench.run_batched(jax_text, wl, batch_size=3)
     assert r.compilations_counted and r.compilations_after_warmup == 0, r
+    assert r.batches == 2 and r.warmup_batches == 1  # two batches of one shape: one compiles it
     assert r.total_output_tokens == 6 * 8  # ignore_eos: exactly the asked lengths
     assert r.output_throughput > 0 and r.memory.samples >= 1 and (r.memory.peak_rss_bytes or 0) > 0
+
+
+def test_a_shape_the_warmup_missed_makes_the_measured_pass_a_warmup(jax_text):
+    # one batch size and output length, but prompts in two of the engine's length buckets: the
+    # one-batch warm-up compiles only the first; the pass that compiles the second is run again
+    wl = bench.from_requests("two buckets", [Request.from_text("hi", id="short"),
+                                            Request.from_text("word " * 60, id="long")], output_len=4)
+    r = bench.run_batched(jax_text, wl, batch_size=1)
+    assert r.compilations_after_warmup == 0 and r.compilations_warmup >= 2, r
+    assert r.batches == 2 and r.warmup_batches == 1 + 2
 
 
 def test_vllm_run_counts_every_request(vllm_text):
