@@ -388,6 +388,19 @@ def side_pixels(side: Backend, request: Request) -> ImagePixelsResult | None:
     return side.image_pixels(request) if isinstance(side, ImagePixels) else None
 
 
+def pixels_each(side: Backend, reqs: Sequence[Request]) -> list[Any]:
+    """`side_pixels` of each request with images (None for one without), or the error per request."""
+    out: list[Any] = []
+    for r in reqs:
+        try:
+            out.append(side_pixels(side, r) if r.images else None)
+        except BackendGone:
+            raise
+        except ParitybenchError as e:
+            out.append(e)
+    return out
+
+
 def image_pixel_diff(pa: ImagePixelsResult | None, pb: ImagePixelsResult | None) -> float | None:
     """Max |difference| between the normalised pixels two sides feed their vision towers (None
     when a side cannot say)."""
@@ -655,16 +668,19 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
     both = [i for i, (ga, gb) in enumerate(zip(gens_a, gens_b)) if not isinstance(ga, Exception)
             and not isinstance(gb, Exception)]
     both_reqs = [reqs[i] for i in both]
-    a_on_b, b_on_a = side_by_side(lambda: score_each(a, both_reqs, [gens_b[i].token_ids for i in both], top),
-                                  lambda: score_each(b, both_reqs, [gens_a[i].token_ids for i in both], top))
+    # then, on each side, the pixels it feeds its vision tower (the image-preprocessing check)
+    (a_on_b, pix_a), (b_on_a, pix_b) = side_by_side(
+        lambda: (score_each(a, both_reqs, [gens_b[i].token_ids for i in both], top), pixels_each(a, both_reqs)),
+        lambda: (score_each(b, both_reqs, [gens_a[i].token_ids for i in both], top), pixels_each(b, both_reqs)))
     cross = {i: (x, y) for i, x, y in zip(both, a_on_b, b_on_a)}
+    pixels = {i: (x, y) for i, x, y in zip(both, pix_a, pix_b)}
     failing_on_logprobs: list[str] = []
     for k, ((pid, r), ga, gb) in enumerate(zip(runnable, gens_a, gens_b)):
         if isinstance(ga, Exception) or isinstance(gb, Exception):
             errs = [f"{x.name}: {e}" for x, e in ((a, ga), (b, gb)) if isinstance(e, Exception)]
             results[pid] = PromptParity(id=pid, modalities=sorted(r.modalities), verdict="error", reasons=errs)
         else:
-            results[pid] = res = _compare_prompt(a, b, pid, r, ga, gb, tol, top, diffs, cross[k])
+            results[pid] = res = _compare_prompt(a, b, pid, r, ga, gb, tol, top, diffs, cross[k], pixels[k])
             failing = any(c.name == "logprobs" for c in res.causes)
             if failing:
                 failing_on_logprobs.append(pid)
@@ -707,8 +723,10 @@ def _dtype(desc: dict[str, Any]) -> str | None:
 
 
 def _compare_prompt(a: Backend, b: Backend, pid: str, r: Request, ga, gb, tol: Tolerance, top: int,
-                    diffs: list[diagnosis.SettingDiff] | None = None, cross: tuple[Any, Any] = (None, None)) -> PromptParity:
-    """Every check on one prompt; `cross`: a's score of b's output and b's of a's (or the error)."""
+                    diffs: list[diagnosis.SettingDiff] | None = None, cross: tuple[Any, Any] = (None, None),
+                    sides_pixels: tuple[Any, Any] = (None, None)) -> PromptParity:
+    """Every check on one prompt; `cross`: a's score of b's output and b's of a's (or the error);
+    `sides_pixels`: the pixels a and b feed their vision towers (`pixels_each`: or the error)."""
     res = PromptParity(id=pid, modalities=sorted(r.modalities), verdict="pass",
                        a=Side(prompt_ids=ga.prompt_ids, token_ids=ga.token_ids, text=ga.text,
                               finish_reason=ga.finish_reason),
@@ -752,11 +770,11 @@ def _compare_prompt(a: Backend, b: Backend, pid: str, r: Request, ga, gb, tol: T
     # 3. image preprocessing: the pixels each side feeds its vision tower
     pixels: dict[str, ImagePixelsResult | None] = {}
     if r.images:
-        try:
-            pixels = {a.name: side_pixels(a, r), b.name: side_pixels(b, r)}
-            res.image_pixel_max_abs = image_pixel_diff(pixels[a.name], pixels[b.name])
-        except ParitybenchError as e:  # the comparison stands without it
-            res.reasons.append(f"image preprocessing check unavailable: {e}")
+        if err := next((e for e in sides_pixels if isinstance(e, ParitybenchError)), None):
+            res.reasons.append(f"image preprocessing check unavailable: {err}")  # the comparison stands without it
+        else:
+            pixels = {a.name: sides_pixels[0], b.name: sides_pixels[1]}
+            res.image_pixel_max_abs = image_pixel_diff(*sides_pixels)
     # 4. teacher-forced cross-scoring (scored in one batch per side, `compare`)
     pairs: dict[str, tuple[Any, Any]] = {}
     sa_on_b, sb_on_a = cross

@@ -69,6 +69,14 @@ def test_image_to_text_only_model_is_refused(jax_text):
         jax_text.generate([req], SamplingParams(max_tokens=4))
 
 
+def test_a_prompt_beyond_the_models_context_is_refused_in_one_line(jax_text):
+    # as vLLM refuses it (HTTP 400), before anything is compiled for it; the context is 4096 here
+    long = Request.from_text("word " * 4200, id="too-long")
+    with pytest.raises(backends.InputError, match=r"^request too-long: its prompt is \d+ tokens, more than the model's "
+                                                  r"context of 4096 \(max_position_embeddings\); shorten it$"):
+        jax_text.generate([long], SamplingParams(max_tokens=2))
+
+
 def test_backend_honours_protocol(jax_text):
     assert isinstance(jax_text, backends.Backend)
     assert jax_text.capabilities.modalities == {"text"}

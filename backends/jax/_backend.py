@@ -392,6 +392,11 @@ class JaxBackend(BaseBackend):
         if sampling.logprobs > TOP_K_MAX:
             raise InputError(f"logprobs={sampling.logprobs}: the JAX backend returns at most {TOP_K_MAX} alternatives")
         prepared = [(r, self._text_ids(r), self._images(r)) for r in requests]
+        context = self._net_arch().max_position_embeddings
+        for i, (r, ids, _) in enumerate(prepared):  # as vLLM refuses it (gemma would compute past the context)
+            if (n := len(self.prompt_ids(r)) if r.images else len(ids)) > context:
+                raise InputError(f"request {r.id or i}: its prompt is {n} tokens, more than the model's context of "
+                                 f"{context} (max_position_embeddings); shorten it")
         # The sampler batches prompts whose images have the same shapes, padded to the longest:
         # group by image shape and by prompt-length bucket (a long prompt does not pad the short ones).
         groups: dict[tuple[tuple[int, ...] | None, int], list[int]] = {}
