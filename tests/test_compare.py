@@ -259,7 +259,7 @@ def test_requests_that_time_out_are_counted_failures(tmp_path, vllm_text):
     """A per-request deadline shorter than the generation: each prompt is an `error` row naming
     the timeout; the run finishes and reports them."""
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"model: tiny-gemma3\nvllm_url: {vllm_text.url}\nrequest_timeout: 1.0\nmax_tokens: 1500\n"
+    cfg.write_text(f"model: tiny-gemma3\nvllm_url: {vllm_text.url}\nrequest_timeout: 0.5\nmax_tokens: 400\n"
                    f"bench: {{enabled: false}}\n")
     suite = tmp_path / "s.yaml"
     suite.write_text("name: t\nprompts:\n  - id: a\n    messages:\n      - {role: user, content: Hello}\n")
@@ -268,7 +268,7 @@ def test_requests_that_time_out_are_counted_failures(tmp_path, vllm_text):
     assert p.returncode == 1, p.stderr[-2000:]
     [row] = json.loads((out / "results.json").read_text())["parity"]["prompts"]
     assert row["verdict"] == "error"
-    assert any("within 1 s" in why and "raise request_timeout" in why for why in row["reasons"]), row["reasons"]
+    assert any("within 0.5 s" in why and "raise request_timeout" in why for why in row["reasons"]), row["reasons"]
 
 
 def test_results_file_is_typed_and_older_files_still_render(passing, tmp_path):
