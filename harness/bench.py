@@ -238,7 +238,7 @@ def run_batched(backend: Backend, workload: Workload, *, batch_size: int,
     total_in = sum(len(backend.prompt_ids(r)) for r in workload.requests)
     return BatchRun(
         backend=backend.name, level=batch_size, batch_size=batch_size,
-        compilations_counted=isinstance(backend, CompileCounting), num_prompts=len(workload.requests),
+        compilations_counted=counting, num_prompts=len(workload.requests),
         batches=len(batches), warmup_batches=warm_batches, warmup_s=warm_s, compile_s=warm_compile_s,
         compilations_warmup=warm_compiles,
         duration=dur, compilations_after_warmup=compiles, compile_s_after_warmup=compile_s,

@@ -390,15 +390,7 @@ def side_pixels(side: Backend, request: Request) -> ImagePixelsResult | None:
 
 def pixels_each(side: Backend, reqs: Sequence[Request]) -> list[Any]:
     """`side_pixels` of each request with images (None for one without), or the error per request."""
-    out: list[Any] = []
-    for r in reqs:
-        try:
-            out.append(side_pixels(side, r) if r.images else None)
-        except BackendGone:
-            raise
-        except ParitybenchError as e:
-            out.append(e)
-    return out
+    return _one_by_one(lambda i: side_pixels(side, reqs[i]) if reqs[i].images else None, len(reqs))
 
 
 def image_pixel_diff(pa: ImagePixelsResult | None, pb: ImagePixelsResult | None) -> float | None:
@@ -515,15 +507,21 @@ def _each(call: Callable[[list[int]], Sequence[Any]], n: int) -> list[Any]:
     except BackendGone:
         raise
     except ParitybenchError:
-        out: list[Any] = []
-        for i in range(n):
-            try:
-                out.append(call([i])[0])
-            except BackendGone:
-                raise
-            except ParitybenchError as e:
-                out.append(e)
-        return out
+        return _one_by_one(lambda i: call([i])[0], n)
+
+
+def _one_by_one(call: Callable[[int], Any], n: int) -> list[Any]:
+    """`call` on items 0..n-1, one at a time, with the error in place of a failed item's result
+    (a gone backend stops them all)."""
+    out: list[Any] = []
+    for i in range(n):
+        try:
+            out.append(call(i))
+        except BackendGone:
+            raise
+        except ParitybenchError as e:
+            out.append(e)
+    return out
 
 
 def generate_each(backend: Backend, reqs: list[Request], s: SamplingParams) -> list[Any]:
