@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import image
+from conftest import image, perturb_one_tensor, variant
 
 import backends
 from backends import ImagePart, Request, SamplingParams, UnsupportedError
@@ -50,6 +50,22 @@ def test_compile_is_reported_apart(jax_text):
     jax_text.generate(reqs, s)
     again = jax_text.generate(reqs, s)
     assert again[0].timings.compile_s < 0.05 * again[0].timings.e2e_s + 0.01
+
+
+def test_a_second_backend_with_other_weights_scores_and_captures_without_compiling(tmp_path, tiny_text_dir, jax_text):
+    """The scorer and the layer walk take the network as a static argument: a backend whose
+    weights alone differ shares the first one's compilations (and scores differently)."""
+    from backends.jax._backend import compile_stats
+
+    req, cont = Request.from_text(PROMPTS[0]), [500, 501, 502]
+    first = jax_text.score([req], [cont], top_logprobs=2)[0]
+    jax_text.capture_layers(req, cont)
+    with backends.get("jax", model=str(variant(tmp_path, tiny_text_dir, "other", params_fn=perturb_one_tensor))) as b:
+        n = compile_stats().count
+        second = b.score([req], [cont], top_logprobs=2)[0]
+        b.capture_layers(req, cont)
+        assert compile_stats().count == n
+    assert second.logprobs != first.logprobs
 
 
 def test_image_prompt_depends_on_image(jax_vision):

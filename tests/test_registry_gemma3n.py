@@ -15,6 +15,8 @@ from backends import models
 PUBLISHED = json.loads((Path(__file__).parent / "data" / "gemma3n_published_configs.json").read_text())
 # "E2B"/"E4B": the effective size, the parameters without the embedding tables (token and per-layer)
 EFFECTIVE_B = {"E2B": (1.8, 2.0), "E4B": (3.8, 4.0)}
+# all parameters of gemma's text-only model, billions (tests/test_models.py counts the other real entries)
+TOTAL_B = {"E2B": (4.0, 6.0), "E4B": (6.0, 8.5)}
 
 
 @pytest.mark.parametrize("size", ["E2B", "E4B"])
@@ -55,6 +57,11 @@ def test_parameter_counts(size):
     effective = (total - int(np.prod(ple.shape)) - int(np.prod(emb.shape))) / 1e9
     lo, hi = EFFECTIVE_B[size]
     assert lo <= effective <= hi, (total, effective)
+    lo, hi = TOTAL_B[size]
+    assert lo <= total / 1e9 <= hi, total
+    # text-only on JAX in gemma 3.3, everything on vLLM
+    assert spec.jax_modalities == {"text"} and spec.vllm_modalities == {"text", "image", "audio"}
+    assert "text-only" in spec.unsupported["jax"]["audio"]
     # no k/v projections in the KV-shared layers
     kv_layers = {jax.tree_util.keystr(p).split("'")[1] for p, _ in leaves if "kv_einsum" in jax.tree_util.keystr(p)}
     assert len(kv_layers) == arch.num_layers - arch.num_kv_shared_layers

@@ -455,39 +455,10 @@ class JaxBackend(BaseBackend):
 
     # ---------------------------------------------------------------- scoring
 
-    def _make_forward(self, model: Any):
-        """The jitted teacher-forced scorer of `model`: log-probs (chosen and top-k) at `width`
-        positions from `starts` on. Only those positions go through the output layer: the network
-        returns its final-norm hidden states and the logits of every position are never computed
-        (at the 262144-piece vocabulary they are 1 MiB per position: 4 GiB for a 4096-token prompt)."""
-        import jax
-        import jax.numpy as jnp
-
-        def output_layer(m, x):  # the network's own logits layer and soft-cap
-            logits = m.embedder.decode(x)
-            cap = m.config.final_logit_softcap
-            return logits if cap is None else jnp.tanh(logits / cap) * cap
-
-        @functools.partial(jax.jit, static_argnames=("width", "causal_images"))
-        def forward(params, tokens, targets, starts, width, images=None, causal_images=False):
-            B, L = tokens.shape
-            if images is None:
-                Lmm, bidir = L, None
-            else:
-                tmm = _gemma.tokens_with_images(tokens, images, model.config.input_config)
-                Lmm, bidir = tmm.shape[1], (None if causal_images else tmm == -2)
-            mask = _gemma.attention_mask(jnp.ones((B, Lmm), bool), bidir)
-            positions = jnp.broadcast_to(jnp.arange(Lmm)[None], (B, Lmm))
-            hidden = model.apply({"params": params}, tokens=tokens, images=images, positions=positions,
-                                 attention_mask=mask, return_hidden_states=True).hidden_states  # (B, L, D) text positions
-            at = jnp.minimum(starts[:, None] + jnp.arange(width)[None], L - 1)  # (B, width)
-            h = jnp.take_along_axis(hidden, at[..., None], axis=1)
-            logp = jax.nn.log_softmax(model.apply({"params": params}, h, method=output_layer).astype(jnp.float32), axis=-1)
-            chosen = jnp.take_along_axis(logp, jnp.take_along_axis(targets, at, axis=1)[..., None], axis=-1)[..., 0]
-            top_v, top_i = jax.lax.top_k(logp, TOP_K_MAX)
-            return chosen, top_v, top_i
-
-        return forward
+    @staticmethod
+    def _make_forward(model: Any):
+        """The teacher-forced scorer of `model` (see `_scorer`)."""
+        return functools.partial(_scorer(), model=model)
 
     def score(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], *,
               top_logprobs: int = 0) -> list[TokenScores]:
@@ -596,24 +567,7 @@ class JaxBackend(BaseBackend):
 
     @functools.cached_property
     def _walk(self):
-        import jax
-        import jax.numpy as jnp
-
-        model = self._model
-
-        @jax.jit
-        def walk(params, tokens, images=None, reference=None):
-            B, L = tokens.shape
-            if images is None:
-                Lmm, bidir = L, None
-            else:
-                tmm = _gemma.tokens_with_images(tokens, images, model.config.input_config)
-                Lmm, bidir = tmm.shape[1], tmm == -2
-            mask = _gemma.attention_mask(jnp.ones((B, Lmm), bool), bidir)
-            positions = jnp.broadcast_to(jnp.arange(Lmm)[None], (B, Lmm))
-            return model.apply({"params": params}, tokens, images, positions, mask, reference, method=_gemma.walk_layers)
-
-        return walk
+        return functools.partial(_layer_walker(), model=self._model)
 
     # ---------------------------------------------------------------- memory and lifetime
 
@@ -678,6 +632,66 @@ class JaxBackend(BaseBackend):
         self._params = None
         jax.clear_caches()
         gc.collect()
+
+
+# The jitted functions take the network as a static argument, so every backend of a process with an
+# equal network (the same architecture and settings; the weights are an argument) shares their traces
+# and compilations: a second backend of one model, or one whose weights alone differ, compiles nothing.
+
+
+@functools.lru_cache(maxsize=1)
+def _scorer():
+    """Teacher-forced log-probs (chosen and top-k) at `width` positions from `starts` on. Only those
+    positions go through the output layer: the network returns its final-norm hidden states and the
+    logits of every position are never computed (at the 262144-piece vocabulary they are 1 MiB per
+    position: 4 GiB for a 4096-token prompt)."""
+    import jax
+    import jax.numpy as jnp
+
+    def output_layer(m, x):  # the network's own logits layer and soft-cap
+        logits = m.embedder.decode(x)
+        cap = m.config.final_logit_softcap
+        return logits if cap is None else jnp.tanh(logits / cap) * cap
+
+    def forward(params, tokens, targets, starts, width, images=None, causal_images=False, *, model):
+        B, L = tokens.shape
+        if images is None:
+            Lmm, bidir = L, None
+        else:
+            tmm = _gemma.tokens_with_images(tokens, images, model.config.input_config)
+            Lmm, bidir = tmm.shape[1], (None if causal_images else tmm == -2)
+        mask = _gemma.attention_mask(jnp.ones((B, Lmm), bool), bidir)
+        positions = jnp.broadcast_to(jnp.arange(Lmm)[None], (B, Lmm))
+        hidden = model.apply({"params": params}, tokens=tokens, images=images, positions=positions,
+                             attention_mask=mask, return_hidden_states=True).hidden_states  # (B, L, D) text positions
+        at = jnp.minimum(starts[:, None] + jnp.arange(width)[None], L - 1)  # (B, width)
+        h = jnp.take_along_axis(hidden, at[..., None], axis=1)
+        logp = jax.nn.log_softmax(model.apply({"params": params}, h, method=output_layer).astype(jnp.float32), axis=-1)
+        chosen = jnp.take_along_axis(logp, jnp.take_along_axis(targets, at, axis=1)[..., None], axis=-1)[..., 0]
+        top_v, top_i = jax.lax.top_k(logp, TOP_K_MAX)
+        return chosen, top_v, top_i
+
+    return jax.jit(forward, static_argnames=("width", "causal_images", "model"))
+
+
+@functools.lru_cache(maxsize=1)
+def _layer_walker():
+    """The residual stream after the embedding, each block and the final norm (`capture_layers`)."""
+    import jax
+    import jax.numpy as jnp
+
+    def walk(params, tokens, images=None, reference=None, *, model):
+        B, L = tokens.shape
+        if images is None:
+            Lmm, bidir = L, None
+        else:
+            tmm = _gemma.tokens_with_images(tokens, images, model.config.input_config)
+            Lmm, bidir = tmm.shape[1], tmm == -2
+        mask = _gemma.attention_mask(jnp.ones((B, Lmm), bool), bidir)
+        positions = jnp.broadcast_to(jnp.arange(Lmm)[None], (B, Lmm))
+        return model.apply({"params": params}, tokens, images, positions, mask, reference, method=_gemma.walk_layers)
+
+    return jax.jit(walk, static_argnames=("model",))
 
 
 def hf_alignment(arch: GemmaArch) -> ModelSettings:
