@@ -154,7 +154,10 @@ def test_attach_to_running_server(vllm_text):
 
 
 def test_request_timeout_is_a_clear_error(vllm_text):
-    with VllmBackend("tiny-gemma3", url=vllm_text.url, warmup=False, request_timeout=0.2) as b:
+    with VllmBackend("tiny-gemma3", url=vllm_text.url, warmup=False, request_timeout=30) as b:
+        # set after the constructor's own requests: on a loaded machine (CI, two workers) even
+        # GET /v1/models has taken over 0.2 s; 500 tokens always take longer than that
+        b.request_timeout = 0.2
         with pytest.raises(ModelError, match=r"within 0\.2 s.*raise request_timeout"):
             b.generate([Request.from_text("Hello")], SamplingParams(max_tokens=500))
 
