@@ -539,39 +539,47 @@ def jax_compilation_cache() -> None:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
-def main() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    jax_compilation_cache()
-    from backends import ParitybenchError, install_signal_handlers
+def execute(argv: list[str]) -> int:
+    """The command line `argv` (without the program's name) run in this process: its exit code, its
+    errors as one line on stderr. `main` is this with the process's set-up (signals, caches)."""
+    from backends import ParitybenchError
 
-    install_signal_handlers()  # SIGINT / SIGTERM unwind: results kept, servers stopped
     try:
-        code = app(standalone_mode=False)  # click returns a command's typer.Exit code here
+        code = app(argv, prog_name="paritybench", standalone_mode=False)  # click returns a command's typer.Exit code here
     except ParitybenchError as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)  # a server's log tail stays in the results
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted; what was measured so far is in the results files", file=sys.stderr)
-        sys.exit(130)
+        return 130
     except SystemExit as e:
         if e.code == 143:
             print("error: terminated; what was measured so far is in the results files", file=sys.stderr)
         raise
     except typer.Exit as e:
-        sys.exit(e.exit_code)
+        return e.exit_code
     except (typer.BadParameter, typer.Abort) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except Exception as e:  # click usage errors
         import click
 
         if isinstance(e, click.ClickException):
             e.show()
-            sys.exit(2)
+            return 2
         raise
     if code == 130:  # typer turns KeyboardInterrupt into exit code 130
         print("error: interrupted; what was measured so far is in the results files", file=sys.stderr)
-    sys.exit(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    jax_compilation_cache()
+    from backends import install_signal_handlers
+
+    install_signal_handlers()  # SIGINT / SIGTERM unwind: results kept, servers stopped
+    sys.exit(execute(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -97,6 +100,23 @@ def vllm_vision(tiny_vision_dir):
     """A real vLLM server serving tiny-gemma3-vision for the whole session, with its layer-capture
     extension (dev mode; it changes nothing until a capture installs its hooks)."""
     yield from _session_backend("vllm", "tiny-gemma3-vision", layer_capture=True)
+
+
+def cli_in_process(*args, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`paritybench ARGS` run in this test process (`harness.cli.execute`), as `subprocess.run` with
+    `capture_output=True, text=True` reports it. A new process costs about 11 CPU-seconds of
+    imports (JAX, TensorFlow through gemma, transformers) and traces every JAX program again; here
+    the worker's are reused. Tests about the process itself (its console's library noise, signals,
+    the installed command) start one instead."""
+    from harness import cli
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        for k, v in (env or {}).items():
+            mp.setenv(k, v)
+        code = cli.execute(argv)
+    return subprocess.CompletedProcess(["paritybench", *argv], code, out.getvalue(), err.getvalue())
 
 
 # What must never reach the console of a paritybench command (the libraries' own start-up and

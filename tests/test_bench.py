@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import assert_quiet
+from conftest import assert_quiet, cli_in_process
 
 from backends import Request
 from harness import bench
@@ -152,16 +152,13 @@ def test_bench_of_a_suite_prints_each_levels_roofline_at_the_suites_lengths(jax_
     """`paritybench bench` on a suite: the roofline's context is the suite's mean prompt length (its
     token ids) plus half the output; each level's line says what fraction of it the level reached."""
     import json
-    import subprocess
-    import sys
 
     import evals
     from harness import suites
 
     out = tmp_path / "bench.json"
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--backend", "jax", "--model", "tiny-gemma3",
-                        "--suite", str(evals.path("smoke")), "--num-prompts", "5", "--output-len", "4",
-                        "--batch-sizes", "1,2", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    p = cli_in_process("bench", "--backend", "jax", "--model", "tiny-gemma3", "--suite", evals.path("smoke"),
+                       "--num-prompts", "5", "--output-len", "4", "--batch-sizes", "1,2", "--out", out)
     assert p.returncode == 0, p.stderr[-2000:]
     roof = json.loads(out.read_text())["roofline"]
     _, reqs = suites.load(evals.path("smoke"))

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_quiet, perturb_one_tensor, variant
+from conftest import assert_quiet, cli_in_process, perturb_one_tensor, variant
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "out" / "test-artifacts"
@@ -35,7 +35,8 @@ def passing(tmp_path_factory, vllm_vision):
 def failing(tmp_path_factory, tiny_vision_dir, vllm_vision):
     d = variant(tmp_path_factory.mktemp("models"), tiny_vision_dir, "perturbed", params_fn=perturb_one_tensor)
     out = tmp_path_factory.mktemp("compare") / "fail"
-    p = cli("compare", "--vllm-url", vllm_vision.url, "--jax-model", d, "--out", out, "--no-bench", "--max-tokens", "12")
+    p = cli_in_process("compare", "--vllm-url", vllm_vision.url, "--jax-model", d, "--out", out, "--no-bench",
+                       "--max-tokens", "12")
     return out, p
 
 
@@ -154,7 +155,7 @@ def test_perturbed_model_fails_with_exit_1(failing):
 def test_report_on_two_runs_shows_what_changed(passing, failing, tmp_path):
     (a, pa), (b, pb) = passing, failing
     assert pa.returncode == 0 and pb.returncode == 1
-    p = cli("report", a, b, "--out", tmp_path)
+    p = cli_in_process("report", a, b, "--out", tmp_path)
     assert p.returncode == 0, p.stderr
     assert "overall verdict: warn -> fail" in p.stdout
     assert "changed verdicts" in p.stdout and "qa-capital" in p.stdout
@@ -164,7 +165,7 @@ def test_report_on_two_runs_shows_what_changed(passing, failing, tmp_path):
     assert (tmp_path / "diff.html").is_file()
     # one run: re-rendered in place
     (a / "report.html").unlink()
-    p = cli("report", a)
+    p = cli_in_process("report", a)
     assert p.returncode == 0 and (a / "report.html").is_file()
 
 
@@ -244,8 +245,8 @@ def test_a_prompt_the_server_rejects_is_a_counted_failure_and_the_run_goes_on(tm
                      "  - id: too-long\n    messages:\n      - role: user\n        content:\n"
                      "          - {type: text, file: too_long.txt}\n")
     out = tmp_path / "run"
-    p = cli("compare", "--model", "tiny-gemma3", "--vllm-url", vllm_text.url, "--suite", suite, "--no-bench",
-            "--max-tokens", "4", "--out", out)
+    p = cli_in_process("compare", "--model", "tiny-gemma3", "--vllm-url", vllm_text.url, "--suite", suite,
+                       "--no-bench", "--max-tokens", "4", "--out", out)
     assert p.returncode == 1, p.stderr[-2000:]
     r = json.loads((out / "results.json").read_text())
     rows = {x["id"]: x for x in r["parity"]["prompts"]}
@@ -264,7 +265,7 @@ def test_requests_that_time_out_are_counted_failures(tmp_path, vllm_text):
     suite = tmp_path / "s.yaml"
     suite.write_text("name: t\nprompts:\n  - id: a\n    messages:\n      - {role: user, content: Hello}\n")
     out = tmp_path / "run"
-    p = cli("compare", "--config", cfg, "--suite", suite, "--out", out)
+    p = cli_in_process("compare", "--config", cfg, "--suite", suite, "--out", out)
     assert p.returncode == 1, p.stderr[-2000:]
     [row] = json.loads((out / "results.json").read_text())["parity"]["prompts"]
     assert row["verdict"] == "error"
@@ -294,7 +295,7 @@ def test_results_file_is_typed_and_older_files_still_render(passing, tmp_path):
             r.pop("compilations_counted", None)
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "results.json").write_text(json.dumps(old))
-    r = cli("report", tmp_path / "old")
+    r = cli_in_process("report", tmp_path / "old")
     assert r.returncode == 0, r.stderr[-2000:]
     md = (tmp_path / "old" / "report.md").read_text()
     assert "paged KV cache" in md and "output tok/s (best, at concurrency" in md

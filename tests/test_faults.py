@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import cli_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 # A vLLM sweep of several seconds, so a fault sent as parity ends lands while it runs (and a resumed
@@ -124,8 +125,7 @@ def test_sigint_mid_parity_keeps_results_stops_the_server_and_resumes(tmp_path, 
     assert_no_server_left(out)
     # --resume completes the run: the prompts measured are reused (not redone), the rest and the
     # bench levels run, on a new managed server (started with the same planted key)
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "compare", "--resume", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=900, env={**os.environ, "VLLM_API_KEY": KEY})
+    p = cli_in_process("compare", "--resume", out, env={"VLLM_API_KEY": KEY})
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads((out / "results.json").read_text())
     assert "error" not in r and r["verdict"] == "pass"

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import variant
+from conftest import cli_in_process, variant
 
 import backends
 from backends import InputError, ModelError, Request, SamplingParams, UnsupportedError, models
@@ -235,8 +233,7 @@ def test_a_real_difference_is_not_excused_by_the_settings(tmp_path, g3n_dir, hf3
 
 
 def test_converting_gemma3n_to_hf_without_towers_is_one_clear_error(tmp_path, g3n_dir):
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "convert", str(g3n_dir), str(tmp_path / "out"),
-                        "--to", "hf"], capture_output=True, text=True)
+    p = cli_in_process("convert", g3n_dir, tmp_path / "out", "--to", "hf")
     assert p.returncode == 2, p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "--towers" in lines[0], p.stderr

@@ -17,7 +17,7 @@ import backends
 from backends import ImagePart, LayerStates, Message, Request, TextPart, models
 from harness import parity
 from harness.localize import THRESHOLD, layer_rows, localize
-from tests.conftest import image
+from tests.conftest import cli_in_process, image
 
 ARCH = models.GemmaArch(
     vocab_size=1024, embed_dim=96, hidden_dim=160, num_heads=4, head_dim=64, num_kv_heads=1,
@@ -173,15 +173,13 @@ prompts:
 
 
 def _compare(tmp_path: Path, hf: Path, *extra: str, config: str | None = None):
-    from tests.test_compare import cli
-
     (tmp_path / "two.yaml").write_text(SUITE)
     args = ["compare", "--model", hf, "--suite", tmp_path / "two.yaml", "--no-bench", "--max-tokens", "8",
             "--out", tmp_path / "out", *extra]
     if config is not None:
         (tmp_path / "config.yaml").write_text(config)
         args += ["--config", tmp_path / "config.yaml"]
-    p = cli(*args)
+    p = cli_in_process(*args)
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     return p, results
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_engine_core_beside_its_worker
+from conftest import assert_engine_core_beside_its_worker, cli_in_process
 
 import backends
 from backends import Request, SamplingParams
@@ -70,8 +70,7 @@ def test_a_server_killed_mid_run_loses_nothing(tmp_path, vllm_text, second):
     assert all(run["completed"] == run["num_prompts"] for run in r["bench"]["vllm"]["runs"])
     assert second.base_url in r["setup"]["vllm"]["describe"]["left_out"]
     # the run continues from its folder with the dead server left out at start
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "compare", "--resume", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=900)
+    p = cli_in_process("compare", "--resume", out)
     assert p.returncode == 0, p.stderr[-3000:]
     left = json.loads((out / "results.json").read_text())["setup"]["vllm"]["describe"]["left_out"]
     assert second.base_url in left, left
