@@ -2,7 +2,7 @@
 # Create (or reuse) the harness environment and link it at .venv.
 #
 # The dependencies are several GB, so they live in a cache outside the clone, keyed by the hash of
-# the lock file and pyproject.toml: a fresh machine builds them from nothing (about 5 minutes), a
+# the lock file and pyproject.toml: a fresh machine builds them from nothing (about a minute), a
 # second clone or a CI run on the same machine reuses them. The project itself is never installed
 # there: each clone gets its own small .venv (no packages of its own, made in a second) that sees
 # the cached dependencies and this clone's code, so two clones side by side each run their own.
@@ -23,15 +23,17 @@ if ! command -v "$PYTHON" >/dev/null; then
 fi
 
 if [ ! -f "$ENV_DIR/.complete" ]; then
-  echo "[paritybench] building the harness environment in $ENV_DIR (first time: about 5 minutes)"
+  echo "[paritybench] building the harness environment in $ENV_DIR (first time: about 1 minute)"
   rm -rf "$ENV_DIR"
   mkdir -p "$CACHE"
   start=$(date +%s)
   "$PYTHON" -m venv "$ENV_DIR"
-  # --no-compile: pip would byte-compile all ~30,000 .py files (about 80 CPU-seconds on these
-  # machines); Python compiles the ones a process imports, once, and keeps them in the environment.
-  if ! "$ENV_DIR/bin/pip" install --disable-pip-version-check --no-compile -c constraints/harness.txt \
-      "setuptools>=61" -e ".[test]" > "$CACHE/pip-harness-$KEY.log" 2>&1; then
+  # uv, with the machine's pip configuration (scripts/install_into.py); no byte-compiling of all
+  # ~30,000 .py files (about 80 CPU-seconds on these machines): Python compiles the ones a process
+  # imports, once, and keeps them in the environment.
+  : > "$CACHE/pip-harness-$KEY.log"
+  if ! "$PYTHON" scripts/install_into.py "$ENV_DIR" "$CACHE/pip-harness-$KEY.log" -- -c constraints/harness.txt \
+      "setuptools>=61" -e ".[test]"; then
     grep -v "^WARNING: Location" "$CACHE/pip-harness-$KEY.log" | tail -20 >&2
     echo "error: installing the harness environment failed; full log: $CACHE/pip-harness-$KEY.log" >&2
     exit 2
