@@ -202,8 +202,9 @@ def perturb_one_tensor(params):
 # group under pytest 9, whose test ids it no longer changes.)
 VISION_FILES = ("tests/test_compare.py", "tests/test_localize.py", "tests/test_parity_engine.py",
                 "tests/test_three_way.py", "tests/test_vllm_vision.py", "tests/parity/test_parity.py")
-# Then the other files of more than ~25 s (from nothing, 2026-12-03), longest first, so that the
-# last unit either worker takes is a short one (the other worker idled ~80 s at the end before).
+# After the files that start vLLM servers come the other files of more than ~25 s (from nothing,
+# 2026-12-03), longest first: the last unit either worker takes is then a short one (with these
+# files in file order, one worker idled ~80 s at the end).
 HEAVY_FIRST = ("vllm_vision", "tests/test_faults.py", "tests/test_sides.py", "tests/test_vllm_failures.py",
                "tests/test_gemma3n.py", "tests/test_vllm_gemma3n.py", "tests/test_vllm_pool.py",
                "tests/test_backends_common.py", "tests/test_vllm_backend.py",
