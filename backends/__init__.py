@@ -40,7 +40,7 @@ from ._protocol import (
 )
 from ._quiet import log_into as keep_library_log_in
 from ._signals import install_signal_handlers, stop_point
-from ._system import peak_rss_bytes
+from ._system import cpu_features, describe_cpu, peak_rss_bytes
 from ._types import (
     AudioPart,
     Capabilities,
@@ -62,6 +62,6 @@ __all__ = [
     "AudioPart", "Backend", "BackendGone", "BaseBackend", "Capabilities", "CausalImageScoring", "CompileCount",
     "CompileCounting", "Generation", "ImagePart", "ImagePixels", "ImagePixelsResult", "InputError", "LayerCapture", "LayerStates",
     "MemorySnapshot", "Message", "Modality", "ModelError", "ModelSettings", "SettingsRescoring", "ModelSpec", "ParitybenchError", "REGISTRY", "Request",
-    "SamplingParams", "TextPart", "TimedStreaming", "Timings", "TokenScores", "UnsupportedError", "check_options", "engine_class", "import_libraries", "option_names",
+    "SamplingParams", "TextPart", "TimedStreaming", "Timings", "TokenScores", "UnsupportedError", "check_options", "cpu_features", "describe_cpu", "engine_class", "import_libraries", "option_names",
     "engines", "get", "get_spec", "install_signal_handlers", "keep_library_log_in", "media", "peak_rss_bytes", "stop_point", "vllm_env_dir",
 ]

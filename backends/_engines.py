@@ -58,11 +58,15 @@ def option_names(name: str) -> list[str]:
 
 
 def check_options(name: str, options: dict[str, Any]) -> None:
-    """Refuse, in one line, an option engine `name` does not take (before anything starts)."""
+    """Refuse, in one line, an option engine `name` does not take, or options this machine cannot
+    run with it (the engine's `check_machine`), before anything starts."""
     accepted = option_names(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise InputError(f"the {name} engine takes no option {unknown[0]!r}; its options: {', '.join(accepted)}")
+    check_machine = getattr(engine_class(name), "check_machine", None)
+    if check_machine is not None:  # what this machine cannot run with these options
+        check_machine(options)
 
 
 def get(name: str, *, model: str, **options: Any) -> Backend:

@@ -74,7 +74,11 @@ def hardware() -> dict[str, Any]:
         gpus = [g.strip() for g in p.stdout.splitlines() if g.strip()] if p.returncode == 0 else []
     except (OSError, subprocess.TimeoutExpired):
         gpus = []
+    from backends import cpu_features, describe_cpu
+
+    features = cpu_features()  # engines pick kernels (and refuse options) by these
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cpu_isa": describe_cpu(features), "cpu_features": sorted(features),
             "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "gpus": gpus}
 
 

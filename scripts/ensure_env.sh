@@ -16,6 +16,7 @@ PYTHON="${PYTHON:-python3.11}"
 CACHE="${PARITYBENCH_ENV_CACHE:-$HOME/.cache/paritybench/envs}"
 KEY="$(cat constraints/harness.txt pyproject.toml | sha256sum | cut -c1-16)"
 ENV_DIR="$CACHE/harness-py311-$KEY"
+source scripts/native_check.sh
 
 if ! command -v "$PYTHON" >/dev/null; then
   echo "error: $PYTHON not found; paritybench needs Python 3.11 (gemma 3.3 is the newest gemma for it). Set PYTHON=/path/to/python3.11." >&2
@@ -38,14 +39,17 @@ if [ ! -f "$ENV_DIR/.complete" ]; then
     echo "error: installing the harness environment failed; full log: $CACHE/pip-harness-$KEY.log" >&2
     exit 2
   fi
-  "$ENV_DIR/bin/python" -c "import gemma, jax, torch, transformers" \
-      || { echo "error: the harness environment in $ENV_DIR is broken (see pip output above)" >&2; exit 2; }
+  check_native harness "$ENV_DIR" "$CACHE/pip-harness-$KEY.log" || exit 2
   "$ENV_DIR/bin/pip" uninstall --quiet --yes paritybench > /dev/null  # the dependencies stay; the code is each clone's
   "$ENV_DIR/bin/pip" freeze --exclude-editable > "$ENV_DIR/installed.txt"
   echo "$(( $(date +%s) - start ))" > "$ENV_DIR/.build_seconds"
   touch "$ENV_DIR/.complete"
   echo "[paritybench] environment ready in $(cat "$ENV_DIR/.build_seconds")s, $(du -sh "$ENV_DIR" | cut -f1)"
 fi
+
+# Every native import loads (again when scripts/check_native.py changed, also in an environment
+# built before it existed).
+check_native harness "$ENV_DIR" "$CACHE/pip-harness-$KEY.log" || exit 2
 
 # An environment built before clones had their own .venv held an editable install of one clone.
 if compgen -G "$ENV_DIR/lib/python3.11/site-packages/__editable__*paritybench*" > /dev/null; then

