@@ -18,6 +18,7 @@ the libraries themselves print goes to stderr.
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
 import re
 import subprocess
 import sys
@@ -197,7 +198,8 @@ def run_check(check: Check, failed_libraries: set[str]) -> tuple[str, str] | Non
         return label, f"{label} does not work: {text[:300]}"
     if check.own_library:
         files = _loaded(check.own_library)
-        own = [f for f in files if f.startswith(sys.prefix)]
+        prefix = os.path.realpath(sys.prefix)  # the environment may be reached through a link (.venv-vllm)
+        own = [f for f in files if os.path.realpath(f).startswith(prefix + os.sep)]
         if not own:
             where = files[0] if files else "nothing"
             return label, (f"{label} loads {where}, not a {check.own_library} of its own (its wheel has none): "
