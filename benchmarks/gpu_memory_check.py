@@ -1,3 +1,4 @@
+# mypy: check-untyped-defs
 """Checks paritybench's GPU memory readings against known allocations, on a machine with a GPU.
 
 What the memory sections of `paritybench bench` report on GPU comes from two places:
@@ -51,7 +52,8 @@ def jax_side() -> None:
     held = memory_snapshot()
     grew = (held.device_bytes_in_use or 0) - (before.device_bytes_in_use or 0)
     check("jax bytes_in_use grows by a 1 GiB array", abs(grew - GIB) < 0.02 * GIB, f"{grew / GIB:.3f} GiB")
-    check("jax live arrays count it", held.live_array_bytes >= GIB, f"{held.live_array_bytes / GIB:.3f} GiB")
+    live = held.live_array_bytes or 0
+    check("jax live arrays count it", live >= GIB, f"{live / GIB:.3f} GiB")
 
     @jax.jit
     def step(a):
@@ -62,9 +64,9 @@ def jax_side() -> None:
         for _ in range(20):
             step(x).block_until_ready()
     s = mem.summary()
-    peak = s.get("peak_device_peak_bytes") or 0
+    peak = s.peak_device_peak_bytes or 0
     check("jax peak_bytes_in_use sees the program's temporaries", peak >= 2 * GIB - 0.02 * GIB,
-          f"peak {peak / GIB:.3f} GiB over {s['samples']} samples (array 1 GiB + temporaries)")
+          f"peak {peak / GIB:.3f} GiB over {s.samples} samples (array 1 GiB + temporaries)")
     del x
     after = memory_snapshot()
     check("jax bytes_in_use falls back when the array is freed",
@@ -87,6 +89,7 @@ def nvml_side() -> None:
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(2 * GIB)], stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
     try:
+        assert child.stdout is not None
         reserved = int(child.stdout.readline())
         time.sleep(1.0)
         seen = nvml_process_bytes([child.pid])

@@ -1,3 +1,4 @@
+# mypy: check-untyped-defs
 """The JAX engine's decode throughput at batch 1, 2, 4, 8, 16 on both tiny models, next to a
 roofline estimate from this machine's measured matmul throughput and memory bandwidth, and a
 profile of each batch: the XLA operation that takes the most time.
@@ -31,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-import backends  # noqa: E402
 from backends import SamplingParams  # noqa: E402
+from backends.jax import JaxBackend  # noqa: E402
 from harness import bench  # noqa: E402
 
 BATCHES = (1, 2, 4, 8, 16)
@@ -106,7 +107,9 @@ def profile(b, reqs, s: SamplingParams, steps: int) -> tuple[str, float, float, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="tiny-gemma3,tiny-gemma3-vision")
+    ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="batch sizes (smoke run: 1,2)")
     args = ap.parse_args()
+    batches = [int(x) for x in args.batches.split(",")]
     flops_peak, bandwidth = machine_peaks()
     print(f"machine: matmul {flops_peak / 1e9:.1f} GFLOP/s, memory read {bandwidth / 1e9:.1f} GB/s (XLA, float32)")
     print(f"workload: {INPUT_LEN} prompt tokens, {OUTPUT_LEN} output tokens per request, end tokens ignored\n")
@@ -114,12 +117,12 @@ def main() -> None:
               f"{'XLA ms/step':>11}  {'top XLA op':<22} {'op ms/step':>10} {'op share':>8}")
     print(header)
     for model in args.models.split(","):
-        with backends.get("jax", model=model) as b:
+        with JaxBackend(model) as b:
             arch = b.arch
             matmul, nbytes, table = text_weights(b)
-            wl = bench.synthetic(b, num_prompts=max(BATCHES), input_len=INPUT_LEN, output_len=OUTPUT_LEN, seed=0)
+            wl = bench.synthetic(b, num_prompts=max(batches), input_len=INPUT_LEN, output_len=OUTPUT_LEN, seed=0)
             s = SamplingParams(max_tokens=OUTPUT_LEN, ignore_eos=True, return_logprobs=False)
-            for batch in BATCHES:
+            for batch in batches:
                 run = bench.run_batched(b, wl, batch_size=batch)
                 cache_length = max(c for _, c, _ in b._samplers)
                 kv_dim = arch.num_kv_heads * arch.head_dim

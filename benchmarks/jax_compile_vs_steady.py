@@ -1,3 +1,4 @@
+# mypy: check-untyped-defs
 """First-call (compile) vs steady-state time of the JAX backend on tiny-gemma3.
 
 Both are measured in one run, on the same prompts and batch: the first `generate` call compiles

@@ -1,3 +1,4 @@
+# mypy: check-untyped-defs
 """paritybench's JAX backend vs a bare `gm.text.Sampler` loop: steady-state output tokens/s.
 
 Same model object, parameters, prompts (the chat-rendered text the backend feeds), batch, sampler
@@ -22,10 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-import backends  # noqa: E402
 from backends import SamplingParams  # noqa: E402
 from backends import models as tok  # noqa: E402
-from backends.jax import PAD_BUCKETS, without_end_tokens  # noqa: E402
+from backends.jax import PAD_BUCKETS, JaxBackend, without_end_tokens  # noqa: E402
 from harness import bench  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     import jax
     from gemma import gm
 
-    with backends.get("jax", model=args.model) as b:
+    with JaxBackend(args.model) as b:
         wl = bench.synthetic(b, num_prompts=args.batch, input_len=args.input_len, output_len=args.output_len)
         s = SamplingParams(max_tokens=args.output_len, ignore_eos=True, return_logprobs=False)
         b.generate(wl.requests, s)  # compiles; the backend picks its sampler settings

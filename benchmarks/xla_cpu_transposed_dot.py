@@ -1,3 +1,4 @@
+# mypy: check-untyped-defs
 """XLA:CPU's dot against a transposed operand, at the batch sizes of a decode step.
 
 gemma's `Embedder.decode` computes the logits as `jnp.dot(x, table.T)` with the [vocab, D]

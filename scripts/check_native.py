@@ -128,9 +128,10 @@ def _torchvision() -> object:
 
 
 def _vllm() -> object:
-    import vllm._custom_ops  # the compiled kernels for this CPU
+    import torch
     from vllm.platforms import current_platform
-    return current_platform.device_type
+    current_platform.import_kernels()  # the kernel library for this CPU (AVX2, AVX-512 or AMX build)
+    return torch.ops._C.rms_norm  # one of its kernels: AttributeError where the library did not load
 
 
 def _cv2() -> object:

@@ -48,6 +48,7 @@ from .._base import MAX_TOP_LOGPROBS, BaseBackend
 from .._envs import SCRIPTS, env_flavor, vllm_python
 from .._errors import BackendGone, InputError, ModelError, ParitybenchError, UnsupportedError
 from .._protocol import ImagePixelsResult, LayerStates
+from .._system import cpu_features
 from .._types import (
     AudioPart,
     Capabilities,
@@ -61,7 +62,6 @@ from .._types import (
     Timings,
     TokenScores,
 )
-from .._system import cpu_features
 from ._server import VllmServer, advice_for, attach, cpu_refusal, root_url
 
 if TYPE_CHECKING:
