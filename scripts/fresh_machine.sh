@@ -14,8 +14,8 @@
 #      inductor's and vLLM's), PARITYBENCH_ENV_CACHE and PARITYBENCH_CACHE under it, pip's cache off;
 #   4. checks that no libsndfile was on the system while `make demo` ran, and writes the times and
 #      exit codes to WORK/summary.txt (the logs beside it).
-# The machine's Python (pyenv, PYENV_ROOT) and pip configuration (/etc: the package indexes) are
-# what a new machine has too, and are kept.
+# The machine's Python (pyenv, PYENV_ROOT) and pip configuration (/etc and the user's: the package
+# indexes) are what a new machine has too, and are kept.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
@@ -40,6 +40,11 @@ fi
 say "libsndfile on the system before make demo: $(ldconfig -p | grep -c libsndfile) (0: none)"
 
 git clone -q "$REPO" "$WORK/clone" && git -C "$WORK/clone" log --oneline -1 | sed 's/^/[fresh] commit /' | tee -a "$SUMMARY"
+# pip's user configuration (on this kind of machine ~/.config/pip/pip.conf lists the extra package
+# indexes, where soundfile is offered as two wheels) is part of a new machine: it comes along
+for conf in .config/pip/pip.conf .pip/pip.conf; do
+  if [ -f "$HOME/$conf" ]; then mkdir -p "$(dirname "$WORK/home/$conf")" && cp "$HOME/$conf" "$WORK/home/$conf"; fi
+done
 export HOME="$WORK/home" PARITYBENCH_ENV_CACHE="$WORK/home/.cache/paritybench/envs"
 export PARITYBENCH_CACHE="$WORK/home/.cache/paritybench" PIP_NO_CACHE_DIR=1 UV_CACHE_DIR="$WORK/home/.cache/uv"
 cd "$WORK/clone"
@@ -48,6 +53,8 @@ start=$(date +%s)
 make demo > "$WORK/demo.log" 2>&1; demo=$?
 say "make demo: exit $demo in $(( $(date +%s) - start )) s (log: $WORK/demo.log)"
 say "libsndfile on the system after make demo: $(ldconfig -p | grep -c libsndfile)"
+say "pip's indexes: $(pip config list 2>/dev/null | grep -c index-url) index-url settings; what the native check repaired:"
+grep -h '^check_native' "$PARITYBENCH_ENV_CACHE"/pip-*.log | cut -c1-200 | sed 's/^/[fresh]   /' | tee -a "$SUMMARY"
 
 start=$(date +%s)
 CI=true make test > "$WORK/test.log" 2>&1; test=$?
