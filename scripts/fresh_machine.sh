@@ -6,8 +6,9 @@
 #   sudo scripts/fresh_machine.sh [WORK]      # WORK: default /tmp/paritybench-fresh (emptied)
 #
 # What it does, in order (it changes the machine: run it on a development machine, never in CI):
-#   1. removes Debian's chromium, if installed (`make test` installs it again, as on a new machine),
-#      and libsndfile1 with `dpkg --remove --force-depends` (chromium's libpulse0 depends on it);
+#   1. removes Debian's chromium, if installed, and what it brought (apt-get autoremove: libpulse0,
+#      libsndfile1, ...; `make test` installs them again, as on a new machine), and libsndfile1 with
+#      `dpkg --remove --force-depends` if something else still holds it;
 #   2. clones this repository's HEAD into WORK/clone;
 #   3. runs `make demo`, then `make test`, in that clone with everything cached somewhere new and
 #      empty: HOME=WORK/home (so ~/.cache/paritybench, uv's and pip's caches, Hugging Face's,
@@ -29,12 +30,17 @@ say() { echo "[fresh] $*" | tee -a "$SUMMARY"; }
 
 say "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
 say "CPU flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|avx512f|avx512_bf16|amx_tile)$' | xargs)"
+export DEBIAN_FRONTEND=noninteractive
+# a state an earlier forced removal left (libpulse0 without libsndfile1) is repaired first: apt
+# refuses to install anything (chromium, in make test) while a dependency is missing
+apt-get install -f -y -qq > "$WORK/apt-remove.log" 2>&1
 if dpkg -s chromium >/dev/null 2>&1; then
-  say "removing chromium (make test installs it again)"
-  DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq chromium > "$WORK/apt-remove.log" 2>&1
+  say "removing chromium and what it brought (libpulse0, libsndfile1, ...): make test installs them again"
+  apt-get remove -y -qq chromium >> "$WORK/apt-remove.log" 2>&1
 fi
-if dpkg -s libsndfile1 >/dev/null 2>&1; then
-  say "removing libsndfile1 (dpkg --remove --force-depends)"
+apt-get autoremove -y -qq >> "$WORK/apt-remove.log" 2>&1
+if dpkg -s libsndfile1 >/dev/null 2>&1; then  # something installed by hand needs it: removed anyway
+  say "removing libsndfile1 (dpkg --remove --force-depends; apt's dependencies stay broken until make test's apt-get)"
   dpkg --remove --force-depends libsndfile1 >> "$WORK/apt-remove.log" 2>&1
 fi
 say "libsndfile on the system before make demo: $(ldconfig -p | grep -c libsndfile) (0: none)"
