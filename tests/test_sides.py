@@ -16,7 +16,16 @@ SIDES = [{"name": "ref", "engine": "vllm"}, {"name": "kv8", "engine": "vllm", "o
          {"name": "jax", "engine": "jax", "options": {"dtype": "bfloat16"}, "bound": 0.2}]
 
 
-def test_named_sides_pairs_options_and_models():
+@pytest.fixture
+def cpu_with_amx(monkeypatch):
+    """Configuration tests with an fp8 KV-cache side, on any CPU: that side is refused before
+    anything starts where AVX-512 and AMX are missing (tested below)."""
+    from backends.vllm import _backend
+
+    monkeypatch.setattr(_backend, "cpu_features", lambda: frozenset({"avx2", "avx512f", "amx_tile"}))
+
+
+def test_named_sides_pairs_options_and_models(cpu_with_amx):
     c = cfg.with_overrides(cfg.CompareConfig(), sides=SIDES, reference="ref", model="tiny-gemma3", jax_model="other")
     assert c.backends == ["ref", "kv8", "jax"]
     assert c.pairs() == [("ref", "kv8"), ("ref", "jax")]
