@@ -57,7 +57,8 @@ def cpu_features(cpuinfo: str | None = None) -> frozenset[str]:
 
 
 def describe_cpu(features: frozenset[str]) -> str:
-    """'AVX2 only', 'AVX-512, no AMX', 'AMX': the highest of the levels engines tell apart."""
+    """The highest of the levels engines tell apart, in words: 'AMX', 'AVX-512 (no AMX)',
+    'AVX2 only (no AVX-512, no AMX)' or 'no AVX2'."""
     if "amx_tile" in features:
         return "AMX"
     if "avx512f" in features:

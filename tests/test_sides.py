@@ -20,9 +20,9 @@ SIDES = [{"name": "ref", "engine": "vllm"}, {"name": "kv8", "engine": "vllm", "o
 def cpu_with_amx(monkeypatch):
     """Configuration tests with an fp8 KV-cache side, on any CPU: that side is refused before
     anything starts where AVX-512 and AMX are missing (tested below)."""
-    from backends.vllm import _backend
+    from backends.vllm import _server
 
-    monkeypatch.setattr(_backend, "cpu_features", lambda: frozenset({"avx2", "avx512f", "amx_tile"}))
+    monkeypatch.setattr(_server, "cpu_features", lambda: frozenset({"avx2", "avx512f", "amx_tile"}))
 
 
 def test_named_sides_pairs_options_and_models(cpu_with_amx):

@@ -33,7 +33,6 @@ rebuilt model, checked against a corpus as the issue asks.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import InputError, ModelError
+from ._checkpoint import file_sha256
 
 # llama.cpp name -> Hugging Face Gemma3ForCausalLM name ("{i}": the block)
 HF_NAMES = {
@@ -91,14 +91,6 @@ class GgufModel:
     file_type: int | None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _reader(path: Path):
     try:
         from gguf import GGUFReader
@@ -124,7 +116,7 @@ def read_gguf(path: Path | str, *, expect_sha256: str | None = None) -> GgufMode
     from gguf.quants import dequantize
 
     path = Path(path)
-    sha = _sha256(path) if path.is_file() else ""
+    sha = file_sha256(path) or ""
     if expect_sha256 is not None and sha != expect_sha256:
         raise InputError(f"{path}: sha256 {sha[:16]}... is not the expected {expect_sha256[:16]}...; "
                          "the file is truncated or altered: assemble or download it again")
@@ -199,7 +191,8 @@ def read_gguf(path: Path | str, *, expect_sha256: str | None = None) -> GgufMode
             raise ModelError(f"{path}: tensor {t.name} is stored as {qtype.name}, which the gguf package cannot "
                              "dequantize; convert the model with another quantization type") from None
         shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists the fastest dimension first
-        w = w.reshape(shape) if w.size == int(np.prod(shape)) else w
+        if w.shape != shape:
+            raise ModelError(f"{path}: tensor {t.name} dequantized to {w.shape}, not {shape}")
         if t.name.endswith("_norm.weight"):
             w = w - np.float32(NORM_SHIFT)
         tensors[name], stored[name] = w, qtype.name

@@ -48,7 +48,6 @@ from .._base import MAX_TOP_LOGPROBS, BaseBackend
 from .._envs import SCRIPTS, env_flavor, vllm_python
 from .._errors import BackendGone, InputError, ModelError, ParitybenchError, UnsupportedError
 from .._protocol import ImagePixelsResult, LayerStates
-from .._system import cpu_features
 from .._types import (
     AudioPart,
     Capabilities,
@@ -62,7 +61,7 @@ from .._types import (
     Timings,
     TokenScores,
 )
-from ._server import VllmServer, advice_for, attach, cpu_refusal, root_url
+from ._server import VllmServer, advice_for, attach, check_cpu, root_url
 
 if TYPE_CHECKING:
     import aiohttp
@@ -213,13 +212,11 @@ class VllmBackend(BaseBackend):
         """Refuse, before anything starts, a managed server that this machine's vLLM would refuse
         (an fp8 KV cache on a CPU without AVX-512 or AMX: `cpu_refusal`). An attached server runs
         elsewhere: nothing to check here."""
-        if options.get("url") is not None or env_flavor(options.get("vllm_env")) != "cpu":
+        if options.get("url") is not None:
             return
         flags = [a for name in ("kv_cache_dtype", "quantization") if options.get(name) is not None
-                 for a in ("--" + name.replace("_", "-"), str(options[name]))]
-        refusal = cpu_refusal(flags + [str(a) for a in options.get("extra_args", ())], cpu_features())
-        if refusal:
-            raise InputError(refusal)
+                 for a in ("--" + name.replace("_", "-"), str(options[name]))]  # what CPU_REQUIREMENTS reads
+        check_cpu(flags + [str(a) for a in options.get("extra_args", ())], env_flavor(options.get("vllm_env")))
 
     # ---------------------------------------------------------------- model and server
 

