@@ -64,6 +64,9 @@ HF_NAMES = {
 NORM_SHIFT = 1.0  # llama.cpp stores Gemma 3's RMSNorm weights as 1 + w
 SWA_PATTERN = 6  # llama.cpp's gemma3: layers 6, 12, ... (1-based) are global
 LOCAL_ROPE_BASE = 10_000.0
+# SentencePiece's piece types (sentencepiece_model.proto), as GGUF's tokenizer.ggml.token_type stores them
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+WHITESPACE = "\u2581"  # SentencePiece's escaped space
 
 
 @dataclass(frozen=True)
@@ -222,8 +225,21 @@ def sentencepiece_model(tok: GgufTokenizer) -> bytes:
     m.normalizer_spec.add_dummy_prefix = False
     m.normalizer_spec.remove_extra_whitespaces = False
     m.normalizer_spec.escape_whitespaces = True
+    specials = {tok.pad_id, tok.eos_id, tok.bos_id}
+    first_normal = tok.types.index(NORMAL)
+    first_score = tok.scores[first_normal]
     for i, (piece, score, kind) in enumerate(zip(tok.pieces, tok.scores, tok.types, strict=True)):
         p = m.pieces.add()
-        p.piece, p.score = piece, score
-        p.type = pb.ModelProto.SentencePiece.UNKNOWN if i == tok.unk_id else kind
+        p.piece, p.score, p.type = piece, score, kind
+        if i == tok.unk_id:
+            p.type = UNKNOWN
+        elif kind == CONTROL and i not in specials:
+            p.type = USER_DEFINED  # <start_of_turn>, <mask>, <unusedN>: matched in text, as every engine does
+        elif kind == USER_DEFINED and piece.strip(" ") == "":
+            # Runs of spaces: llama.cpp's converter marked them user-defined (Hugging Face's added
+            # tokens), but they are ordinary BPE pieces of U+2581s, as transformers' GGUF tokenizer
+            # also keeps them (merged, not matched whole). Their file scores tie (-1000);
+            # transformers ranks its merges by piece id, the order Gemma's scores follow (score =
+            # -(id - first normal id)), so they get the score that order gives them.
+            p.type, p.piece, p.score = NORMAL, WHITESPACE * len(piece), float(first_normal + first_score - i)
     return m.SerializeToString()
