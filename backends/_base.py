@@ -73,7 +73,8 @@ class BaseBackend:
     def warm_up(self) -> None:
         """Answer one tiny request and record how long it took (`warmup_s`)."""
         t0 = time.perf_counter()
-        self.generate([Request.from_text("Hello")], SamplingParams(max_tokens=2, logprobs=1))  # type: ignore[attr-defined]
+        hello = self.capabilities.text_request("Hello")  # type: ignore[attr-defined]
+        self.generate([hello], SamplingParams(max_tokens=2, logprobs=1))  # type: ignore[attr-defined]
         self.warmup_s = time.perf_counter() - t0
 
     def check_alive(self) -> None:

@@ -14,6 +14,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Modality = Literal["text", "image", "audio"]
+NO_CHAT_TEMPLATE = ("the model has no chat template (a base model takes plain-text prompts: `text:` in a suite, "
+                    "Request.plain)")
 
 
 class _Model(BaseModel):
@@ -89,19 +91,40 @@ class Message(_Model):
 
 
 class Request(_Model):
-    """One chat prompt: a list of messages whose parts are text, images or audio."""
+    """One prompt: a chat (`messages`, whose parts are text, images or audio; each engine renders
+    Gemma's chat template) or a plain text (`text`: a completion prompt, fed as exactly BOS plus the
+    text, no template: what a base model takes)."""
 
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(default_factory=list)
+    text: str | None = None
     id: str | None = None
 
     @classmethod
     def from_text(cls, text: str, *, id: str | None = None, system: str | None = None) -> Request:
+        """A one-turn chat prompt."""
         msgs = [Message(role="system", content=system)] if system else []
         msgs.append(Message(role="user", content=text))
         return cls(messages=msgs, id=id)
 
+    @classmethod
+    def plain(cls, text: str, *, id: str | None = None) -> Request:
+        """A plain-text (completion) prompt."""
+        return cls(text=text, id=id)
+
+    @property
+    def is_chat(self) -> bool:
+        return self.text is None
+
     @model_validator(mode="after")
     def _roles(self) -> Request:
+        if self.text is not None:
+            if self.messages:
+                raise ValueError("a request is either a chat (messages) or a plain text (text), not both")
+            if not self.text:
+                raise ValueError("a plain-text prompt needs some text")
+            return self
+        if not self.messages:
+            raise ValueError("a request needs messages (a chat) or text (a plain-text prompt)")
         roles = [m.role for m in self.messages if m.role != "system"]
         if any(m.role == "system" for m in self.messages[1:]):
             raise ValueError("a system message may only come first")
@@ -115,6 +138,8 @@ class Request(_Model):
 
     @property
     def modalities(self) -> frozenset[str]:
+        if self.text is not None:
+            return frozenset({"text"})
         return frozenset(p.type for m in self.messages for p in m.content)
 
     @property
@@ -228,10 +253,19 @@ class Capabilities(_Model):
     streaming: bool = False
     max_top_logprobs: int = 20
     unsupported: dict[str, str] = Field(default_factory=dict)
+    chat: bool = True  # takes chat prompts (False: a base model without a chat template)
+    no_chat: str = NO_CHAT_TEMPLATE
+
+    def text_request(self, text: str, *, id: str | None = None) -> Request:
+        """`text` as the prompt this model takes: a one-turn chat, or plain text for a model
+        without a chat template."""
+        return Request.from_text(text, id=id) if self.chat else Request.plain(text, id=id)
 
     def check(self, request: Request, backend: str) -> None:
         from ._errors import UnsupportedError
 
+        if request.is_chat and not self.chat:
+            raise UnsupportedError(f"{backend}: request {request.id or ''} is a chat prompt, but {self.no_chat}")
         for m in sorted(request.modalities - self.modalities):
             why = self.unsupported.get(m, "the model takes no such input")
             raise UnsupportedError(f"{backend}: request {request.id or ''} has {m} input, which is unsupported: {why}")

@@ -53,7 +53,7 @@ def synthetic(backend, *, num_prompts: int, input_len: int, output_len: int, ran
     """Prompts of `input_len` tokens (plain text from the tokenizer corpus starting at a random
     word, cut to length with the backend's own tokenizer: `text_ids` / `detokenize`) and
     `output_len` output tokens, each length drawn uniformly from [L(1-r), L(1+r)] as vLLM's random
-    dataset does, from a fixed seed. The chat template adds a few tokens to each prompt."""
+    dataset does, from a fixed seed. The chat template (of a model that has one) adds a few tokens to each prompt."""
     from backends.models import CORPUS
 
     if not 0 <= range_ratio < 1:
@@ -70,7 +70,7 @@ def synthetic(backend, *, num_prompts: int, input_len: int, output_len: int, ran
         want = draw(input_len)
         start = int(rng.integers(0, max(1, len(words) - 2 * want - 1)))
         ids = backend.text_ids(" ".join(words[start:start + 2 * want]))[:want]
-        reqs.append(Request.from_text(backend.detokenize(ids), id=f"synthetic-{i}"))
+        reqs.append(backend.capabilities.text_request(backend.detokenize(ids), id=f"synthetic-{i}"))
         outs.append(draw(output_len))
     return Workload(name=f"synthetic(in={input_len}, out={output_len}, r={range_ratio:g})", requests=reqs,
                     output_lens=outs, ignore_eos=ignore_eos, seed=seed)

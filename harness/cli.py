@@ -412,7 +412,7 @@ def generate(
 
     opts = {"url": vllm_url} if vllm_url else {}
     with backends.get(backend, model=model, **opts) as b:
-        [g] = b.generate([backends.Request.from_text(prompt)],
+        [g] = b.generate([b.capabilities.text_request(prompt)],
                          backends.SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed,
                                                  logprobs=logprobs))
     print(json.dumps(g.model_dump(mode="json"), indent=1))

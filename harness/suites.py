@@ -1,4 +1,5 @@
-"""Prompt suites: YAML files of chat prompts (text, images, audio) with optional reference answers.
+"""Prompt suites: YAML files of chat prompts (text, images, audio) and plain-text prompts, with optional
+reference answers.
 
 Schema (docs/suites.md):
 
@@ -6,7 +7,7 @@ Schema (docs/suites.md):
     description: what the suite tests
     prompts:
       - id: red-square                # required, unique, [A-Za-z0-9_.-]
-        messages:                     # required: role system | user | assistant
+        messages:                     # a chat (or text / file below): role system | user | assistant
           - role: user
             content:                  # a string, or a list of parts
               - {type: image, path: media/red_square_64.png}   # relative to the suite's folder
@@ -17,6 +18,9 @@ Schema (docs/suites.md):
         scorer: contains              # exact | contains | regex | numeric (needs reference)
         tolerance: 0.01               # numeric only: absolute tolerance (default 1e-6)
         tags: [colour]
+      - id: capital                   # a plain-text (completion) prompt: BOS + the text, no chat template
+        text: "The capital of France is"
+        file: media/long_context.txt  # optional: this file's text comes first, then `text`
 
 Every problem names the file, the line and the field. A prompt that is broken (a field with a
 typo, a missing or unreadable image, audio of an unsupported format or rate) is reported on its
@@ -82,7 +86,9 @@ class MessageSpec(_Strict):
 
 class PromptSpec(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
-    messages: list[MessageSpec] = Field(min_length=1)
+    messages: list[MessageSpec] = Field(default_factory=list)
+    text: str | None = None  # a plain-text (completion) prompt: BOS + this text, no chat template
+    file: str | None = None  # ... from a text file relative to the suite's folder (then `text` follows it)
     reference: str | float | int | None = None
     scorer: Scorer | None = None
     tolerance: float | None = Field(None, ge=0)
@@ -90,6 +96,11 @@ class PromptSpec(_Strict):
 
     @model_validator(mode="after")
     def _scorer(self) -> PromptSpec:
+        plain = self.text is not None or self.file is not None
+        if plain == bool(self.messages):
+            raise ValueError("a prompt needs either messages (a chat) or text / file (a plain-text prompt)")
+        if self.text is not None and not self.text.strip() and self.file is None:
+            raise ValueError("the text is empty; write the prompt's text")
         if self.scorer and self.reference is None:
             raise ValueError(f"scorer {self.scorer} needs a reference answer")
         if self.scorer == "regex":
@@ -231,7 +242,25 @@ def _check_turns(p: PromptSpec, path: Path, node, i: int) -> None:
             "or drop it"))
 
 
+def _read_text_file(path: Path, rel: str, where: list[Any], node, allow_outside: bool) -> str:
+    media, problem = _media_path(path, rel, allow_outside)
+    field_name = ".".join(map(str, where))
+    if problem:
+        raise InputError(f"{path} line {yamlio.line_of(node, where)}: field {field_name}: {problem}")
+    try:
+        text = media.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} line {yamlio.line_of(node, where)}: field {field_name}: "
+                         f"cannot read text file {media} ({type(e).__name__})") from None
+    if not text.strip():
+        raise InputError(f"{path} line {yamlio.line_of(node, where)}: field {field_name}: the text file {media} is empty")
+    return text
+
+
 def _request(p: PromptSpec, path: Path, node, i: int, allow_outside: bool = False) -> Request:
+    if not p.messages:
+        head = _read_text_file(path, p.file, ["prompts", i, "file"], node, allow_outside) if p.file else ""
+        return Request.plain(head + (p.text or ""), id=p.id)
     _check_turns(p, path, node, i)
     msgs: list[dict[str, Any]] = []
     for j, m in enumerate(p.messages):
@@ -250,21 +279,8 @@ def _request(p: PromptSpec, path: Path, node, i: int, allow_outside: bool = Fals
                     raise InputError(f"{path} line {line}: field {field_name}: {problem}")
                 parts.append(_image_part(media) if part.type == "image" else {"type": "audio", "path": str(media)})
             elif part.file is not None:
-                media, problem = _media_path(path, part.file, allow_outside)
-                if problem:
-                    where[-1] = "file"
-                    raise InputError(f"{path} line {yamlio.line_of(node, where)}: field {'.'.join(map(str, where))}: "
-                                     f"{problem}")
                 where[-1] = "file"
-                try:
-                    text = media.read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError) as e:
-                    raise InputError(f"{path} line {yamlio.line_of(node, where)}: field {'.'.join(map(str, where))}: "
-                                     f"cannot read text file {media} ({type(e).__name__})") from None
-                if not text.strip():
-                    raise InputError(f"{path} line {yamlio.line_of(node, where)}: field {'.'.join(map(str, where))}: "
-                                     f"the text file {media} is empty")
-                parts.append({"type": "text", "text": text})
+                parts.append({"type": "text", "text": _read_text_file(path, part.file, where, node, allow_outside)})
             else:
                 parts.append({"type": "text", "text": part.text})
         msgs.append({"role": m.role, "content": parts})

@@ -100,10 +100,11 @@ class HfBackend(BaseBackend):
             max_top_logprobs=TOP_K_MAX,
             unsupported=({"audio": GEMMA3N_TOWERS, "image": GEMMA3N_TOWERS} if self._config.model_type == "gemma3n" else
                          {"audio": NO_AUDIO, **({} if self.has_vision else {"image": NO_VISION})}),
+            chat=getattr(self._tokenizer, "chat_template", None) is not None,
         )
         self.load_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        self.generate([Request.from_text("Hello")], SamplingParams(max_tokens=2, logprobs=1))
+        self.generate([self.capabilities.text_request("Hello")], SamplingParams(max_tokens=2, logprobs=1))
         self.warmup_s = time.perf_counter() - t1
 
     # ---------------------------------------------------------------- loading
@@ -190,6 +191,8 @@ class HfBackend(BaseBackend):
 
     def _encode(self, request: Request) -> _Encoded:
         self.capabilities.check(request, self.name)
+        if request.text is not None:  # BOS + the text, no template
+            return _Encoded(ids=[int(t) for t in self._tokenizer(request.text)["input_ids"]])
         msgs = self._messages(request)
         kw: dict[str, Any] = dict(add_generation_prompt=True, tokenize=True, return_dict=True)
         if self._processor is None:

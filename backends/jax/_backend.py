@@ -126,6 +126,7 @@ class JaxBackend(BaseBackend):
         t0 = time.perf_counter()
         self.model = str(model)
         self.arch: GemmaArch | None = None
+        self._chat = True  # the model has Gemma's chat template (a base model imported from a GGUF may not)
         self.max_batch_size = max_batch_size
         self._cache_length = cache_length
         self._samplers: dict[tuple, Any] = {}
@@ -135,7 +136,8 @@ class JaxBackend(BaseBackend):
         model_dir = resolved.gemma_dir
         if model_dir is not None:
             ckpt_path, tok_path = model_dir / models.PARAMS, model_dir / models.TOKENIZER
-            self.arch = models.read_card(model_dir).arch
+            card = models.read_card(model_dir)
+            self.arch, self._chat = card.arch, card.chat
             if checkpoint is not None:
                 ckpt_path = Path(checkpoint)
             if tokenizer is not None:
@@ -235,7 +237,8 @@ class JaxBackend(BaseBackend):
             why["image"] = "loaded text-only (text_only=True)" if text_only else "the model has no vision encoder"
         if "image" not in mods:
             why.setdefault("image", "the model has no vision encoder")
-        return Capabilities(modalities=frozenset(mods), streaming=False, max_top_logprobs=TOP_K_MAX, unsupported=why)
+        return Capabilities(modalities=frozenset(mods), streaming=False, max_top_logprobs=TOP_K_MAX, unsupported=why,
+                            chat=self._chat)
 
     # ---------------------------------------------------------------- effective settings
 
@@ -319,7 +322,7 @@ class JaxBackend(BaseBackend):
         }
 
     def _text_ids(self, request: Request) -> list[int]:
-        return [int(t) for t in self._tokenizer.encode(models.render_chat(request), add_bos=True)]
+        return [int(t) for t in self._tokenizer.encode(models.render_prompt(request), add_bos=True)]
 
     def _images(self, request: Request) -> np.ndarray | None:
         imgs = [p.to_rgb_array() for p in request.images]
@@ -408,7 +411,7 @@ class JaxBackend(BaseBackend):
         for (shape, _), idx in groups.items():
             for start in range(0, len(idx), self.max_batch_size):
                 chunk = idx[start:start + self.max_batch_size]
-                prompts = [models.render_chat(prepared[i][0]) for i in chunk]
+                prompts = [models.render_prompt(prepared[i][0]) for i in chunk]
                 # every image array of a group with a shape is there
                 images = None if shape is None else np.stack([im for i in chunk if (im := prepared[i][2]) is not None])
                 n_mm = 0 if shape is None else shape[0] * (self._model.config.vision_encoder.num_mm_tokens_per_image + 3)

@@ -34,6 +34,7 @@ from ._checkpoint import (
     PARAMS,
     TOKENIZER,
     atomic_dir,
+    chat_template_sha256,
     commit_dir,
     dir_fingerprint,
     file_sha256,
@@ -70,7 +71,15 @@ from ._tiny import build as build_tiny
 from ._tiny import cache_root
 from ._tiny import ensure as ensure_tiny
 from ._tiny import init_params as random_params
-from ._tokenizer import CHAT_TEMPLATE, CORPUS, FULL_VOCAB, IMAGE_SOFT_TOKEN, gemma3n_tokenizer, render_chat
+from ._tokenizer import (
+    CHAT_TEMPLATE,
+    CORPUS,
+    FULL_VOCAB,
+    IMAGE_SOFT_TOKEN,
+    gemma3n_tokenizer,
+    render_chat,
+    render_prompt,
+)
 from ._tokenizer import train_tiny as train_tiny_tokenizer
 
 __all__ = [
@@ -79,8 +88,8 @@ __all__ = [
     "GEMMA3N_TEXT_ONLY", "IMAGE_SOFT_TOKEN", "NO_AUDIO_GEMMA3", "PAD", "PARAMS", "REGISTRY", "START_OF_IMAGE",
     "START_OF_TURN", "TINY_GEMMA3N", "TINY_RECIPES", "TOKENIZER", "GemmaArch",
     "ModelCard", "ModelSpec", "ResolvedModel", "VisionArch", "abstract_params", "atomic_dir", "build_tiny", "cache_root",
-    "commit_dir", "converted", "dir_fingerprint", "download_kaggle", "ensure_tiny", "find_spec",
+    "chat_template_sha256", "commit_dir", "converted", "dir_fingerprint", "download_kaggle", "ensure_tiny", "find_spec",
     "gemma_dir_to_hf", "gemma_model_class", "get_spec", "hf_dir_to_gemma", "hf_to_params", "is_path",
     "load_params", "locate_kaggle_download", "looks_like_hf_id", "params_to_hf", "random_twin", "read_card", "real_model",
-    "render_chat", "resolve", "save_params", "train_tiny_tokenizer", "tree_digest", "write_model_dir",
+    "render_chat", "render_prompt", "resolve", "save_params", "train_tiny_tokenizer", "tree_digest", "write_model_dir",
 ]

@@ -566,3 +566,5 @@ class ModelCard(BaseModel):
     name: str
     arch: AnyArch
     source: str = Field(default="", description="where the weights came from (builder, HF dir, checkpoint)")
+    chat: bool = Field(default=True, description="the model has Gemma's chat template (False: a base model imported "
+                                                 "without one, which takes plain-text prompts only)")

@@ -200,8 +200,9 @@ def hf_to_params(sd: dict[str, np.ndarray], arch: GemmaArch, *, like: dict | Non
 # ------------------------------------------------------------------------------ directories
 
 
-def write_hf_dir(out: Path, params: dict, arch: GemmaArch, tokenizer_model: Path) -> Path:
-    """Write a complete Hugging Face directory for `params` (see module docstring)."""
+def write_hf_dir(out: Path, params: dict, arch: GemmaArch, tokenizer_model: Path, *, chat: bool = True) -> Path:
+    """Write a complete Hugging Face directory for `params` (see module docstring); `chat=False`: no
+    chat template (a base model)."""
     from safetensors.numpy import save_file
 
     out = Path(out)
@@ -213,7 +214,7 @@ def write_hf_dir(out: Path, params: dict, arch: GemmaArch, tokenizer_model: Path
         "bos_token_id": BOS, "eos_token_id": [EOS, END_OF_TURN], "pad_token_id": PAD,
         "transformers_version": _transformers_version(),
     })
-    _tok.write_hf_tokenizer(Path(tokenizer_model), out, arch)
+    _tok.write_hf_tokenizer(Path(tokenizer_model), out, arch, chat=chat)
     if arch.vision is not None:
         v = arch.vision
         _write_json(out / "processor_config.json", {
@@ -270,7 +271,7 @@ def gemma_dir_to_hf(src: Path, dst: Path, *, towers: Path | None = None) -> Conv
     params = _ckpt.load_params(Path(src) / _ckpt.PARAMS)
     if isinstance(card.arch, Gemma3nArch):
         return Conversion(Path(dst), _convert3n.write_hf_dir(dst, params, card.arch, towers))
-    return Conversion(write_hf_dir(dst, params, card.arch, Path(src) / _ckpt.TOKENIZER))
+    return Conversion(write_hf_dir(dst, params, card.arch, Path(src) / _ckpt.TOKENIZER, chat=card.chat))
 
 
 def hf_dir_to_gemma(src: Path, dst: Path, *, name: str | None = None) -> Conversion:
@@ -295,6 +296,34 @@ def hf_dir_to_gemma(src: Path, dst: Path, *, name: str | None = None) -> Convers
     params = hf_to_params(sd, arch, like=like)
     card = ModelCard(name=name or src.name, arch=arch, source=f"converted from Hugging Face folder {src}")
     return Conversion(_ckpt.write_model_dir(Path(dst), card, params, tok))
+
+
+def gguf_to_model_dir(src: Path, dst: Path, *, name: str | None = None, expect_sha256: str | None = None) -> Conversion:
+    """Write a Gemma 3 text GGUF (`src`) as a float32 gemma-format folder `dst` (card, params,
+    tokenizer.model rebuilt from the GGUF's vocabulary) holding its Hugging Face twin in `dst/hf`
+    (safetensors, config.json, tokenizer files, generation config; the GGUF's chat template, none
+    for a base model). The weights are dequantized once and written bit-identically to both."""
+    from . import _gguf
+
+    g = _gguf.read_gguf(src, expect_sha256=expect_sha256)
+    if not g.tokenizer.add_bos:
+        raise ModelError(f"{src}: tokenizer.ggml.add_bos_token is false, but Gemma 3 needs BOS first; "
+                         "fix the file's metadata (gguf_set_metadata.py) and import it again")
+    arch = arch_from_hf_config(g.config, source=str(src))
+    params = hf_to_params(g.tensors, arch)
+    notes = []
+    if g.chat_template is not None and g.chat_template != _tok.CHAT_TEMPLATE:
+        notes.append("the file's chat template is not Gemma 3's; Gemma 3's is written (the JAX side renders it)")
+    quantized = sorted({t for t in g.tensor_types.values() if t not in ("F32",)})
+    if quantized:
+        notes.append(f"dequantized to float32 from {', '.join(quantized)}")
+    card = ModelCard(name=name or Path(src).stem, arch=arch, chat=g.chat_template is not None,
+                     source=f"imported from GGUF {Path(src).name} (sha256 {g.sha256})")
+    dst = Path(dst)
+    tok = _gguf.sentencepiece_model(g.tokenizer)
+    _ckpt.write_model_dir(dst, card, params, tok)
+    write_hf_dir(dst / "hf", params, arch, dst / _ckpt.TOKENIZER, chat=card.chat)
+    return Conversion(dst, notes)
 
 
 def _transformers_version() -> str:

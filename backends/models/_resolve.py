@@ -13,7 +13,7 @@ from typing import Literal
 
 from .._errors import ModelError
 from . import _checkpoint as _ckpt
-from . import _convert, _tiny
+from . import _convert, _real, _tiny
 from ._registry import ModelSpec, get_spec, is_path, looks_like_hf_id
 
 Format = Literal["gemma", "hf"]
@@ -98,8 +98,8 @@ def resolve(model: str, *, want: Format) -> ResolvedModel:
     if is_path(model):
         return _folder(Path(model), want)
     spec = get_spec(model)
-    if spec.tiny:
-        d = _tiny.ensure(spec.name)
+    if spec.tiny or spec.gguf_package:
+        d = _real.ensure(spec) if spec.gguf_package else _tiny.ensure(spec.name)
         return ResolvedModel(name=spec.name, spec=spec, gemma_dir=d, hf_dir=d / "hf",
                              dtype=_ckpt.read_card(d).arch.dtype)
     if want == "hf" and not spec.hf_id:

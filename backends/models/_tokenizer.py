@@ -159,8 +159,9 @@ def vocab_size(spm_path: Path) -> int:
     return spm.SentencePieceProcessor(model_file=str(spm_path)).GetPieceSize()
 
 
-def write_hf_tokenizer(spm_path: Path, out_dir: Path, arch: _arch.GemmaArch) -> None:
-    """Write tokenizer.model, tokenizer.json, tokenizer_config.json and chat_template.jinja.
+def write_hf_tokenizer(spm_path: Path, out_dir: Path, arch: _arch.GemmaArch, *, chat: bool = True) -> None:
+    """Write tokenizer.model, tokenizer.json, tokenizer_config.json and chat_template.jinja (not
+    for a base model without a chat template: `chat=False`).
 
     The fast tokenizer is converted from the same SentencePiece model by transformers (no torch
     needed). "\\n"-pieces are kept out of the special-token set, or `skip_special_tokens` would
@@ -184,7 +185,8 @@ def write_hf_tokenizer(spm_path: Path, out_dir: Path, arch: _arch.GemmaArch) -> 
             got = tok.convert_tokens_to_ids(IMAGE_SOFT_TOKEN)
             if got != image_id:
                 raise RuntimeError(f"image token landed at {got}, expected {image_id}")
-        tok.chat_template = CHAT_TEMPLATE
+        if chat:
+            tok.chat_template = CHAT_TEMPLATE
         tok.save_pretrained(out_dir)
     shutil.copy(spm_path, out_dir / "tokenizer.model")
     p = out_dir / "tokenizer_config.json"
@@ -194,6 +196,12 @@ def write_hf_tokenizer(spm_path: Path, out_dir: Path, arch: _arch.GemmaArch) -> 
         if isinstance(tc.get(key), list):
             tc[key] = [t for t in tc[key] if t not in NEWLINES]
     p.write_text(json.dumps(tc, indent=2, sort_keys=True) + "\n")
+
+
+def render_prompt(request) -> str:
+    """What an engine of the gemma library tokenizes (after BOS) for `request`: a plain-text prompt
+    as it is, a chat through Gemma's chat template (`render_chat`)."""
+    return request.text if request.text is not None else render_chat(request)
 
 
 def render_chat(request) -> str:

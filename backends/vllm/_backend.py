@@ -273,8 +273,10 @@ class VllmBackend(BaseBackend):
         for m, reason in (("image", "the model has no vision tower"), ("audio", _NO_AUDIO)):
             if m not in mods:
                 why.setdefault(m, reason)
+        local = self.hf_dir is not None and Path(self.hf_dir, "config.json").is_file()
         return Capabilities(modalities=frozenset(mods), streaming=True, max_top_logprobs=MAX_TOP_LOGPROBS,
-                            unsupported={m: r for m, r in why.items() if m not in mods})
+                            unsupported={m: r for m, r in why.items() if m not in mods},
+                            chat=not local or models.chat_template_sha256(Path(self.hf_dir or "")) is not None)
 
     @staticmethod
     def _modalities_from_config(hf_dir: Path) -> set[str]:
@@ -417,7 +419,9 @@ class VllmBackend(BaseBackend):
         return self._run(self._prompt_ids(request))
 
     async def _prompt_ids(self, request: Request) -> list[int]:
-        body = {"model": self.served_model, "messages": openai_messages(request), "add_generation_prompt": True}
+        body: dict[str, Any] = (
+            {"model": self.served_model, "prompt": request.text} if request.text is not None  # BOS + the text
+            else {"model": self.served_model, "messages": openai_messages(request), "add_generation_prompt": True})
         data = await self._post_json("/tokenize", body, f"tokenize {request.id or ''}".strip())
         return [int(t) for t in data["tokens"]]
 
@@ -608,10 +612,13 @@ class VllmBackend(BaseBackend):
         return kwargs
 
     async def _chat(self, request: Request, s: SamplingParams) -> Generation:
+        """A chat through `/v1/chat/completions`, a plain-text prompt through `/v1/completions`."""
+        if request.text is not None:
+            return await self._completion(request.text, s, request.id)
         what = f"request {request.id}" if request.id else "request"
         return await self._call(what, self._stream, request.id, "chat", self._chat_body(request, s))
 
-    async def _completion(self, prompt: list[int], s: SamplingParams, rid: str | None) -> Generation:
+    async def _completion(self, prompt: list[int] | str, s: SamplingParams, rid: str | None) -> Generation:
         what = f"request {rid}" if rid else "request"
         kwargs = dict(
             model=self.served_model, prompt=prompt, stream=True, stream_options={"include_usage": True},
@@ -637,7 +644,8 @@ class VllmBackend(BaseBackend):
 
     def _collect(self, rid: str | None, kind: str, kwargs: dict[str, Any], t0: float,
                  events: list[tuple[float, dict]]) -> Generation:
-        prompt_ids: list[int] = list(kwargs.get("prompt") or [])
+        fed = kwargs.get("prompt")
+        prompt_ids: list[int] = list(fed) if isinstance(fed, list) else []  # text: the ids come back in the stream
         ids: list[int] = []
         lps: list[float] = []
         tops: list[list[tuple[int, float]]] = []
