@@ -66,27 +66,42 @@ def models_build(
 
 @app.command("convert")
 def convert(
-    src: Path = typer.Argument(..., help="gemma-format model folder, or Hugging Face folder"),
+    src: Path = typer.Argument(..., help="gemma-format model folder, Hugging Face folder, or (--from gguf) a GGUF file"),
     dst: Path = typer.Argument(..., help="folder to write"),
-    to: str = typer.Option(..., "--to", help="hf or gemma"),
+    to: str = typer.Option(None, "--to", help="hf or gemma: convert a folder into the other format"),
+    from_: str = typer.Option(None, "--from", help="gguf: import a Gemma 3 text GGUF (llama.cpp's format, any type "
+                              "the gguf package dequantizes) as a float32 gemma-format folder with its Hugging Face "
+                              "twin in DST/hf"),
+    sha256: str = typer.Option(None, "--sha256", help="--from gguf: the file's expected SHA-256"),
     towers: Path = typer.Option(None, "--towers", help="Gemma 3n to hf: a Hugging Face Gemma 3n folder whose "
                                 "vision and audio towers to take"),
     force: bool = typer.Option(False, "--force", help="replace DST if it exists"),
 ) -> None:
     """Convert weights between the gemma library and Hugging Face (Gemma 3 text and vision; Gemma 3n text,
-    with the towers taken from --towers)."""
+    with the towers taken from --towers), or import a Gemma 3 GGUF file (--from gguf)."""
     from backends import InputError, models
 
-    if to not in ("hf", "gemma"):
+    if (to is None) == (from_ is None):
+        raise InputError("give --to hf|gemma (convert a folder) or --from gguf (import a GGUF file)")
+    if to is not None and to not in ("hf", "gemma"):
         raise InputError(f"--to {to!r}: choose hf or gemma")
+    if from_ is not None and from_ != "gguf":
+        raise InputError(f"--from {from_!r}: only gguf imports (Gemma 3 text GGUF files)")
     if not src.exists():
-        raise InputError(f"source folder not found: {src}")
+        raise InputError(f"source not found: {src}")
+    if from_ and not src.is_file():
+        raise InputError(f"{src} is a folder; --from gguf takes a .gguf file")
     occupied = dst.is_file() or (dst.is_dir() and any(dst.iterdir()))
     if occupied and not force:
         raise InputError(f"{dst} already exists; choose another folder or pass --force")
     tmp = models.atomic_dir(dst)
     try:
-        done = models.gemma_dir_to_hf(src, tmp, towers=towers) if to == "hf" else models.hf_dir_to_gemma(src, tmp)
+        if from_:
+            done = models.gguf_to_model_dir(src, tmp, name=dst.name, expect_sha256=sha256)
+        elif to == "hf":
+            done = models.gemma_dir_to_hf(src, tmp, towers=towers)
+        else:
+            done = models.hf_dir_to_gemma(src, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import backends
-from backends import InputError, MemorySnapshot, ParitybenchError, SamplingParams, TimedStreaming, stop_point
+from backends import InputError, MemorySnapshot, ParitybenchError, Request, SamplingParams, TimedStreaming, stop_point
 
 from . import bench as _bench
 from . import diagnosis, environment, parity, report, roofline, suites
@@ -327,7 +327,7 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                 lone = {p.id for rep in reports.values() for p in rep.prompts if p.verdict == "unsupported"}
                 for name, side in sides.items():
                     mine = [sp for sp in suite.prompts if sp.id in lone and sp.request is not None
-                            and sp.request.modalities <= side.capabilities.modalities]
+                            and _can_run(side, sp.request)]
                     if mine:
                         part = dataclasses.replace(suite, prompts=mine)
                         done = {k: v for k, v in _answered(previous, name).items() if k in lone}
@@ -390,6 +390,14 @@ def _answered(previous: Previous | None, name: str) -> dict[str, dict[str, Any]]
     """The answers side `name` gave in an interrupted run (--resume), by prompt id."""
     return {k[1]: {x: y for x, y in v.items() if x not in ("type", "time", "backend")}
             for k, v in (previous.answers if previous else {}).items() if k[0] == name}
+
+
+def _can_run(side: backends.Backend, request: Request) -> bool:
+    try:
+        side.capabilities.check(request, side.name)
+    except backends.UnsupportedError:
+        return False
+    return True
 
 
 def _record_answer(rec: Any, name: str, row: dict[str, Any]) -> None:

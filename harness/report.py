@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from backends import InputError
@@ -296,6 +297,19 @@ def divergence_text(p: PromptParity) -> str:
     return "none"
 
 
+def output_text(p: PromptParity, width: int = 160) -> str:
+    """What the sides wrote (greedy): once when the texts are equal, else each side's."""
+    def short(t: str) -> str:
+        r = repr(t)
+        return r if len(r) <= width else r[:width - 4] + "...'"
+
+    if not p.a or not p.b:
+        return ""
+    if p.a.text == p.b.text:
+        return short(p.a.text)
+    return f"{short(p.a.text)} | {short(p.b.text)}"
+
+
 def parity_rows(results: ComparisonResults) -> list[dict[str, str]]:
     rows = []
     for p in results.parity.prompts if results.parity else []:
@@ -305,6 +319,7 @@ def parity_rows(results: ComparisonResults) -> list[dict[str, str]]:
             "max |Δlogprob|": f"{ag.max_abs_dlogprob:.2e}" if ag else "n/a",
             "greedy equal": {True: "yes", False: "no", None: "n/a"}[p.greedy_equal],
             "first divergence": divergence_text(p),
+            "output (greedy)": output_text(p),
             "reasons": "; ".join(p.reasons),
         })
     return rows
@@ -764,10 +779,11 @@ def parity_table(results: ComparisonResults) -> Table:
     rows = parity_rows(results)
     for col in ("id", "verdict", "max |Δlogprob|", "greedy equal", "first divergence"):
         t.add_column(col, overflow="fold")
+    t.add_column("output (greedy)", overflow="ellipsis", no_wrap=True, max_width=48)
     style = {"pass": "green", "warn": "yellow", "fail": "red", "error": "red"}
     for r in rows:
         t.add_row(r["id"], f"[{style.get(r['verdict'], 'white')}]{r['verdict']}[/]", r["max |Δlogprob|"],
-                  r["greedy equal"], r["first divergence"])
+                  r["greedy equal"], r["first divergence"], escape(r["output (greedy)"]))
     return t
 
 

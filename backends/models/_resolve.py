@@ -66,7 +66,8 @@ def _folder(path: Path, want: Format) -> ResolvedModel:
                          "folder (config.json)")
     if is_gemma:
         dtype = _ckpt.read_card(path).arch.dtype
-        hf = converted(path, "hf") if want == "hf" else None
+        twin = path / "hf"  # a folder that carries its Hugging Face twin (tiny models, GGUF imports)
+        hf = twin if (twin / "config.json").is_file() else converted(path, "hf") if want == "hf" else None
         return ResolvedModel(name=path.name, gemma_dir=path, hf_dir=hf, dtype=dtype)
     gemma = converted(path, "gemma") if want == "gemma" else None
     return ResolvedModel(name=path.name, gemma_dir=gemma, hf_dir=path, dtype=_hf_dtype(path / "config.json"))
