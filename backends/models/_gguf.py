@@ -244,3 +244,91 @@ def sentencepiece_model(tok: GgufTokenizer) -> bytes:
             # -(id - first normal id)), so they get the score that order gives them.
             p.type, p.piece, p.score = NORMAL, WHITESPACE * len(piece), float(first_normal + first_score - i)
     return m.SerializeToString()
+
+
+# GGUF file types (llama.cpp's llama_ftype) and tensor types of `write_gguf`
+FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7}
+
+
+def write_gguf(model_dir: Path | str, out: Path | str, *, dtype: str = "F32") -> Path:
+    """Write a gemma-format Gemma 3 text folder as a GGUF file the way llama.cpp's converter does
+    (its names, RMSNorm weights stored as 1 + w, its metadata keys, the SentencePiece vocabulary as
+    tokens, scores and types). `dtype`: F32, F16, BF16 or Q8_0 for the matrices (norms stay F32,
+    as llama.cpp keeps 1-D tensors)."""
+    import importlib
+
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf.quants import quantize
+
+    from . import _checkpoint as _ckpt
+    from ._arch import Gemma3nArch
+    from ._convert import params_to_hf
+
+    if dtype not in FILE_TYPES:
+        raise InputError(f"GGUF type {dtype!r}: choose one of {', '.join(FILE_TYPES)}")
+    model_dir, out = Path(model_dir), Path(out)
+    card = _ckpt.read_card(model_dir)
+    arch = card.arch
+    if isinstance(arch, Gemma3nArch) or arch.vision is not None:
+        raise ModelError(f"{model_dir}: only Gemma 3 text models are written as GGUF (this one is "
+                         f"{'Gemma 3n' if isinstance(arch, Gemma3nArch) else 'a vision model'})")
+    sd = params_to_hf(_ckpt.load_params(model_dir / _ckpt.PARAMS), arch)
+    pb: Any = importlib.import_module("sentencepiece.sentencepiece_model_pb2")  # generated code: untyped
+    proto = pb.ModelProto()
+    proto.ParseFromString((model_dir / _ckpt.TOKENIZER).read_bytes())
+    spec = proto.trainer_spec
+
+    w = GGUFWriter(str(out), "gemma3")
+    w.add_name(card.name)
+    w.add_file_type(FILE_TYPES[dtype])
+    w.add_context_length(arch.max_position_embeddings)
+    w.add_embedding_length(arch.embed_dim)
+    w.add_block_count(arch.num_layers)
+    w.add_feed_forward_length(arch.hidden_dim)
+    w.add_head_count(arch.num_heads)
+    w.add_head_count_kv(arch.num_kv_heads)
+    w.add_key_length(arch.head_dim)
+    w.add_value_length(arch.head_dim)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(arch.rope_global_base)
+    if arch.sliding_window is not None:
+        w.add_sliding_window(arch.sliding_window)
+    if arch.rope_global_scale != 1.0:
+        w.add_string("gemma3.rope.scaling.type", "linear")
+        w.add_float32("gemma3.rope.scaling.factor", arch.rope_global_scale)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([p.piece for p in proto.pieces])
+    w.add_token_scores([p.score for p in proto.pieces])
+    w.add_token_types([p.type for p in proto.pieces])  # SentencePiece's numbering, as llama.cpp's
+    w.add_bos_token_id(spec.bos_id)
+    w.add_eos_token_id(spec.eos_id)
+    w.add_unk_token_id(spec.unk_id)
+    w.add_pad_token_id(spec.pad_id)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(False)
+    to_gguf = {hf: g for g, hf in HF_NAMES.items()}
+    pattern = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+    for name in sorted(sd, key=_tensor_order):
+        t = np.asarray(sd[name], dtype=np.float32)
+        m = pattern.match(name)
+        g = (to_gguf["model.layers.{i}." + m.group(2)].format(i=m.group(1)) if m else to_gguf[name])
+        if g.endswith("_norm.weight"):
+            w.add_tensor(g, t + np.float32(NORM_SHIFT))
+        elif dtype in ("F32",):
+            w.add_tensor(g, t)
+        elif dtype == "F16":
+            w.add_tensor(g, t.astype(np.float16))
+        else:  # BF16, Q8_0: packed bytes, the logical shape follows from the type
+            qtype = GGMLQuantizationType[dtype]
+            w.add_tensor(g, quantize(t, qtype), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+def _tensor_order(name: str) -> tuple[int, str]:
+    m = re.match(r"^model\.layers\.(\d+)\.", name)
+    return (int(m.group(1)) + 1 if m else 0, name)
