@@ -86,7 +86,7 @@ class MessageSpec(_Strict):
 
 class PromptSpec(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
-    messages: list[MessageSpec] = Field(default_factory=list)
+    messages: list[MessageSpec] | None = Field(None, min_length=1)
     text: str | None = None  # a plain-text (completion) prompt: BOS + this text, no chat template
     file: str | None = None  # ... from a text file relative to the suite's folder (then `text` follows it)
     reference: str | float | int | None = None
@@ -97,7 +97,7 @@ class PromptSpec(_Strict):
     @model_validator(mode="after")
     def _scorer(self) -> PromptSpec:
         plain = self.text is not None or self.file is not None
-        if plain == bool(self.messages):
+        if plain == (self.messages is not None):
             raise ValueError("a prompt needs either messages (a chat) or text / file (a plain-text prompt)")
         if self.text is not None and not self.text.strip() and self.file is None:
             raise ValueError("the text is empty; write the prompt's text")
@@ -219,14 +219,14 @@ def _media_path(path: Path, rel: str, allow_outside: bool) -> tuple[Path, str | 
     return media, None
 
 
-def _check_turns(p: PromptSpec, path: Path, node, i: int) -> None:
+def _check_turns(messages: list[MessageSpec], path: Path, node, i: int) -> None:
     """One-line errors, at the message's line, for what the engines cannot run: empty text, an
     empty message, and a prompt that does not end with the user's turn (an assistant prefill)."""
     def refuse(loc: list[Any], problem: str) -> InputError:
         where = ["prompts", i, "messages", *loc]
         return InputError(f"{path} line {yamlio.line_of(node, where)}: field {'.'.join(map(str, where))}: {problem}")
 
-    for j, m in enumerate(p.messages):
+    for j, m in enumerate(messages):
         if isinstance(m.content, str) and not m.content.strip():
             raise refuse([j, "content"], "the text is empty; write the message's text (or drop the message)")
         if isinstance(m.content, list) and not m.content:
@@ -234,9 +234,9 @@ def _check_turns(p: PromptSpec, path: Path, node, i: int) -> None:
         for k, part in enumerate(m.content if isinstance(m.content, list) else []):
             if isinstance(part, TextSpec) and part.text is not None and not part.text.strip():
                 raise refuse([j, "content", k, "text"], "the text is empty; write the part's text (or drop the part)")
-    last = p.messages[-1]
+    last = messages[-1]
     if last.role != "user":
-        raise refuse([len(p.messages) - 1, "role"], (
+        raise refuse([len(messages) - 1, "role"], (
             f"the prompt ends with a{'n' if last.role == 'assistant' else ''} {last.role} message; a prompt must end "
             "with the user's turn (an assistant prefill is not continued): move that text into the user's message "
             "or drop it"))
@@ -258,10 +258,10 @@ def _read_text_file(path: Path, rel: str, where: list[Any], node, allow_outside:
 
 
 def _request(p: PromptSpec, path: Path, node, i: int, allow_outside: bool = False) -> Request:
-    if not p.messages:
+    if p.messages is None:
         head = _read_text_file(path, p.file, ["prompts", i, "file"], node, allow_outside) if p.file else ""
         return Request.plain(head + (p.text or ""), id=p.id)
-    _check_turns(p, path, node, i)
+    _check_turns(p.messages, path, node, i)
     msgs: list[dict[str, Any]] = []
     for j, m in enumerate(p.messages):
         if isinstance(m.content, str):

@@ -34,6 +34,8 @@ def test_shipped_suites_are_valid_and_cover_every_modality():
     assert {(64, 64), (80, 96), (50, 200), (160, 40), (8, 8)} <= shapes  # sizes and aspect ratios
     long = suites.read(evals.path("text")).by_id()["long-context"].request
     assert len(long.messages[0].content[0].text) > 5000
+    plain = suites.read(evals.path("long")).by_id()["plain-beyond-seven-windows"].request
+    assert not plain.is_chat and plain.text.endswith("\n\nThe capital of France is") and len(plain.text) > 5000
 
 
 def _suite(tmp_path, body: str, media: tuple[str, ...] = ()) -> Path:
@@ -105,6 +107,11 @@ def test_bad_media_or_part_is_one_error_with_file_line_field_and_others_still_ru
     ("  - id: x\n    messages:\n      - role: user\n        content:\n          - {type: text, text: '  '}\n", 10,
      "prompts.1.messages.0.content.0.text", "text is empty"),
     ("  - id: x\n    messages:\n      - {role: user, content: []}\n", 8, "prompts.1.messages.0.content", "no parts"),
+    # a plain-text prompt: text or a file, never beside messages
+    ("  - id: x\n    text: hi\n    messages:\n      - {role: user, content: hi}\n", 6, "prompts.1",
+     "either messages (a chat) or text / file"),
+    ("  - id: x\n    text: '  '\n", 6, "prompts.1", "the text is empty"),
+    ("  - id: x\n    file: missing.txt\n    text: then\n", 7, "prompts.1.file", "cannot read text file"),
 ])
 def test_schema_errors_name_file_line_and_field(tmp_path, prompt, line, field, expected):
     path = _suite(tmp_path, f"name: t\nprompts:\n{GOOD}{prompt}")

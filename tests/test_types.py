@@ -77,3 +77,20 @@ def test_render_chat_equals_hf_chat_template():
     env.globals["raise_exception"] = lambda m: (_ for _ in ()).throw(ValueError(m))
     hf = env.from_string(CHAT_TEMPLATE).render(messages=msgs, bos_token="<bos>", add_generation_prompt=True)
     assert hf == "<bos>" + render_chat(Request(messages=msgs))
+
+
+def test_plain_text_requests():
+    from backends import Capabilities, UnsupportedError
+
+    r = Request.plain("The capital of France is", id="p")
+    assert not r.is_chat and r.modalities == {"text"} and r.images == [] and r.audio == []
+    assert Request.from_text("hi").is_chat
+    for bad in ({"text": "x", "messages": [{"role": "user", "content": "hi"}]}, {"text": ""}, {}):
+        with pytest.raises(ValueError):
+            Request(**bad)
+    base = Capabilities(modalities=frozenset({"text"}), chat=False)
+    base.check(r, "jax")
+    with pytest.raises(UnsupportedError, match="jax: request q is a chat prompt, but the model has no chat template"):
+        base.check(Request.from_text("hi", id="q"), "jax")
+    assert base.text_request("hi") == Request.plain("hi")
+    assert Capabilities(modalities=frozenset({"text"})).text_request("hi") == Request.from_text("hi")
