@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make demo   set up everything, then compare vLLM and JAX on the embedded tiny model (report in out/demo)
+#   make demo   set up everything, then compare vLLM and JAX on the real gemma-3-270m (report in out/demo)
+#               and on the tiny vision model's image prompts (out/demo/images)
 #   make test   set up everything, then run the test suite
 # Both are idempotent: the two environments are built once and reused (scripts/ensure_env.sh for
 # the harness and the gemma library, scripts/ensure_vllm_env.sh for the vLLM server), and what the
@@ -25,8 +26,13 @@ env:
 	wait $$vllm && .venv/bin/python scripts/warm_vllm.py; ready=$$?; \
 	if [ -n "$(CHECK)" ]; then wait $$check || exit 2; fi; [ $$ready = 0 ]
 
+# The real trained model (gemma-3-270m, float32) on plain-text prompts, measured; then the tiny
+# vision model on the image prompts (parity and localisation only).
 demo: env
-	.venv/bin/paritybench compare --localize failing --num-prompts 24 --out $(OUT) --force
+	.venv/bin/paritybench compare --model gemma-3-270m --suite evals/plain.yaml --localize failing \
+	  --num-prompts 8 --out $(OUT) --force
+	.venv/bin/paritybench compare --model tiny-gemma3-vision --suite evals/images.yaml --localize failing \
+	  --no-bench --out $(OUT)/images --force
 
 test:
 	@$(MAKE) --no-print-directory env CHECK=checks

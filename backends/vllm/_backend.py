@@ -553,7 +553,7 @@ class VllmBackend(BaseBackend):
     def generate(self, requests: Sequence[Request], sampling: SamplingParams) -> list[Generation]:
         for r in requests:
             self.capabilities.check(r, self.name)
-        return self._run(self._gather([self._chat(r, sampling) for r in requests]))
+        return self._run(self._gather([self._generate_one(r, sampling) for r in requests]))
 
     def generate_from_ids(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
                           request_ids: Sequence[str | None] | None = None) -> list[Generation]:
@@ -578,9 +578,9 @@ class VllmBackend(BaseBackend):
             await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
             async with sem:
                 start = time.perf_counter()
-                kwargs = self._chat_body(req, s)
+                kind, kwargs = self._body(req, s)
                 try:
-                    gen = await asyncio.wait_for(self._stream(req.id, "chat", kwargs), timeout=self.request_timeout)
+                    gen = await asyncio.wait_for(self._stream(req.id, kind, kwargs), timeout=self.request_timeout)
                     return start, gen
                 except TimeoutError:
                     return start, ModelError(self._timeout_message(f"request {req.id or ''}".strip()))
@@ -611,22 +611,32 @@ class VllmBackend(BaseBackend):
             kwargs.update(logprobs=True, top_logprobs=s.logprobs)
         return kwargs
 
-    async def _chat(self, request: Request, s: SamplingParams) -> Generation:
-        """A chat through `/v1/chat/completions`, a plain-text prompt through `/v1/completions`."""
-        if request.text is not None:
-            return await self._completion(request.text, s, request.id)
-        what = f"request {request.id}" if request.id else "request"
-        return await self._call(what, self._stream, request.id, "chat", self._chat_body(request, s))
-
-    async def _completion(self, prompt: list[int] | str, s: SamplingParams, rid: str | None) -> Generation:
-        what = f"request {rid}" if rid else "request"
+    def _completion_body(self, prompt: list[int] | str, s: SamplingParams) -> dict[str, Any]:
+        """The streamed `/v1/completions` request for `prompt` (ids, or a text the server
+        tokenizes with BOS) under `s`."""
         kwargs = dict(
             model=self.served_model, prompt=prompt, stream=True, stream_options={"include_usage": True},
             extra_body=self._extra_body(s), **self._sampling_body(s),
         )
         if s.return_logprobs:
             kwargs["logprobs"] = s.logprobs
-        return await self._call(what, self._stream, rid, "completion", kwargs)
+        return kwargs
+
+    def _body(self, request: Request, s: SamplingParams) -> tuple[str, dict[str, Any]]:
+        """The streamed request for `request`: a chat to `/v1/chat/completions`, a plain-text
+        prompt to `/v1/completions`."""
+        if request.text is not None:
+            return "completion", self._completion_body(request.text, s)
+        return "chat", self._chat_body(request, s)
+
+    async def _generate_one(self, request: Request, s: SamplingParams) -> Generation:
+        what = f"request {request.id}" if request.id else "request"
+        kind, kwargs = self._body(request, s)
+        return await self._call(what, self._stream, request.id, kind, kwargs)
+
+    async def _completion(self, prompt: list[int], s: SamplingParams, rid: str | None) -> Generation:
+        what = f"request {rid}" if rid else "request"
+        return await self._call(what, self._stream, rid, "completion", self._completion_body(prompt, s))
 
     async def _stream(self, rid: str | None, kind: str, kwargs: dict[str, Any]) -> Generation:
         """Send one streamed request; keep each server-sent event with its arrival time."""
