@@ -27,11 +27,11 @@ env:
 	if [ -n "$(CHECK)" ]; then wait $$check || exit 2; fi; [ $$ready = 0 ]
 
 # The real trained model (gemma-3-270m, float32) on plain-text prompts, measured; then the tiny
-# vision model on the image prompts (parity and localisation only).
+# vision model on the default suite's chat, image and audio prompts (parity and localisation only).
 demo: env
 	.venv/bin/paritybench compare --model gemma-3-270m --suite evals/plain.yaml --localize failing \
-	  --num-prompts 8 --out $(OUT) --force
-	.venv/bin/paritybench compare --model tiny-gemma3-vision --suite evals/images.yaml --localize failing \
+	  --num-prompts 8 --batch-sizes 1,8 --concurrency 1,8 --out $(OUT) --force
+	.venv/bin/paritybench compare --model tiny-gemma3-vision --suite evals/default.yaml --localize failing \
 	  --no-bench --out $(OUT)/images --force
 
 test:
