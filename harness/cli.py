@@ -199,6 +199,8 @@ def _run(cfg, force: bool, resume: Path | None = None) -> None:
         out.print(_report.arbitration_table(results))
     if _report.sides_rows(results):
         out.print(_report.sides_table(results))
+    if results.quality:
+        out.print(_report.quality_table(results))
     out.print(f"report: {folder / 'report.html'} (also report.md, results.json, results.jsonl)")
     code = _compare.exit_code(results)
     if code:
@@ -227,6 +229,8 @@ def compare(
     localize: str | None = typer.Option(None, "--localize", help="compare the sides layer by layer: failing (the "
                                         "prompts whose log-probs fail), all, or off [failing, where both sides can]; "
                                         "given, a managed vLLM server starts with its layer-capture extension"),
+    quality: bool = typer.Option(False, "--quality", help="also each side's perplexity (evals/corpus) and "
+                                 "log-likelihood accuracy (evals/knowledge.yaml) against the reference side"),
 ) -> None:
     """Both backends on one suite: parity, throughput, memory; writes a report. Exit 0 pass, 1 fail, 2 usage."""
     if resume is not None:
@@ -242,7 +246,8 @@ def compare(
                   tolerance=tolerance, seed=seed, bench_enabled=False if no_bench else None,
                   bench_num_prompts=num_prompts, bench_output_len=output_len, bench_concurrency=concurrency,
                   bench_batch_sizes=batch_sizes, localize=localize,
-                  layer_capture=True if localize and localize != "off" else None)
+                  layer_capture=True if localize and localize != "off" else None,
+                  quality={"enabled": True} if quality else None)
     if len(cfg.backends) < 2:
         raise typer.BadParameter(f"compare needs two or more backends, the settings name {cfg.backends}; "
                                  "one side: paritybench run")

@@ -32,7 +32,7 @@ import backends
 from backends import InputError, MemorySnapshot, ParitybenchError, Request, SamplingParams, TimedStreaming, stop_point
 
 from . import bench as _bench
-from . import diagnosis, environment, parity, report, roofline, suites
+from . import diagnosis, environment, parity, quality, report, roofline, suites
 from .config import CompareConfig
 from .results import AnswerRow, BenchSection, ComparisonResults, Run, ScoreRow, Scores, SideSetup, SuiteInfo
 
@@ -219,6 +219,7 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
     if not suite.requests:
         raise InputError(f"no prompt of {suite_path} can run: {suite.errors[0]}")
     requests = suite.requests
+    quality_inputs = _quality_inputs(config) if config.quality.enabled else None  # bad files fail before anything starts
     if previous is None:
         prepare_out(out, force)
     backends.keep_library_log_in(out)  # the libraries' own output (TensorFlow, absl, Orbax) beside the results
@@ -346,6 +347,9 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
                 results.verdict = "error" if any("error" in r for r in rows) else "pass"
                 results.scores = score_all(suite, {r["id"]: {name: r.get("text")} for r in rows}, [name])
             stop_point()
+            if quality_inputs is not None:
+                _quality_all(sides, config, quality_inputs, results, rec, console)
+            stop_point()
             if config.bench.enabled:
                 _bench_all(sides, config, results, rec, console, previous.bench if previous else {})
             for name, side in sides.items():  # what each side is now (a server of a group left out, ...)
@@ -453,6 +457,38 @@ def score_all(suite: suites.Suite, texts: dict[str, dict[str, str | None]], name
     first, second = (acc[names[0]], acc[names[1]]) if len(names) == 2 else (None, None)
     diff = first - second if first is not None and second is not None else None
     return Scores(prompts=[ScoreRow.model_validate(r) for r in rows], scored=len(both), accuracy=acc, difference=diff)
+
+
+def _quality_inputs(config: CompareConfig) -> tuple[dict[str, list[str]], list[quality.Item] | None]:
+    """The perplexity corpora's documents and the multiple-choice items (read once, checked first)."""
+    q = config.quality
+    return ({Path(c).stem: quality.load_corpus(c) for c in q.corpora},
+            quality.load_items(q.suite) if q.suite else None)
+
+
+def _quality_all(sides: dict[str, backends.Backend], config: CompareConfig,
+                 inputs: tuple[dict[str, list[str]], list[quality.Item] | None], results: ComparisonResults,
+                 rec: Recorder, console: Console) -> None:
+    """Every side's perplexity and accuracy on the same ids (the reference side's tokenizer), each
+    side against the reference (the first side unless one is named); a judged side more than 1 %
+    worse in perplexity fails the run."""
+    docs, items = inputs
+    names = list(sides)
+    ref = config.reference or names[0]
+    with console.status("quality: tokenizing the corpora and the multiple-choice items"):
+        corpora = {name: quality.document_ids(sides[ref], d, config.quality.max_len) for name, d in docs.items()}
+        enc = quality.encode_items(sides[ref], items) if items is not None else None
+    measured = {}
+    for name, side in sides.items():
+        with console.status(f"{name}: perplexity and log-likelihood accuracy"):
+            measured[name] = quality.measure(side, corpora, config.quality.suite, enc)
+    for name in names:
+        q = measured[name] if name == ref else quality.against(
+            ref, measured[ref], measured[name], judged=config.side(name).bound is None)
+        results.quality[name] = q
+        rec.add("quality", {"backend": name, **q.model_dump(mode="json")})
+    if any(q.verdict == "fail" for q in results.quality.values()) and results.verdict != "error":
+        results.verdict = "fail"
 
 
 def _bench_all(sides: dict[str, backends.Backend], config: CompareConfig, results: ComparisonResults, rec: Recorder,

@@ -33,6 +33,17 @@ class BenchSettings(BaseModel):
     memory_interval: float = Field(1.0, gt=0)
 
 
+class QualitySettings(BaseModel):
+    """Perplexity and log-likelihood accuracy of every side (harness/quality.py; docs/metrics.md,
+    "Quality"); off unless `enabled` (`--quality`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    corpora: list[str] = Field(default_factory=lambda: ["evals/corpus/english.txt", "evals/corpus/russian.txt"])
+    suite: str | None = "evals/knowledge.yaml"  # multiple choice, scored by log-likelihood
+    max_len: int = Field(512, ge=2)  # ids per scored piece of a document (BOS included)
+
+
 class SideSpec(BaseModel):
     """One side of a comparison: a name, an engine (`vllm`, `jax`, `hf` or a plug-in), a model
     (default: the comparison's) and options given to the engine's constructor as they are (vLLM:
@@ -70,6 +81,7 @@ class CompareConfig(BaseModel):
     layer_capture: bool = False
     seed: int = 0
     bench: BenchSettings = Field(default_factory=BenchSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
     # more options per engine, given to its constructor as they are (e.g. {"jax": {"conventions": "hf"}})
     engines: dict[str, dict[str, Any]] = Field(default_factory=dict)
     out: str = "out/compare"

@@ -531,6 +531,42 @@ def capability_rows(results: ComparisonResults) -> list[dict[str, str]]:
     return rows
 
 
+QUALITY_TITLE = ("Quality: perplexity (a judged side at most 1 % above the reference's) and log-likelihood accuracy "
+                 "(95 % interval)")
+
+
+def quality_rows(results: ComparisonResults) -> list[dict[str, str]]:
+    """One row per side: perplexity per corpus (and its ratio to the reference's), accuracy with
+    its interval, acc_norm, the difference from the reference and the share of same choices."""
+    rows = []
+    for name, q in results.quality.items():
+        row = {"side": name}
+        for p in q.perplexity:
+            ratio = q.perplexity_ratio.get(p.corpus)
+            row[f"perplexity {p.corpus}"] = f"{p.perplexity:.3f}" + (f" ({ratio:.4f}x)" if ratio is not None else "")
+        a = q.accuracy
+        if a is not None:
+            row["accuracy"] = f"{a.acc:.1%} [{a.low:.1%}, {a.high:.1%}] of {a.items} (chance {a.chance:.0%})"
+            row["acc_norm"] = f"{a.acc_norm:.1%}"
+            row["Δ accuracy"] = "reference" if q.reference is None else f"{(q.accuracy_delta or 0) * 100:+.1f} points"
+            row["same choice"] = "" if q.same_choice is None else f"{q.same_choice:.1%}"
+        row["verdict"] = q.verdict or "reference"
+        if q.reasons:
+            row["verdict"] += ": " + "; ".join(q.reasons)
+        rows.append(row)
+    return rows
+
+
+def quality_table(results: ComparisonResults) -> Table:
+    rows = quality_rows(results)
+    t = Table(title="quality")
+    for col in rows[0] if rows else ["side"]:
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(*r.values())
+    return t
+
+
 def accuracy_rows(results: ComparisonResults) -> list[dict[str, str]]:
     sc = results.scores
     if sc is None:
@@ -650,6 +686,9 @@ def markdown(results: ComparisonResults, images: dict[str, bytes]) -> str:
     if accuracy_rows(results):
         lines += ["", "## Accuracy (suite scorers; meaningful on real models)", ""]
         lines += _md_table(accuracy_rows(results))
+    if results.quality:
+        lines += ["", f"## {QUALITY_TITLE}", ""]
+        lines += _md_table(quality_rows(results))
     if results.bench:
         lines += ["", "## Throughput, latency and memory", ""]
         lines += _md_table(bench_rows(results))
@@ -727,6 +766,9 @@ def html_page(results: ComparisonResults, images: dict[str, bytes]) -> str:
     if accuracy_rows(results):
         parts.append("<h2>Accuracy (suite scorers; meaningful on real models)</h2>")
         parts.append(_html_table(accuracy_rows(results), table_id="accuracy"))
+    if results.quality:
+        parts.append(f"<h2>{html.escape(QUALITY_TITLE)}</h2>")
+        parts.append(_html_table(quality_rows(results), table_id="quality"))
     if results.bench:
         parts.append("<h2>Throughput, latency and memory</h2>")
         parts.append(_html_table(bench_rows(results), table_id="bench"))

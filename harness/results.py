@@ -242,6 +242,49 @@ class Scores(_Record):
     difference: float | None = None
 
 
+class Perplexity(_Record):
+    """Perplexity of one side on a text corpus: exp(mean negative log-likelihood of every token
+    after the first of each document, BOS + the document's text, teacher-forced). `nll` in nats
+    per token."""
+
+    corpus: str
+    documents: int
+    tokens: int
+    nll: float
+    perplexity: float
+
+
+class Accuracy(_Record):
+    """Log-likelihood accuracy on a multiple-choice suite (lm-eval's acc and acc_norm): an item is
+    right when the right continuation has the highest summed log-prob (acc) or the highest per
+    character (acc_norm). `low`/`high`: the Wilson 95 % interval of acc."""
+
+    suite: str
+    items: int
+    correct: int
+    acc: float
+    low: float
+    high: float
+    acc_norm: float
+    chance: float
+    answers: list[int] = Field(default_factory=list)  # each item's chosen continuation (acc)
+
+
+class SideQuality(_Record):
+    """One side's quality, and against the reference side (None for the reference itself):
+    perplexity ratio (vLLM's perplexity test: a side may be at most 1 % worse), accuracy
+    difference, and the share of items where both sides chose the same continuation."""
+
+    perplexity: list[Perplexity] = Field(default_factory=list)
+    accuracy: Accuracy | None = None
+    reference: str | None = None
+    perplexity_ratio: dict[str, float] = Field(default_factory=dict)  # corpus -> this side's / the reference's
+    accuracy_delta: float | None = None
+    same_choice: float | None = None
+    verdict: Literal["pass", "fail", "report"] | None = None
+    reasons: list[str] = Field(default_factory=list)
+
+
 class ComparisonResults(_Record):
     """A whole run of `compare` (two or more sides) or `run` (one side)."""
 
@@ -259,6 +302,7 @@ class ComparisonResults(_Record):
     answers: dict[str, list[AnswerRow]] = Field(default_factory=dict)
     scores: Scores | None = None
     bench: dict[str, BenchSection] = Field(default_factory=dict)
+    quality: dict[str, SideQuality] = Field(default_factory=dict)
     verdict: str | None = None
     reproducibility: dict[str, Any] = Field(default_factory=dict)
     resumed: dict[str, Any] | None = None

@@ -205,7 +205,8 @@ VISION_FILES = ("tests/test_compare.py", "tests/test_localize.py", "tests/test_p
 # After the files that start vLLM servers come the other files of more than ~25 s (from nothing,
 # 2026-12-03), longest first: the last unit either worker takes is then a short one (with these
 # files in file order, one worker idled ~80 s at the end).
-HEAVY_FIRST = ("vllm_vision", "tests/test_faults.py", "tests/test_sides.py", "tests/test_vllm_failures.py",
+HEAVY_FIRST = ("vllm_vision", "tests/test_faults.py", "tests/test_sides.py", "tests/test_real_model.py",
+               "tests/test_vllm_failures.py",
                "tests/test_gemma3n.py", "tests/test_vllm_gemma3n.py", "tests/test_vllm_pool.py",
                "tests/test_backends_common.py", "tests/test_vllm_backend.py", "tests/test_benchmarks.py",
                "tests/test_console.py", "tests/test_jax_mesh.py", "tests/test_jax_backend.py", "tests/test_envs.py", "tests/test_models.py",

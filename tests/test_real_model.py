@@ -96,6 +96,17 @@ def test_real_import_is_transformers_weights_bit_for_bit(real_dir, theirs):
     assert "chat_template" not in json.loads((real_dir / "hf" / "tokenizer_config.json").read_text())
 
 
+def test_the_import_is_the_gemma_library_s_270m(real_dir):
+    """The architecture read from the GGUF is gm.nn.Gemma3_270M's (the registry's gemma class)."""
+    from backends import models
+
+    spec = models.get_spec("gemma-3-270m")
+    want = models.GemmaArch.from_gemma_config(models.real_model(spec).config, max_position_embeddings=spec.max_model_len)
+    got = models.read_card(real_dir).arch
+    assert got.model_dump(exclude={"dtype"}) == want.model_dump(exclude={"dtype"})
+    assert got.dtype == "float32" and models.read_card(real_dir).chat is False
+
+
 def test_real_tokenizer_gives_transformers_ids_on_the_corpus(real_dir, theirs):
     """The rebuilt SentencePiece model (what the gemma library uses) and the Hugging Face folder's
     tokenizer (what vLLM and transformers use) give transformers' GGUF tokenizer's ids on every

@@ -71,7 +71,8 @@ def load_params(path: Path | str) -> Any:
 def write_model_dir(out: Path, card: ModelCard, params: Any, tokenizer_model: Path | bytes) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / CARD).write_text(card.model_dump_json(indent=2) + "\n")
+    # "chat" only where it is false (a base model), so the cards of every other model stay as they were
+    (out / CARD).write_text(card.model_dump_json(indent=2, exclude={"chat"} if card.chat else None) + "\n")
     tok = out / TOKENIZER
     if isinstance(tokenizer_model, bytes):
         tok.write_bytes(tokenizer_model)
