@@ -237,10 +237,18 @@ def test_a_registry_model_whose_file_does_not_match_leaves_nothing(tmp_path, mon
 def test_compare_on_the_real_model_writes_language(tmp_path):
     """The issue's command: vLLM and JAX on the real model's text suite, float32. Plain-text
     prompts pass with the same greedy text, which reads as language; chat prompts are refused by
-    both sides (a base model has no chat template), with that reason."""
+    both sides (a base model has no chat template), with that reason. With --quality (a cut of
+    the corpus and of the multiple-choice suite): the same perplexity and choices on both sides,
+    accuracy far above chance."""
     out = tmp_path / "real"
-    p = cli_in_process("compare", "--model", "gemma-3-270m", "--suite", "evals/text.yaml", "--no-bench",
-                       "--out", out, env={"PARITYBENCH_VLLM_CPU_KV_CACHE_GIB": "0.5"})  # its 32768 positions: 0.26 GiB
+    # quality on a cut of the inputs (the whole corpus and 113 items: about 45 s a side)
+    items = (Path("evals/knowledge.yaml").read_text().split("\n  - id: ")[:17])
+    (tmp_path / "mc.yaml").write_text("\n  - id: ".join(items) + "\n")
+    (tmp_path / "config.yaml").write_text(json.dumps({"quality": {
+        "enabled": True, "corpora": ["evals/corpus/english.txt"], "suite": str(tmp_path / "mc.yaml")}}))
+    p = cli_in_process("compare", "--config", tmp_path / "config.yaml", "--model", "gemma-3-270m", "--suite",
+                       "evals/text.yaml", "--no-bench", "--out", out,
+                       env={"PARITYBENCH_VLLM_CPU_KV_CACHE_GIB": "0.5"})  # its 32768 positions: 0.26 GiB
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     rows = {r["id"]: r for r in results["parity"]["prompts"]}
@@ -251,5 +259,9 @@ def test_compare_on_the_real_model_writes_language(tmp_path):
     assert "return" in rows["plain-code"]["a"]["text"]
     chat = [r for i, r in rows.items() if not i.startswith("plain-")]
     assert chat and all(r["verdict"] == "unsupported" and "no chat template" in r["reasons"][0] for r in chat)
+    q = results["quality"]
+    assert q["vllm"]["accuracy"]["items"] == 16 and q["vllm"]["accuracy"]["acc"] >= 0.75  # chance: 25 %
+    assert q["jax"]["verdict"] == "pass" and q["jax"]["same_choice"] == 1.0
+    assert abs(q["jax"]["perplexity_ratio"]["english"] - 1) < 1e-3 and q["vllm"]["perplexity"][0]["perplexity"] < 10
     scored = {r["id"]: r for r in results["scores"]["prompts"]}
     assert all(scored[i]["vllm"] and scored[i]["jax"] for i in ("plain-capital", "plain-gold", "plain-opposite"))
