@@ -61,7 +61,8 @@ from .localize import localize as localize_layers
 
 Verdict = Literal["pass", "warn", "fail", "unsupported", "error"]
 LocalizeWhat = Literal["off", "failing", "all"]
-_ORDER = {"pass": 0, "unsupported": 0, "warn": 1, "fail": 2, "error": 2}
+# a run whose prompts pass where both sides can take them passes; only all-unsupported is "unsupported"
+_ORDER = {"unsupported": -1, "pass": 0, "warn": 1, "fail": 2, "error": 2}
 
 # Text for the tokenizer check and the position profile: several scripts, digits, punctuation.
 PROBE_TEXT = (

@@ -109,3 +109,16 @@ def test_kaggle_download_layout_is_found(tmp_path, tiny_text_dir):
     shutil.copy(tiny_text_dir / "tokenizer.model", root / "tokenizer.model")
     ckpt, tok = models.locate_kaggle_download(tmp_path / "kaggle")
     assert ckpt == root / "gemma3-4b-it" and tok == root / "tokenizer.model"
+
+
+@pytest.mark.slow
+def test_a_model_built_from_three_threads_at_once_is_built_once(tmp_path, monkeypatch):
+    """The sides of a comparison open side by side in threads, each resolving the model: the first
+    builds it, the others wait for it (a cache lock), none collides in a staging folder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("PARITYBENCH_CACHE", str(tmp_path))
+    with ThreadPoolExecutor(3) as pool:
+        dirs = list(pool.map(lambda _: models.ensure_tiny("tiny-gemma3"), range(3)))
+    assert len(set(dirs)) == 1 and (dirs[0] / ".complete").is_file()
+    assert [p.name for p in dirs[0].parent.iterdir() if ".tmp-" in p.name] == []

@@ -15,10 +15,14 @@ absolute path), so writing the same params twice gives byte-identical files.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,14 +215,28 @@ def dir_fingerprint(path: Path) -> str:
 
 
 def atomic_dir(final: Path) -> Path:
-    """A sibling staging folder; `commit_dir` renames it into place."""
+    """A sibling staging folder of this process and thread; `commit_dir` renames it into place."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{threading.get_ident()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     return tmp
+
+
+@contextlib.contextmanager
+def build_lock(final: Path) -> Iterator[None]:
+    """Held while `final` is built into the cache: one builder at a time, across processes and
+    across the threads of one process (each takes its own open file: flock excludes them too)."""
+    lock = Path(final).with_name(Path(final).name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def commit_dir(tmp: Path, final: Path) -> None:

@@ -10,12 +10,9 @@ a failed import leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 from .._errors import ModelError
@@ -68,17 +65,6 @@ def gguf_file(spec: ModelSpec) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def ensure(spec: ModelSpec) -> Path:
     """The registry model's float32 gemma-format folder (its Hugging Face twin in `hf/`), imported
     from its GGUF on first use."""
@@ -87,7 +73,7 @@ def ensure(spec: ModelSpec) -> Path:
     final = model_dir(spec)
     if (final / ".complete").is_file():
         return final
-    with _locked(final.with_name(final.name + ".lock")):
+    with _ckpt.build_lock(final):
         if (final / ".complete").is_file():  # another process imported it meanwhile
             return final
         src = gguf_file(spec)

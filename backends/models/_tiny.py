@@ -141,7 +141,9 @@ def ensure(name: str) -> Path:
     check_buildable(name)
     d = default_dir(name)
     if not (d / ".complete").is_file():
-        build(name, d)
+        with _ckpt.build_lock(d):  # the sides of a comparison open side by side, in threads
+            if not (d / ".complete").is_file():
+                build(name, d)
     return d
 
 
