@@ -253,7 +253,9 @@ def test_compare_on_the_real_model_writes_language(tmp_path):
     results = json.loads((out / "results.json").read_text())
     rows = {r["id"]: r for r in results["parity"]["prompts"]}
     plain = [r for i, r in rows.items() if i.startswith("plain-")]
-    assert len(plain) >= 6 and all(r["verdict"] == "pass" and r["text_equal"] for r in plain)
+    assert len(plain) >= 6 and all(r["verdict"] == "pass" and r["text_equal"] and r["prompt_ids_equal"] for r in plain)
+    ids = rows["plain-capital"]["a"]["prompt_ids"]  # exactly BOS + the text, on both sides (prompt_ids_equal)
+    assert ids[0] == 2 and 2 not in ids[1:] and len(ids) == 10
     assert "Paris" in rows["plain-capital"]["a"]["text"]
     assert "Санкт-Петербург" in rows["plain-ru"]["a"]["text"] or "Москва" in rows["plain-ru"]["a"]["text"]
     assert "return" in rows["plain-code"]["a"]["text"]
