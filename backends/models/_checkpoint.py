@@ -36,6 +36,7 @@ PARAMS = "params"
 
 
 def save_params(params: Any, path: Path) -> None:
+    load_noisy_libraries()  # Orbax's absl warnings go to the library log, not the console
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
