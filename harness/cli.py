@@ -229,8 +229,8 @@ def compare(
     localize: str | None = typer.Option(None, "--localize", help="compare the sides layer by layer: failing (the "
                                         "prompts whose log-probs fail), all, or off [failing, where both sides can]; "
                                         "given, a managed vLLM server starts with its layer-capture extension"),
-    quality: bool = typer.Option(False, "--quality", help="also each side's perplexity (evals/corpus) and "
-                                 "log-likelihood accuracy (evals/knowledge.yaml) against the reference side"),
+    quality: bool = typer.Option(False, "--quality", help="also each side's perplexity (evals/quality) and "
+                                 "log-likelihood accuracy (evals/quality/knowledge.yaml) against the reference side"),
 ) -> None:
     """Both backends on one suite: parity, throughput, memory; writes a report. Exit 0 pass, 1 fail, 2 usage."""
     if resume is not None:

@@ -39,8 +39,8 @@ class QualitySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     enabled: bool = False
-    corpora: list[str] = Field(default_factory=lambda: ["evals/corpus/english.txt", "evals/corpus/russian.txt"])
-    suite: str | None = "evals/knowledge.yaml"  # multiple choice, scored by log-likelihood
+    corpora: list[str] = Field(default_factory=lambda: ["evals/quality/english.txt", "evals/quality/russian.txt"])
+    suite: str | None = "evals/quality/knowledge.yaml"  # multiple choice, scored by log-likelihood
     max_len: int = Field(512, ge=2)  # ids per scored piece of a document (BOS included)
 
 

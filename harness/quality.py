@@ -4,7 +4,7 @@ reference side:
 - perplexity on a text corpus (each paragraph a document: BOS + its text, teacher-forced; every
   side scores the same ids), compared as vLLM's own perplexity test compares engines: a side may
   be at most 1 % worse than the reference (`PERPLEXITY_TOLERANCE`);
-- log-likelihood accuracy on a multiple-choice suite (evals/knowledge.yaml), scored as lm-eval
+- log-likelihood accuracy on a multiple-choice suite (evals/quality/knowledge.yaml), scored as lm-eval
   scores multiple choice: the continuation with the highest summed log-prob (acc) or the highest per
   character (acc_norm), with a Wilson 95 % interval, the difference from the reference and the
   share of items on which both chose the same continuation.

@@ -1,4 +1,4 @@
-"""Write evals/knowledge.yaml: the log-likelihood accuracy suite (multiple choice and cloze, scored as
+"""Write evals/quality/knowledge.yaml: the log-likelihood accuracy suite (multiple choice and cloze, scored as
 lm-eval scores them: the choice whose continuation the model finds most likely).
 
 Every item is a plain-text context and four continuations, one right; the right one's place is drawn
@@ -10,7 +10,7 @@ capitals. Written for this project (public domain). Run with Python 3.11 to repr
 import pathlib
 import random
 
-OUT = pathlib.Path(__file__).resolve().parents[1] / "evals" / "knowledge.yaml"
+OUT = pathlib.Path(__file__).resolve().parents[1] / "evals" / "quality" / "knowledge.yaml"
 
 CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",

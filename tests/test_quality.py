@@ -39,11 +39,11 @@ def test_against_the_reference_is_vllm_s_one_percent_rule():
 
 
 def test_shipped_inputs_load_and_bad_ones_are_one_line(tmp_path):
-    items = quality.load_items("evals/knowledge.yaml")
+    items = quality.load_items("evals/quality/knowledge.yaml")
     assert len(items) >= 100 and all(len(it.choices) == 4 for it in items)
     assert sorted({it.answer for it in items}) == [0, 1, 2, 3]  # the right answer is not always in one place
     for corpus in ("english", "russian"):
-        assert len(quality.load_corpus(f"evals/corpus/{corpus}.txt")) >= 10
+        assert len(quality.load_corpus(f"evals/quality/{corpus}.txt")) >= 10
     bad = tmp_path / "mc.yaml"
     bad.write_text("name: m\nitems:\n  - id: a\n    context: x\n    choices: [' a', ' b']\n    answer: 2\n")
     with pytest.raises(InputError, match=r"mc.yaml line 6: field items.0.answer: 2 is not the index"):

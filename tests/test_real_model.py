@@ -242,10 +242,10 @@ def test_compare_on_the_real_model_writes_language(tmp_path):
     accuracy far above chance."""
     out = tmp_path / "real"
     # quality on a cut of the inputs (the whole corpus and 113 items: about 45 s a side)
-    items = (Path("evals/knowledge.yaml").read_text().split("\n  - id: ")[:17])
+    items = (Path("evals/quality/knowledge.yaml").read_text().split("\n  - id: ")[:17])
     (tmp_path / "mc.yaml").write_text("\n  - id: ".join(items) + "\n")
     (tmp_path / "config.yaml").write_text(json.dumps({"quality": {
-        "enabled": True, "corpora": ["evals/corpus/english.txt"], "suite": str(tmp_path / "mc.yaml")}}))
+        "enabled": True, "corpora": ["evals/quality/english.txt"], "suite": str(tmp_path / "mc.yaml")}}))
     p = cli_in_process("compare", "--config", tmp_path / "config.yaml", "--model", "gemma-3-270m", "--suite",
                        "evals/text.yaml", "--no-bench", "--out", out,
                        env={"PARITYBENCH_VLLM_CPU_KV_CACHE_GIB": "0.5"})  # its 32768 positions: 0.26 GiB
