@@ -558,13 +558,7 @@ def quality_rows(results: ComparisonResults) -> list[dict[str, str]]:
 
 
 def quality_table(results: ComparisonResults) -> Table:
-    rows = quality_rows(results)
-    t = Table(title="quality")
-    for col in rows[0] if rows else ["side"]:
-        t.add_column(col, overflow="fold")
-    for r in rows:
-        t.add_row(*r.values())
-    return t
+    return _rows_table("quality", quality_rows(results))
 
 
 def accuracy_rows(results: ComparisonResults) -> list[dict[str, str]]:
@@ -850,8 +844,12 @@ def sides_table(results: ComparisonResults) -> Table:
 
 
 def arbitration_table(results: ComparisonResults) -> Table:
-    rows = pair_rows(results)
-    t = Table(title="every pair of sides")
+    return _rows_table("every pair of sides", pair_rows(results))
+
+
+def _rows_table(title: str, rows: list[dict[str, str]]) -> Table:
+    """Rows of one shape as a console table: a column per key of the first row."""
+    t = Table(title=title)
     for col in rows[0] if rows else ["id"]:
         t.add_column(col, overflow="fold")
     for r in rows:
