@@ -97,25 +97,25 @@ class CompareConfig(BaseModel):
         names = [s.name for s in self.sides]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
-            raise ValueError(f"two sides are named {twice[0]!r}; give each side its own name")
+            raise ValueError(f"field sides: two sides are named {twice[0]!r}; give each side its own name")
         if self.sides and "backends" not in self.model_fields_set:
             self.backends = names
         known = engines()
         for n in self.backends:
             if n not in names and n not in known:
-                raise ValueError(f"unknown side or engine {n!r}; sides: {', '.join(names) or 'none'}; engines: "
+                raise ValueError(f"field backends: unknown side or engine {n!r}; sides: {', '.join(names) or 'none'}; engines: "
                                  f"{', '.join(known)}")
         if len(set(self.backends)) != len(self.backends):
-            raise ValueError("each side at most once in backends")
+            raise ValueError("field backends: each side at most once")
         if self.reference is not None and self.reference not in self.backends:
-            raise ValueError(f"reference {self.reference!r} is not among the sides ({', '.join(self.backends)})")
+            raise ValueError(f"field reference: {self.reference!r} is not among the sides ({', '.join(self.backends)})")
         for s in self.sides:
             if s.engine not in known:
-                raise ValueError(f"side {s.name!r}: unknown engine {s.engine!r}; choose from {', '.join(known)}")
+                raise ValueError(f"field sides: side {s.name!r}: unknown engine {s.engine!r}; choose from {', '.join(known)}")
             try:
                 check_options(s.engine, {**self.engines.get(s.engine, {}), **s.options})
             except InputError as e:
-                raise ValueError(f"side {s.name!r}: {e}") from None
+                raise ValueError(f"field sides: side {s.name!r}: {e}") from None
         return self
 
     def side(self, name: str) -> SideSpec:

@@ -57,7 +57,7 @@ def test_report_title_names_each_sides_model():
     ({"sides": [{"name": "a", "engine": "vllm", "options": {"colour": 1}}]}, "side 'a': the vllm engine takes no option 'colour'"),
     ({"sides": [{"name": "a", "engine": "jax", "options": {"kv_cache_dtype": "fp8"}}]}, "the jax engine takes no option 'kv_cache_dtype'"),
     ({"sides": [{"name": "a", "engine": "tpu"}]}, "side 'a': unknown engine 'tpu'"),
-    ({"sides": SIDES, "reference": "nope"}, "reference 'nope' is not among the sides (ref, kv8, jax)"),
+    ({"sides": SIDES, "reference": "nope"}, "field reference: 'nope' is not among the sides (ref, kv8, jax)"),
     ({"backends": ["vllm", "mystery"]}, "unknown side or engine 'mystery'"),
     ({"sides": [{"name": "a", "engine": "vllm", "colour": 1}]}, "--sides-0-colour: Extra inputs are not permitted"),
 ])
