@@ -20,15 +20,10 @@ writes a Gemma 3 checkpoint with these conventions, each undone here:
   Gemma's normalizer (no dummy prefix, whitespace kept and escaped as U+2581).
 Quantized tensors are dequantized by the `gguf` package (`gguf.quants.dequantize`) to float32.
 
-Status (session 16, issue 31 not yet wired: no CLI, no registry entry, no tests; `gguf` and
-`accelerate` are not yet dependencies): on gemma-3-270m-q4_k_m.gguf the 236 dequantized tensors
-were bit-identical to transformers 5.19's GGUF loader's (`AutoModelForCausalLM.from_pretrained(dir,
-gguf_file=...)`), read in 11 s. The rebuilt tokenizer gave transformers' GGUF tokenizer's ids on
-plain English and Russian, but not where runs of spaces occur: the file's 165 user-defined pieces
-include whitespace runs stored with literal spaces ("    "), which transformers (and llama.cpp)
-match in the raw text, while SentencePiece matches user-defined pieces after escaping spaces to
-U+2581, so it never finds them. Open: whether to store those pieces escaped ("▁▁▁▁") in the
-rebuilt model, checked against a corpus as the issue asks.
+Checked (tests/test_real_model.py): on gemma-3-270m-q4_k_m.gguf the 236 dequantized tensors equal
+transformers' GGUF loader's bit for bit, and the rebuilt tokenizer gives transformers' GGUF
+tokenizer's ids on every line of tests/data/tokenizer_check_corpus.txt (the two rules it needs are
+in `sentencepiece_model`). `write_gguf` writes the other way, with the same conventions.
 """
 
 from __future__ import annotations
@@ -167,7 +162,7 @@ def read_gguf(path: Path | str, *, expect_sha256: str | None = None) -> GgufMode
         "max_position_embeddings": int(hp("context_length", 131_072)),
         "final_logit_softcapping": None, "attn_logit_softcapping": None, "dtype": "float32",
     }
-    types = [int(t) for t in _field(r, "tokenizer.ggml.token_type")]
+    types = [int(t) for t in _field(r, "tokenizer.ggml.token_type", [NORMAL] * len(tokens))]
     tok = GgufTokenizer(
         pieces=tokens, scores=[float(s) for s in _field(r, "tokenizer.ggml.scores", [0.0] * len(tokens))],
         types=types, bos_id=int(_field(r, "tokenizer.ggml.bos_token_id", 2)),
