@@ -15,6 +15,9 @@ MAX_TOP_LOGPROBS = 20
 
 class BaseBackend:
     name: ClassVar[str]
+    # how reports name the engine: in tables and plot titles, and in a run's title ("vLLM vs JAX")
+    title: ClassVar[str] = ""
+    short_title: ClassVar[str] = ""
     model: str
     capabilities: Capabilities
     load_s: float | None = None
@@ -25,6 +28,24 @@ class BaseBackend:
         """Import the engine's libraries now (set-up calls it for every side, one after another,
         before the sides open in threads). Nothing by default: an engine whose libraries change
         process-wide state while they import does it here."""
+
+    @classmethod
+    def display_title(cls, short: bool = False) -> str:
+        """The engine's name in reports (`title` / `short_title`, else its engine name)."""
+        return (cls.short_title if short else cls.title) or cls.title or cls.name
+
+    @classmethod
+    def static_guide(cls) -> dict[str, str]:
+        """What the engine's guide rows say without a running side (model loading, memory, API):
+        the rows results files written before engines described themselves are given."""
+        return {}
+
+    @classmethod
+    def environment_packages(cls) -> tuple[str, dict[str, str], tuple[str, ...]] | None:
+        """For an engine that runs in an environment of its own: (that environment's name, its
+        installed packages name -> version, the packages that decide the numbers); None for one that
+        runs in the harness's environment."""
+        return None
 
     # ---------------------------------------------------------------- shared checks
 

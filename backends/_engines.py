@@ -12,6 +12,7 @@ import importlib.metadata
 import inspect
 from typing import Any
 
+from ._base import BaseBackend
 from ._errors import InputError
 from ._protocol import Backend
 
@@ -31,7 +32,9 @@ def engines() -> dict[str, str]:
     return found
 
 
-def engine_class(name: str) -> type:
+def engine_class(name: str) -> type[BaseBackend]:
+    """The class of engine `name` (engines subclass `BaseBackend`: its class-level declarations
+    (titles, environment, guide) are what the harness reads of an engine it does not run)."""
     known = engines()
     if name not in known:
         raise InputError(f"unknown engine {name!r}; choose one of: {', '.join(known)}")
@@ -73,4 +76,5 @@ def get(name: str, *, model: str, **options: Any) -> Backend:
     """The engine `name` serving `model` (registry name, folder path or Hugging Face id). An option
     the engine does not take is refused in one line, before anything loads."""
     check_options(name, options)
-    return engine_class(name)(model, **options)
+    cls: Any = engine_class(name)  # each engine's constructor takes its own options
+    return cls(model, **options)

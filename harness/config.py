@@ -129,29 +129,38 @@ class CompareConfig(BaseModel):
         return [(x, y) for i, x in enumerate(self.backends) for y in self.backends[i + 1:]]
 
     def model_for(self, backend: str) -> str:
-        """The model of one side: its own (a named side's model, `jax_model`, `vllm_model`) or the
-        shared one."""
+        """The model of one side: a named side's own, else its engine's field (`<engine>_model`, e.g.
+        `jax_model`; with `<engine>_url`, the name that server serves it under: `<engine>_served_model`),
+        else the shared one."""
         side = self.side(backend)
         if side.model:
             return side.model
-        own = {"jax": self.jax_model, "vllm": (self.vllm_url and self.vllm_served_model) or self.vllm_model}
-        return own.get(side.engine) or self.model
+        own = getattr(self, f"{side.engine}_model", None)
+        if getattr(self, f"{side.engine}_url", None) and getattr(self, f"{side.engine}_served_model", None):
+            own = getattr(self, f"{side.engine}_served_model")
+        return own or self.model
 
     def engine_options(self, backend: str) -> dict[str, Any]:
-        """Options this comparison gives side `backend`'s engine (data per engine, no behaviour):
-        the comparison's, then `engines.<engine>`, then the named side's own."""
+        """Options this comparison gives side `backend`'s engine: the comparison's own settings that
+        the engine takes (`option_names`: the client's concurrency, its timeout, the API key, layer
+        capture; the shorthand side's `<side>_url`), then `engines.<engine>`, then the named side's own."""
+        from backends import option_names
+
         side = self.side(backend)
-        vllm: dict[str, Any] = {"max_concurrency": max(self.bench.concurrency + [16]),
-                                "request_timeout": self.request_timeout}
-        if self.vllm_api_key is not None:
-            vllm["api_key"] = self.vllm_api_key.get_secret_value()
+        shared: dict[str, Any] = {"max_concurrency": max(self.bench.concurrency + [16]),
+                                  "request_timeout": self.request_timeout}
+        key = getattr(self, f"{side.engine}_api_key", None)
+        if key is not None:
+            shared["api_key"] = key.get_secret_value()
         shorthand = all(s.name != backend for s in self.sides)  # a side named after its engine
-        if "url" not in side.options:  # --vllm-url: the shorthand side's server
-            if self.vllm_url and shorthand:
-                vllm["url"] = self.vllm_url
+        url = getattr(self, f"{side.engine}_url", None) if shorthand else None
+        if "url" not in side.options:
+            if url:
+                shared["url"] = url
             elif self.layer_capture:
-                vllm["layer_capture"] = True
-        return {**{"vllm": vllm}.get(side.engine, {}), **self.engines.get(side.engine, {}), **side.options}
+                shared["layer_capture"] = True
+        taken = set(option_names(side.engine))
+        return {**{k: v for k, v in shared.items() if k in taken}, **self.engines.get(side.engine, {}), **side.options}
 
     def public(self) -> dict[str, Any]:
         """The settings as recorded in results: the API key only as whether one was set."""

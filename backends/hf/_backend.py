@@ -60,6 +60,7 @@ class HfBackend(BaseBackend):
     """
 
     name = "hf"
+    title = "transformers"
 
     def __init__(
         self,

