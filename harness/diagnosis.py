@@ -1,57 +1,57 @@
-"""Causes named from the two sides' effective settings, before any heuristic.
+"""Why two sides differ: every explainer parity's checks call.
 
-Every engine says what it really computes (`Backend.model_settings`): the dtype it ran, the model
-configuration it built (query scaling, window and layer types, RoPE per layer type, soft-caps),
-the tokenizer file and end ids, and where Gemma engines part by design (the rows the softmax
-normalises over, Gemma 3n's KV-sharing targets and AltUp coefficient clipping). For a prompt whose log-probs differ,
-each setting the two sides disagree on is a candidate cause; a side that can re-score with
-another setting (`SettingsRescoring`) re-scores the other side's output with the other side's
-value, and the cause is confirmed when the gap drops (to a tenth or to float noise). With every
-differing setting aligned at once, a gap down to noise means the engines differ by design, not
-by a bug: the prompt is a warning, and the report says which convention each side used.
+- From the prompt ids: a missing BOS, a newline merge before an image, the same text tokenized
+  differently, a different template (`explain_prompt_diff`).
+- From the two sides' effective settings, before any heuristic: every engine says what it really
+  computes (`Backend.model_settings`): the dtype it ran, the model configuration it built (query
+  scaling, window and layer types, RoPE per layer type, soft-caps), the tokenizer file and end ids,
+  and where Gemma engines part by design (the rows the softmax normalises over, Gemma 3n's
+  KV-sharing targets and AltUp coefficient clipping). For a prompt whose log-probs differ, each
+  setting the two sides disagree on is a candidate cause; a side that can re-score with another
+  setting (`SettingsRescoring`) re-scores the other side's output with the other side's value, and
+  the cause is confirmed when the gap drops (to a tenth or to float noise). With every differing
+  setting aligned at once, a gap down to noise means the engines differ by design, not by a bug
+  (`explain_settings`).
+- For images: re-scoring with causal attention inside images, and fed the other side's resized
+  pixels (`explain_images`).
+- On plain text: the position profile separates an attention-span difference (sliding window)
+  from a logit-scale difference (soft-cap) from weights that differ (`position_profile`).
+
+Cause names and kinds are declared in `harness.causes`; the explainers return `Finding`s and
+causes, and change nothing they are given.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
-from backends import Backend, ModelSettings, ParitybenchError, Request, SettingsRescoring
-from backends.models import CONFIG_FIELDS
+import numpy as np
 
-# setting -> the cause it names, and what the difference means
-CAUSES: dict[str, tuple[str, str]] = {
-    "final_logit_softcap": ("final-logit-softcap", "one side caps the final logits (c * tanh(x / c)), the other "
-                                                   "does not or with another c"),
-    "logit_rows": ("vocabulary-padding", "the sides normalise log-probs over different numbers of rows (Google's "
-                                         "Hugging Face checkpoints append 256 pad-row copies to gemma's vocabulary)"),
-    "kv_sharing": ("kv-sharing-rule", "KV-shared layers read a different layer's keys and values (transformers "
-                                      "takes the last unshared layer of the same type, gemma and vLLM fixed offsets)"),
-    "altup_coef_clip": ("altup-clip", "one side clips AltUp's coefficients at inference (gemma, every forward), "
-                                      "the other does not (transformers only in training, vLLM never)"),
-    "dtype": ("dtype-mismatch", "the sides compute in different dtypes (a managed vLLM server loads a float32 "
-                                "checkpoint in bfloat16 unless told otherwise)"),
-    "tokenizer_sha256": ("tokenizer-files", "the sides read different tokenizer.model files"),
-    "chat_template_sha256": ("chat-template", "the sides apply different chat template files"),
-    "kv_cache_dtype": ("kv-cache-dtype", "the sides store keys and values in different dtypes"),
-    "quantization": ("quantization", "one side runs quantized weights"),
-    "end_ids": ("generation-config", "the sides end generations on different token ids"),
-    "rms_norm_eps": ("config:rms_norm_eps", "the sides normalise with different epsilons"),
-    "tied_embeddings": ("config:tie_word_embeddings", "one side projects to logits with the input embedding, "
-                                                      "the other with a separate output matrix"),
-    "image_token_id": ("config:image_token_id", "the sides mark image soft tokens with different ids"),
-    "mm_tokens_per_image": ("config:mm_tokens_per_image", "the sides expand each image to a different number "
-                                                          "of soft tokens"),
-    **{f: (f"config:{f}", "the sides build their models from different configurations") for f in CONFIG_FIELDS},
-}
-# settings no side can re-score with: named from the diff alone
-# gemma's RMSNorm epsilon is a constant, its embeddings always tied, its image layout fixed by the checkpoint
-NOT_RESCORABLE = {"tokenizer_sha256", "chat_template_sha256", "end_ids", "rms_norm_eps", "tied_embeddings",
-                  "image_token_id", "mm_tokens_per_image", "kv_cache_dtype", "quantization"}
-# where Gemma engines part by design (a confirmed difference is a warning); any other confirmed
-# difference (configuration, files) is a real one and still fails
-BY_DESIGN = {"final_logit_softcap", "logit_rows", "kv_sharing", "altup_coef_clip"}
+from backends import (
+    Backend,
+    CausalImageScoring,
+    ImagePart,
+    ImagePixelsResult,
+    ModelError,
+    ModelSettings,
+    ParitybenchError,
+    Request,
+    SettingsRescoring,
+)
+from backends.models import BOS, START_OF_IMAGE
 
+from . import causes
+from .agreement import first_diff, max_gap, topk_stats
+from .findings import Cause, Finding, PromptDiff, Token, Tolerance
+
+# Text for the tokenizer check and the position profile: several scripts, digits, punctuation.
+PROBE_TEXT = (
+    "The quick brown fox jumps over the lazy dog while the river runs past the old mill, and "
+    "nobody notices the time. Привет, мир! Grüße aus München: 1234 + 5678 = 6912. "
+    "def f(x):\n    return x * 2\n"
+)
 
 @dataclasses.dataclass(frozen=True)
 class SettingDiff:
@@ -68,7 +68,7 @@ def settings_diff(sa: ModelSettings, sb: ModelSettings) -> list[SettingDiff]:
     compute dtype is the dtype's difference, not one of its own)."""
     ka, kb = sa.known(), sb.known()
     follows = all(k.get("kv_cache_dtype") == k.get("dtype") for k in (ka, kb))
-    return [SettingDiff(f, CAUSES[f][0], ka[f], kb[f]) for f in CAUSES
+    return [SettingDiff(f, causes.setting_cause(f).name, ka[f], kb[f]) for f in causes.CAUSE_SETTINGS
             if f in ka and f in kb and ka[f] != kb[f] and not (f == "kv_cache_dtype" and follows)]
 
 
@@ -82,55 +82,293 @@ def show(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def max_gap(scores: Any, gen: Any) -> float:
-    return max((abs(x - y) for x, y in zip(scores.logprobs, gen.logprobs)), default=0.0)
+# ----------------------------------------------------------------------------- prompt ids
+
+
+def explain_prompt_diff(a: Backend, b: Backend, ia: list[int], ib: list[int]) -> tuple[PromptDiff, Cause]:
+    p = first_diff(ia, ib)
+    toks = lambda side, ids: [Token(id=i, text=side.detokenize([i])) for i in ids[p:p + 4]]  # noqa: E731
+    same_text = a.detokenize(ia) == b.detokenize(ib)
+    diff = PromptDiff(position=p, a=toks(a, ia), b=toks(b, ib), same_text=same_text)
+    shown = f"position {p}: {a.name} {[t.text for t in diff.a]} vs {b.name} {[t.text for t in diff.b]}"
+    if p == 0 and (ia[:1] == [BOS]) != (ib[:1] == [BOS]):
+        missing = b.name if ia[:1] == [BOS] else a.name
+        return diff, Cause(name="missing-bos", explains=True,
+                           detail=f"{missing} does not start the prompt with <bos> (id {BOS}); {shown}",
+                           evidence={"position": p})
+    near_image = START_OF_IMAGE in ia[p:p + 4] or START_OF_IMAGE in ib[p:p + 4]
+    newline_a, newline_b = a.detokenize(ia[p:p + 3]), b.detokenize(ib[p:p + 3])
+    if near_image and "\n" in newline_a and "\n" in newline_b:
+        return diff, Cause(
+            name="newline-merge-before-image", explains=True,
+            detail=("an image opens the turn: one side merges the turn's '\\n' with the '\\n\\n' before "
+                    f"<start_of_image> into one token, the other keeps two; {shown}"),
+            evidence={"position": p})
+    if same_text:
+        return diff, Cause(name="tokenization", explains=True,
+                           detail=f"the same prompt text is tokenized differently; {shown}", evidence={"position": p})
+    return diff, Cause(name="chat-template", explains=False,
+                       detail=f"the prompts differ as text (chat template or media expansion); {shown}",
+                       evidence={"position": p})
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rescorer:
+    """The side that re-scores the other side's output with some of the other side's settings."""
+
+    side: Backend
+    other: Backend
+    other_gen: Any
+    request: Request
+
+    def gap(self, fields: list[str]) -> float | None:
+        mine, theirs = self.side.model_settings(), self.other.model_settings()
+        update = {f: getattr(theirs, f) for f in fields}
+        try:
+            [sc] = cast(SettingsRescoring, self.side).score_with_settings(
+                mine.model_copy(update=update), [self.request], [self.other_gen.token_ids])
+        except ParitybenchError:
+            return None
+        return max_gap(sc, self.other_gen)
+
+
+def _setting_cause(a: Backend, b: Backend, d: SettingDiff, explains: bool = False, note: str = "",
+                   **evidence: Any) -> Cause:
+    meaning = causes.info(d.cause).meaning
+    return Cause(name=d.cause, explains=explains, detail=f"{a.name} {d.field} {show(d.a)}, {b.name} {show(d.b)}: {meaning}{note}",
+                 evidence={"field": d.field, a.name: show(d.a), b.name: show(d.b), **evidence})
 
 
 def explain(a: Backend, b: Backend, request: Request, ga: Any, gb: Any, before: float, noise: float,
-            diffs: list[SettingDiff]) -> tuple[list[Any], bool]:
+            diffs: Sequence[SettingDiff]) -> tuple[list[Cause], bool]:
     """Causes for the settings in `diffs`, each confirmed by a re-score where a side can; and
     whether aligning all of them closes the gap to `noise`. Returns (causes, closed)."""
-    from .parity import Cause
-
     if not diffs:
         return [], False
-
-    def cause(d: SettingDiff, explains: bool = False, note: str = "", **evidence: Any) -> Cause:
-        return Cause(name=d.cause, explains=explains,
-                     detail=f"{a.name} {d.field} {show(d.a)}, {b.name} {show(d.b)}: {CAUSES[d.field][1]}{note}",
-                     evidence={"field": d.field, a.name: show(d.a), b.name: show(d.b), **evidence})
-
-    pick = [(s, o, go, so) for s, o, go, so in ((a, b, gb, b.model_settings()), (b, a, ga, a.model_settings()))
-            if isinstance(s, SettingsRescoring)]
+    pick = [_Rescorer(s, o, go, request) for s, o, go in ((a, b, gb), (b, a, ga)) if isinstance(s, SettingsRescoring)]
     if not pick:
-        return [cause(d, note=" (no side can re-score to confirm)") for d in diffs], False
-    side, other, other_gen, theirs = pick[0]
-    scorer = cast(SettingsRescoring, side)
-    mine = side.model_settings()
-
-    def rescore(fields: list[str]) -> float | None:
-        update = {f: getattr(theirs, f) for f in fields}
-        try:
-            [sc] = scorer.score_with_settings(mine.model_copy(update=update), [request], [other_gen.token_ids])
-        except ParitybenchError:
-            return None
-        return max_gap(sc, other_gen)
-
-    causes: list[Cause] = []
+        return [_setting_cause(a, b, d, note=" (no side can re-score to confirm)") for d in diffs], False
+    rescorer = pick[0]
+    found: list[Cause] = []
     for d in diffs:
-        if d.field in NOT_RESCORABLE:
-            causes.append(cause(d))
+        if not causes.SETTINGS[d.field].rescorable:
+            found.append(_setting_cause(a, b, d))
             continue
-        after = rescore([d.field])
+        after = rescorer.gap([d.field])
         explains = after is not None and (after <= noise or after < before / 10)
         effect = ("re-score unavailable" if after is None else
-                  f"with {other.name}'s value on the {side.name} side the gap goes from {before:.3g} to {after:.3g}"
-                  + ("" if explains else ": not this"))
-        causes.append(cause(d, explains, f"; {effect}", max_abs_dlogprob=before, max_abs_dlogprob_aligned=after,
-                            rescored_by=side.name))
+                  f"with {rescorer.other.name}'s value on the {rescorer.side.name} side the gap goes from {before:.3g} "
+                  f"to {after:.3g}" + ("" if explains else ": not this"))
+        found.append(_setting_cause(a, b, d, explains, f"; {effect}", max_abs_dlogprob=before,
+                                    max_abs_dlogprob_aligned=after, rescored_by=rescorer.side.name))
     closed = False
-    fields = [d.field for d in diffs if d.field not in NOT_RESCORABLE]
+    fields = [d.field for d in diffs if causes.SETTINGS[d.field].rescorable]
     if fields and len(fields) == len(diffs):
-        together = rescore(fields)
+        together = rescorer.gap(fields)
         closed = together is not None and together <= noise
-    return causes, closed
+    return found, closed
+
+
+def explain_settings(a: Backend, b: Backend, request: Request, ga: Any, gb: Any, tol: Tolerance, before: float,
+                     diffs: Sequence[SettingDiff]) -> Finding:
+    """Causes from the sides' settings diff, confirmed by re-scoring; a gap closed to noise by
+    aligning them is a difference by design (it settles the prompt's failures into warnings) when
+    every differing setting is a by-design one."""
+    found, closed = explain(a, b, request, ga, gb, before, tol.logprob_pass, diffs)
+    reasons = [f"cause ({c.name}): {c.detail}" for c in found]
+    fields = ", ".join(d.field for d in diffs)
+    by_design = closed and all(causes.kind(d.cause) == "by-design" for d in diffs)
+    if by_design:
+        reasons.append(f"aligned on {fields}, the sides agree to {tol.name} noise: the engines differ by design "
+                       "here (align them with the JAX engine's conventions=hf)")
+    elif closed:
+        reasons.append(f"aligned on {fields}, the sides agree to {tol.name} noise: the configurations differ, "
+                       "the weights and the computation do not")
+    return Finding(check="settings", causes=tuple(found), reasons=tuple(reasons), settles=by_design)
+
+
+def reduced_precision(a: Backend, b: Backend, tol: Tolerance, diffs: Sequence[SettingDiff],
+                      named: set[str]) -> Finding | None:
+    """Settings that change the computation's precision (causes of kind precision), named on every
+    prompt where the sides differ in them, also within the bound: never a silent pass. `named`:
+    the causes the prompt already has."""
+    found = []
+    for d in diffs:
+        if causes.kind(d.cause) != "precision" or d.cause in named:
+            continue
+        detail = (f"{a.name} computes in {d.a}, {b.name} in {d.b}: compared at the {tol.name} bound" if d.field == "dtype"
+                  else f"{a.name} {d.field} {show(d.a)}, {b.name} {show(d.b)}: {causes.info(d.cause).meaning}; "
+                       f"within the {tol.name} bound")
+        found.append(Cause(name=d.cause, explains=True, evidence={"field": d.field, a.name: d.a, b.name: d.b},
+                           detail=detail))
+    if not found:
+        return None
+    return Finding(check="precision", verdict="warn", causes=tuple(found),
+                   reasons=tuple(f"cause ({c.name}): {c.detail}" for c in found))
+
+
+# ----------------------------------------------------------------------------- images
+
+
+class _CausalScorer(Backend, CausalImageScoring, Protocol):
+    """A side that can score with causal attention inside images."""
+
+
+def with_images(request: Request, arrays: Sequence[np.ndarray]) -> Request:
+    """`request` with its images replaced, in order, by `arrays` (HxWx3 uint8)."""
+    it = iter(arrays)
+    msgs = [m.model_copy(update={"content": [ImagePart(array=next(it)) if isinstance(p, ImagePart) else p
+                                             for p in m.content]}) for m in request.messages]
+    return request.model_copy(update={"messages": msgs})
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageCase:
+    """An image prompt whose log-probs differ: both sides, their greedy outputs, the gap, and the
+    pixels each side feeds its vision tower (by side name; None: the side cannot say)."""
+
+    a: Backend
+    b: Backend
+    request: Request
+    ga: Any
+    gb: Any
+    before: float
+    pixel_gap: float | None
+    pixels: dict[str, ImagePixelsResult | None]
+
+
+def explain_images(case: ImageCase, tol: Tolerance, earlier: Sequence[Cause]) -> Finding | None:
+    """Cross-checks for an image prompt that differs: a side that can score with causal attention
+    inside images (`CausalImageScoring`) re-scores the other side's output (1) that way, (2) also fed
+    the other side's resized pixels. A cause is named with the gap before and after; it explains
+    the difference when the gap falls below a tenth. `earlier`: the causes named before."""
+    a, b = case.a, case.b
+    checks = [(cast(_CausalScorer, s), o, go) for s, o, go in ((a, b, case.gb), (b, a, case.ga))
+              if isinstance(s, CausalImageScoring)]
+    if not checks:
+        return None
+    reasons: list[str] = []
+    best: tuple[float, _CausalScorer, Backend, Any] | None = None
+    for scorer, other, other_gen in checks:
+        try:
+            [causal] = scorer.score_causal_images([case.request], [other_gen.token_ids])
+        except ParitybenchError as e:
+            reasons.append(f"image cross-check on {scorer.name} unavailable: {e}")
+            continue
+        after = max_gap(causal, other_gen)
+        if best is None or after < best[0]:
+            best = (after, scorer, other, other_gen)
+    if best is None:
+        return Finding(check="images", reasons=tuple(reasons))
+    after, causal_scorer, other, _ = best
+    explains = after < case.before / 10
+    attention = Cause(
+        name="causal-image-attention", explains=explains,
+        detail=(f"with causal attention inside images on the {causal_scorer.name} side the gap goes from {case.before:.3g} "
+                f"to {after:.3g}" + (f": {other.name} attends causally inside images where {causal_scorer.name} attends both "
+                                     "ways (vLLM's CPU attention backend has no bidirectional image attention)"
+                                     if explains else ": attention inside images does not explain it")),
+        evidence={"max_abs_dlogprob_bidirectional": case.before, "max_abs_dlogprob_causal": after,
+                  "rescored_by": causal_scorer.name, "odd_side": other.name if explains else None})
+    found = [attention]
+    reasons.append(f"cause ({attention.name}): {attention.detail}")
+    closed = after <= tol.logprob_pass
+    if not closed and case.pixel_gap:
+        resize, more = _explain_resize(case, tol, after if explains else case.before, causal_scorer if explains else None)
+        reasons += more
+        if resize is not None:
+            found.append(resize)
+            reasons.append(f"cause ({resize.name}): {resize.detail}")
+            closed = resize.explains
+    settles = closed and any(c.explains for c in [*earlier, *found])
+    return Finding(check="images", causes=tuple(found), reasons=tuple(reasons), settles=settles)
+
+
+def _explain_resize(case: ImageCase, tol: Tolerance, gap: float,
+                    causal_scorer: _CausalScorer | None) -> tuple[Cause | None, list[str]]:
+    """The sides feed their vision towers different pixels: re-score one side fed the other side's
+    resized image (with causal image attention on `causal_scorer` when that cause was confirmed);
+    the best of the two directions names `image-resize-rounding`, explaining when the gap closes."""
+    tries, reasons = [], []
+    for scorer, other, other_gen in ((case.a, case.b, case.gb), (case.b, case.a, case.ga)):
+        theirs = case.pixels.get(other.name)
+        if theirs is None or (causal_scorer is not None and scorer is not causal_scorer):
+            continue
+        fn = causal_scorer.score_causal_images if causal_scorer is not None else scorer.score
+        try:
+            [sc] = fn([with_images(case.request, theirs.resized)], [other_gen.token_ids])
+        except ParitybenchError as e:
+            reasons.append(f"pixel cross-check on {scorer.name} unavailable: {e}")
+            continue
+        tries.append((max_gap(sc, other_gen), scorer, other, theirs))
+    if not tries:
+        return None, reasons
+    final, scorer, other, theirs = min(tries, key=lambda t: t[0])
+    resize = Cause(
+        name="image-resize-rounding", explains=final <= tol.logprob_pass,
+        detail=(f"{other.name}'s image preprocessing ({theirs.processor}) and {scorer.name}'s differ (max normalised "
+                f"pixel difference {case.pixel_gap:.3g}: one rounds the resized image to uint8, the other "
+                f"resizes in float); fed {other.name}'s resized image, {scorer.name}'s gap goes from {gap:.3g} to "
+                f"{final:.3g}"),
+        evidence={"max_abs_pixel": case.pixel_gap, "max_abs_dlogprob_causal": gap,
+                  "max_abs_dlogprob_causal_other_pixels": final, "causal_image_attention": causal_scorer is not None,
+                  "rescored_by": scorer.name})
+    return resize, reasons
+
+
+# ----------------------------------------------------------------------------- plain text
+
+
+def position_profile(a: Backend, b: Backend, tol: Tolerance, top_k: int = 5) -> tuple[dict[str, Any], Cause]:
+    """Score the same plain-text ids on both sides, position by position, and name the kind of
+    difference: none, attention span (sliding window), logit scale (soft-cap), or weights."""
+    ids = [BOS] + a.text_ids(PROBE_TEXT)
+    sa, sb = a.score_ids(ids, top_logprobs=top_k), b.score_ids(ids, top_logprobs=top_k)
+    d = np.abs(np.array(sa.logprobs) - np.array(sb.logprobs))
+    bad = np.nonzero(d > tol.logprob_pass)[0]
+    top_a, top_b = sa.top_logprobs, sb.top_logprobs
+    if top_a is None or top_b is None:
+        raise ModelError(f"{(a if top_a is None else b).name} returned no top log-probs (top_logprobs={top_k})")
+    _, _, argmax, ranks = topk_stats(top_a, top_b)
+    # spread of each side's top-k log-probs over the same ids: a soft-cap narrows every position
+    ratios = []
+    for ta, tb in zip(top_a, top_b):
+        db = dict(tb)
+        shared = [t for t, _ in ta if t in db]
+        if len(shared) >= 2:
+            xa = np.array([dict(ta)[t] for t in shared])
+            xb = np.array([db[t] for t in shared])
+            if np.std(xa) > 0:
+                ratios.append(float(np.std(xb) / np.std(xa)))
+    info = {"positions": len(d), "max_abs_dlogprob": float(d.max()), "per_position": d.round(8).tolist(),
+            "first_differing_query_position": int(bad[0]) if len(bad) else None,
+            "rank_agreement": float(np.mean(ranks)) if ranks else None, "spread_ratio_b_over_a": ratios}
+    if not len(bad):
+        return info, Cause(name="none-on-plain-text", explains=False,
+                           detail="both sides agree on plain text to float noise; the difference is in the "
+                                  "prompt path (template, media)", evidence={"max_abs_dlogprob": float(d.max())})
+    first = int(bad[0])  # d[i] is the prediction made at query position i
+    if first >= 2:
+        return info, Cause(
+            name="attention-span", explains=True,
+            detail=(f"log-probs agree to noise at query positions 0..{first - 1} and differ from position {first} on: "
+                    f"one side attends to a different span of past tokens (a sliding window of {first} on one "
+                    "side?) or encodes positions differently beyond it"),
+            evidence={"first_differing_query_position": first, "max_abs_dlogprob": float(d.max())})
+    if ranks and all(ranks) and ratios and (all(r < 1 for r in ratios) or all(r > 1 for r in ratios)):
+        narrower = b.name if ratios[0] < 1 else a.name
+        return info, Cause(
+            name="logit-scale", explains=True,
+            detail=(f"every position ranks the top-{top_k} the same, but {narrower}'s log-prob gaps are narrower at "
+                    f"every position (spread ratio {min(ratios):.3f}..{max(ratios):.3f}): a final-logit soft-cap, "
+                    "logit scaling or temperature differs"),
+            evidence={"spread_ratio_min": min(ratios), "spread_ratio_max": max(ratios)})
+    return info, Cause(
+        name="weights", explains=True,
+        detail=(f"log-probs differ from the first position on (max {float(d.max()):.3g}) and the top-{top_k} "
+                f"order changes at {100 * (1 - float(np.mean(ranks))):.0f}% of positions: the weights or the computation "
+                "differ (a perturbed or mis-mapped tensor, a norm convention, the dtype)"),
+        evidence={"max_abs_dlogprob": float(d.max()), "rank_agreement": float(np.mean(ranks)) if ranks else None})

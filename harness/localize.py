@@ -16,47 +16,16 @@ reference probe) hides differences of 1e-3.
 from __future__ import annotations
 
 import time
-from typing import Literal, cast
+from typing import cast
 
 import numpy as np
-from pydantic import BaseModel, Field
 
 from backends import Backend, LayerCapture, LayerStates, ParitybenchError, Request, UnsupportedError
 
-# float32 noise between correct engines measured 2e-7..7e-7 per row (tiny-gemma3, JAX vs vLLM);
-# a +0.01 change to one norm weight moved its row 2e-3
-THRESHOLD = 1e-4
+from .findings import LOCALIZE_THRESHOLD as THRESHOLD
+from .findings import LayerRow, Localization
 
-Status = Literal["localised", "agree", "unsupported", "not-localisable", "error"]
-
-
-class LayerRow(BaseModel):
-    """One depth of the network: relative differences of the two sides' streams there."""
-
-    index: int  # -1 embedding, 0..N-1 layer, N final norm
-    name: str
-    rel_max: float  # max |a - b| / max |a| over all tokens
-    rel_l2: float  # ||a - b|| / ||a||
-    rel_max_text: float | None = None  # over text tokens only
-    rel_max_media: float | None = None  # over image/audio soft tokens only (None: the prompt has none)
-    local_rel_max: float | None = None  # the local pass: this row computed from the other side's input
-
-
-class Localization(BaseModel):
-    """Where a prompt's two sides part (`status` "localised"), or why that is not known."""
-
-    status: Status
-    detail: str
-    threshold: float = THRESHOLD
-    reference: str | None = None  # the side whose stream the others are measured against
-    local_side: str | None = None  # the side that ran the local pass
-    first_layer: int | None = None  # the first row beyond the threshold
-    guilty_layers: list[int] = Field(default_factory=list)  # rows beyond it in the local pass
-    region: str | None = None  # where the first row parts: "text", "image", "audio" or "text+image", ...
-    tokens: int = 0
-    rows: list[LayerRow] = Field(default_factory=list)
-    seconds: dict[str, float] = Field(default_factory=dict)  # capture time per side (s)
-
+__all__ = ["THRESHOLD", "LayerRow", "Localization", "layer_rows", "localize"]
 
 def _row_name(k: int, n: int) -> str:
     return "embedding" if k == 0 else "final norm" if k == n + 1 else f"layer {k - 1}"

@@ -22,7 +22,7 @@ import backends
 from backends import InputError
 
 from .config import CompareConfig
-from .parity import PromptParity
+from .findings import PromptParity
 from .results import AnswerRow, BatchRun, ComparisonResults, ServingRun, level_kind, upgrade
 
 GUIDE_ROWS = ("Setup", "Model loading", "Memory efficiency", "Throughput", "API", "Multi-GPU", "Quantization",

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_valid
 
 from backends import MemorySnapshot
 
-from .parity import Arbitration, ParityReport
+from .findings import Arbitration, ParityReport
 
 SCHEMA_VERSION = 2
 _PERCENTILE_FIELD = re.compile(r"p\d+(\.\d+)?_(ttft|tpot|itl|e2el)_ms")
