@@ -28,12 +28,14 @@ Kinds:
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Literal
 
 from backends.models import CONFIG_FIELDS
 
 Kind = Literal["prompt", "preprocessing", "by-design", "configuration", "precision", "implementation", "weights",
                "heuristic", "observation"]
+KINDS: tuple[Kind, ...] = typing.get_args(Kind)
 
 
 @dataclasses.dataclass(frozen=True)

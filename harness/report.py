@@ -21,6 +21,7 @@ from rich.table import Table
 import backends
 from backends import InputError
 
+from . import causes
 from .config import CompareConfig
 from .findings import PromptParity
 from .results import AnswerRow, BatchRun, ComparisonResults, ServingRun, level_kind, upgrade
@@ -332,19 +333,23 @@ def parity_rows(results: ComparisonResults) -> list[dict[str, str]]:
     return rows
 
 
-SETTING_NAMES = {"convention": "convention", "family": "architecture", "dtype": "compute dtype",
-                 "max_model_len": "max model length", "final_logit_softcap": "final logit soft-cap",
-                 "text_vocab_size": "text ids", "logit_rows": "logit rows (softmax over)",
-                 "kv_sharing": "KV sharing (layer -> layer read)", "altup_coef_clip": "AltUp coefficient clip",
-                 "attn_logit_softcap": "attention soft-cap", "query_pre_attn_scalar": "query scaling (1/sqrt of)",
-                 "sliding_window": "sliding window", "layer_types": "layer types",
-                 "rope_local_base": "RoPE base (sliding)", "rope_global_base": "RoPE base (full)",
-                 "rope_local_scale": "RoPE scale (sliding)", "rope_global_scale": "RoPE scale (full)",
-                 "rms_norm_eps": "RMSNorm epsilon", "tied_embeddings": "tied embeddings",
-                 "image_token_id": "image soft-token id", "mm_tokens_per_image": "soft tokens per image",
-                 "kv_cache_dtype": "KV-cache dtype", "quantization": "weight quantization",
-                 "tokenizer_sha256": "tokenizer.model (sha256)", "chat_template_sha256": "chat template (sha256)",
-                 "end_ids": "end ids"}
+def cause_rows(results: ComparisonResults) -> list[dict[str, str]]:
+    """The causes parity named, grouped by kind (`harness.causes`): for each, the prompts where it
+    was confirmed and those where it was only a hint, what it means and how it is confirmed."""
+    rep = results.parity
+    seen: dict[str, dict[str, list[str]]] = {}
+    for p in rep.prompts if rep else []:
+        for c in p.causes:
+            entry = seen.setdefault(c.name, {"confirmed": [], "not confirmed": []})
+            entry["confirmed" if c.explains else "not confirmed"].append(p.id)
+    order = list(causes.KINDS)
+    rows = []
+    for name in sorted(seen, key=lambda n: (order.index(causes.kind(n)), n)):
+        info = causes.info(name)
+        rows.append({"kind": info.kind, "cause": name, "confirmed on": ", ".join(seen[name]["confirmed"]) or "-",
+                     "named, not confirmed, on": ", ".join(seen[name]["not confirmed"]) or "-",
+                     "meaning": info.meaning, "confirmed by": info.confirmed_by})
+    return rows
 
 
 def settings_rows(results: ComparisonResults) -> list[dict[str, str]]:
@@ -357,7 +362,7 @@ def settings_rows(results: ComparisonResults) -> list[dict[str, str]]:
     if not any(sides.values()):
         return []
     rows = []
-    for key, title in SETTING_NAMES.items():
+    for key, title in ((f, st.title) for f, st in causes.SETTINGS.items()):
         if any(key in s for s in sides.values()):
             vals = {n: ("unknown" if key not in s else "none" if s[key] is None else
                         ",".join(map(str, s[key])) if isinstance(s[key], list) else str(s[key])[:16])
@@ -668,6 +673,9 @@ def markdown(results: ComparisonResults, images: dict[str, bytes]) -> str:
                   f"warn up to {tol.logprob_warn}; greedy, {results.config.get('max_tokens')} tokens."
                   + (f" {tol.reason}." if tol.reason else ""), ""]
         lines += _md_table(parity_rows(results))
+        if cause_rows(results):
+            lines += ["", "### Causes named, by kind", ""]
+            lines += _md_table(cause_rows(results))
         if settings_rows(results):
             lines += ["", "### Effective settings of each side", ""]
             lines += _md_table(settings_rows(results))
@@ -748,6 +756,9 @@ def html_page(results: ComparisonResults, images: dict[str, bytes]) -> str:
                      f"&le; {tol.logprob_pass}, warn up to {tol.logprob_warn}."
                      f"{' ' + html.escape(tol.reason) + '.' if tol.reason else ''}</p>")
         parts.append(_html_table(parity_rows(results), table_id="verdicts", verdict_col="verdict"))
+        if cause_rows(results):
+            parts.append("<h3>Causes named, by kind</h3>")
+            parts.append(_html_table(cause_rows(results), table_id="causes"))
         if settings_rows(results):
             parts.append("<h3>Effective settings of each side</h3>")
             parts.append(_html_table(settings_rows(results), table_id="settings"))

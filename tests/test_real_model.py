@@ -140,7 +140,7 @@ def test_gguf_round_trip_of_a_model_of_our_own(tiny_text_dir, tmp_path):
 
     from backends import models
     from backends.models import _checkpoint as ck
-    from backends.models._gguf import write_gguf
+    from backends.models import model_dir_to_gguf as write_gguf
 
     want = ck.flat_tree(ck.load_params(tiny_text_dir / ck.PARAMS))
     for dtype, bound in (("F32", 0.0), ("BF16", 2e-2), ("Q8_0", 2e-2)):
@@ -169,7 +169,8 @@ def test_tiny_gguf_tokenizer_gives_transformers_ids(tiny_text_dir, tmp_path):
     tokenizer rebuilt from the GGUF gives transformers' GGUF tokenizer's ids too."""
     import sentencepiece as spm
 
-    from backends.models._gguf import read_gguf, sentencepiece_model, write_gguf
+    from backends.models import model_dir_to_gguf as write_gguf
+    from backends.models._gguf import read_gguf, sentencepiece_model
 
     gguf = write_gguf(tiny_text_dir, tmp_path / "tiny.gguf")
     sp = spm.SentencePieceProcessor(model_proto=sentencepiece_model(read_gguf(gguf).tokenizer))
@@ -187,7 +188,7 @@ def _patched(src: Path, dst: Path, old: bytes, new: bytes, count: int = -1) -> P
 
 
 def test_bad_ggufs_get_one_line_and_leave_nothing(tiny_text_dir, tmp_path):
-    from backends.models._gguf import write_gguf
+    from backends.models import model_dir_to_gguf as write_gguf
 
     good = write_gguf(tiny_text_dir, tmp_path / "good.gguf")
     data = good.read_bytes()

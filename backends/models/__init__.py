@@ -46,7 +46,15 @@ from ._checkpoint import (
     tree_digest,
     write_model_dir,
 )
-from ._convert import Conversion, gemma_dir_to_hf, gguf_to_model_dir, hf_dir_to_gemma, hf_to_params, params_to_hf
+from ._convert import (
+    Conversion,
+    gemma_dir_to_hf,
+    gguf_to_model_dir,
+    hf_dir_to_gemma,
+    hf_to_params,
+    model_dir_to_gguf,
+    params_to_hf,
+)
 from ._quantize import SCHEMES, quantize_hf_dir
 from ._registry import (
     GEMMA3N_TEXT_ONLY,
@@ -89,7 +97,7 @@ __all__ = [
     "START_OF_TURN", "TINY_GEMMA3N", "TINY_RECIPES", "TOKENIZER", "GemmaArch",
     "ModelCard", "ModelSpec", "ResolvedModel", "VisionArch", "abstract_params", "atomic_dir", "build_tiny", "cache_root",
     "chat_template_sha256", "commit_dir", "converted", "dir_fingerprint", "download_kaggle", "ensure_tiny", "find_spec",
-    "gemma_dir_to_hf", "gemma_model_class", "gguf_to_model_dir", "get_spec", "hf_dir_to_gemma", "hf_to_params", "is_path",
+    "gemma_dir_to_hf", "gemma_model_class", "gguf_to_model_dir", "model_dir_to_gguf", "get_spec", "hf_dir_to_gemma", "hf_to_params", "is_path",
     "load_params", "locate_kaggle_download", "looks_like_hf_id", "params_to_hf", "random_twin", "read_card", "real_model",
     "render_chat", "render_prompt", "resolve", "save_params", "train_tiny_tokenizer", "tree_digest", "write_model_dir",
 ]

@@ -326,6 +326,24 @@ def gguf_to_model_dir(src: Path, dst: Path, *, name: str | None = None, expect_s
     return Conversion(dst, notes)
 
 
+def model_dir_to_gguf(model_dir: Path | str, out: Path | str, *, dtype: str = "F32") -> Path:
+    """Write a gemma-format Gemma 3 text folder as a GGUF file (`_gguf.write_gguf`: llama.cpp's
+    conventions); `dtype`: F32, F16, BF16 or Q8_0 for the matrices."""
+    from . import _gguf
+
+    model_dir = Path(model_dir)
+    card = _ckpt.read_card(model_dir)
+    arch = card.arch
+    if isinstance(arch, Gemma3nArch) or arch.vision is not None:
+        raise ModelError(f"{model_dir}: only Gemma 3 text models are written as GGUF (this one is "
+                         f"{'Gemma 3n' if isinstance(arch, Gemma3nArch) else 'a vision model'})")
+    if dtype not in _gguf.FILE_TYPES:  # before the weights load
+        raise InputError(f"GGUF type {dtype!r}: choose one of {', '.join(_gguf.FILE_TYPES)}")
+    tensors = params_to_hf(_ckpt.load_params(model_dir / _ckpt.PARAMS), arch)
+    return _gguf.write_gguf(out, name=card.name, arch=arch, tensors=tensors,
+                            tokenizer=(model_dir / _ckpt.TOKENIZER).read_bytes(), dtype=dtype)
+
+
 def _transformers_version() -> str:
     try:
         import transformers

@@ -111,9 +111,6 @@ def _field(reader, key: str, default: Any = None) -> Any:
 
 def read_gguf(path: Path | str, *, expect_sha256: str | None = None) -> GgufModel:
     """Read a Gemma 3 text GGUF: config, float32 tensors (dequantized) and tokenizer."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
-
     path = Path(path)
     sha = file_sha256(path) or ""
     if expect_sha256 is not None and sha != expect_sha256:
@@ -162,8 +159,16 @@ def read_gguf(path: Path | str, *, expect_sha256: str | None = None) -> GgufMode
         "max_position_embeddings": int(hp("context_length", 131_072)),
         "final_logit_softcapping": None, "attn_logit_softcapping": None, "dtype": "float32",
     }
+    tok = _tokenizer(r, tokens)
+    tensors, stored = _tensors(r, path, n_layers)
+    return GgufModel(path=path, sha256=sha, config=config, tensors=tensors, tensor_types=stored, tokenizer=tok,
+                     file_type=_field(r, "general.file_type"), chat_template=_field(r, "tokenizer.chat_template"))
+
+
+def _tokenizer(r: Any, tokens: list[str]) -> GgufTokenizer:
+    """The vocabulary and special ids of a GGUF (llama.cpp's defaults where a key is absent)."""
     types = [int(t) for t in _field(r, "tokenizer.ggml.token_type", [NORMAL] * len(tokens))]
-    tok = GgufTokenizer(
+    return GgufTokenizer(
         pieces=tokens, scores=[float(s) for s in _field(r, "tokenizer.ggml.scores", [0.0] * len(tokens))],
         types=types, bos_id=int(_field(r, "tokenizer.ggml.bos_token_id", 2)),
         eos_id=int(_field(r, "tokenizer.ggml.eos_token_id", 1)),
@@ -171,6 +176,13 @@ def read_gguf(path: Path | str, *, expect_sha256: str | None = None) -> GgufMode
         pad_id=int(_field(r, "tokenizer.ggml.padding_token_id", 0)),
         add_bos=bool(_field(r, "tokenizer.ggml.add_bos_token", True)),
     )
+
+
+def _tensors(r: Any, path: Path, n_layers: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every tensor under its Hugging Face name, dequantized to float32 with llama.cpp's norm shift
+    undone; and each one's stored type."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
 
     patterns = [(re.compile("^" + re.escape(k).replace(r"\{i\}", r"(\d+)") + "$"), v) for k, v in HF_NAMES.items()]
     tensors: dict[str, np.ndarray] = {}
@@ -199,8 +211,7 @@ def read_gguf(path: Path | str, *, expect_sha256: str | None = None) -> GgufMode
     missing = sorted(expected - set(tensors))
     if missing:
         raise ModelError(f"{path}: {len(missing)} tensors of a Gemma 3 model are missing, first {missing[0]}")
-    return GgufModel(path=path, sha256=sha, config=config, tensors=tensors, tensor_types=stored, tokenizer=tok,
-                     file_type=_field(r, "general.file_type"), chat_template=_field(r, "tokenizer.chat_template"))
+    return tensors, stored
 
 
 def sentencepiece_model(tok: GgufTokenizer) -> bytes:
@@ -245,36 +256,29 @@ def sentencepiece_model(tok: GgufTokenizer) -> bytes:
 FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7}
 
 
-def write_gguf(model_dir: Path | str, out: Path | str, *, dtype: str = "F32") -> Path:
-    """Write a gemma-format Gemma 3 text folder as a GGUF file the way llama.cpp's converter does
-    (its names, RMSNorm weights stored as 1 + w, its metadata keys, the SentencePiece vocabulary as
-    tokens, scores and types). `dtype`: F32, F16, BF16 or Q8_0 for the matrices (norms stay F32,
-    as llama.cpp keeps 1-D tensors)."""
+def write_gguf(out: Path | str, *, name: str, arch: Any, tensors: dict[str, Any], tokenizer: bytes,
+               dtype: str = "F32") -> Path:
+    """Write a Gemma 3 text model as a GGUF file the way llama.cpp's converter does (its names,
+    RMSNorm weights stored as 1 + w, its metadata keys, the SentencePiece vocabulary as tokens,
+    scores and types). `tensors`: the Hugging Face state dict (float32); `tokenizer`: the
+    tokenizer.model bytes; `dtype`: F32, F16, BF16 or Q8_0 for the matrices (norms stay F32, as
+    llama.cpp keeps 1-D tensors). A folder is written through `models.model_dir_to_gguf`."""
     import importlib
 
     from gguf import GGMLQuantizationType, GGUFWriter
     from gguf.quants import quantize
 
-    from . import _checkpoint as _ckpt
-    from ._arch import Gemma3nArch
-    from ._convert import params_to_hf
-
     if dtype not in FILE_TYPES:
         raise InputError(f"GGUF type {dtype!r}: choose one of {', '.join(FILE_TYPES)}")
-    model_dir, out = Path(model_dir), Path(out)
-    card = _ckpt.read_card(model_dir)
-    arch = card.arch
-    if isinstance(arch, Gemma3nArch) or arch.vision is not None:
-        raise ModelError(f"{model_dir}: only Gemma 3 text models are written as GGUF (this one is "
-                         f"{'Gemma 3n' if isinstance(arch, Gemma3nArch) else 'a vision model'})")
-    sd = params_to_hf(_ckpt.load_params(model_dir / _ckpt.PARAMS), arch)
+    out = Path(out)
+    sd = tensors
     pb: Any = importlib.import_module("sentencepiece.sentencepiece_model_pb2")  # generated code: untyped
     proto = pb.ModelProto()
-    proto.ParseFromString((model_dir / _ckpt.TOKENIZER).read_bytes())
+    proto.ParseFromString(tokenizer)
     spec = proto.trainer_spec
 
     w = GGUFWriter(str(out), "gemma3")
-    w.add_name(card.name)
+    w.add_name(name)
     w.add_file_type(FILE_TYPES[dtype])
     w.add_context_length(arch.max_position_embeddings)
     w.add_embedding_length(arch.embed_dim)
