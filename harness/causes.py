@@ -175,3 +175,14 @@ def setting_cause(field: str) -> CauseInfo:
 
 # the settings whose differences are causes, in the report's order
 CAUSE_SETTINGS = tuple(s.field for s in SETTINGS.values() if s.cause is not None)
+
+
+def catalogue() -> str:
+    """The causes as the markdown table docs/parity.md carries (between its `causes:begin` and
+    `causes:end` markers; tests/test_causes.py keeps the two the same)."""
+    settings_of = {s.cause: f"`{s.field}`" for s in SETTINGS.values() if s.cause is not None}
+    lines = ["| cause | kind | what it means | confirmed by | setting |", "|---|---|---|---|---|"]
+    for kind_ in KINDS:
+        for c in (c for c in CAUSES.values() if c.kind == kind_):
+            lines.append(f"| `{c.name}` | {c.kind} | {c.meaning} | {c.confirmed_by} | {settings_of.get(c.name, '')} |")
+    return "\n".join(lines)

@@ -97,11 +97,11 @@ def test_no_private_names_imported_across_packages():
     assert not bad, "\n".join(bad)
 
 
-def test_no_import_cycles_at_module_level():
+def _cycles(module_level_only: bool) -> list[list[str]]:
     graph: dict[str, set[str]] = {m: set() for m in MODULES}
     for mod in MODULES:
         for target, _, _, top in _imports(mod):
-            if top and target in MODULES and target != mod:
+            if (top or not module_level_only) and target in MODULES and target != mod:
                 graph[mod].add(target)
     cycles, state = [], dict.fromkeys(graph, 0)
 
@@ -119,8 +119,39 @@ def test_no_import_cycles_at_module_level():
             visit(m, [m])
     # a package's __init__ importing its own submodules, which import siblings through the package,
     # is the one pattern Python resolves; anything else is a cycle
-    real = [c for c in cycles if not all(x.startswith(c[0]) or c[0].startswith(x) for x in c)]
+    return [c for c in cycles if not all(x.startswith(c[0]) or c[0].startswith(x) for x in c)]
+
+
+def test_no_import_cycles_at_module_level():
+    real = _cycles(module_level_only=True)
     assert not real, "\n".join(" -> ".join(c) for c in real)
+
+
+def test_no_import_cycles_hidden_in_functions():
+    """An import inside a function that closes a cycle (diagnosis importing from parity, which
+    imports diagnosis) is a cycle too, only deferred: none either."""
+    real = _cycles(module_level_only=False)
+    assert not real, "\n".join(" -> ".join(c) for c in real)
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def _long_functions(paths: list[Path]) -> list[str]:
+    out = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = (node.end_lineno or node.lineno) - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    out.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {n} lines")
+    return out
+
+
+def test_no_function_over_80_lines():
+    paths = [p for pkg in ("backends", "harness") for p in sorted((ROOT / pkg).rglob("*.py"))]
+    long = _long_functions(paths)
+    assert not long, "split these into named steps:\n" + "\n".join(long)
 
 
 def _engine_name_branches(path: Path, engine_names: set[str]) -> list[str]:
@@ -150,12 +181,52 @@ def _engine_name_branches(path: Path, engine_names: set[str]) -> list[str]:
     return found
 
 
+def _engine_name_lookups(path: Path, engine_names: set[str]) -> list[str]:
+    """Engine knowledge kept in the harness as data keyed by an engine's name: `x["vllm"]`,
+    `d.get("jax")`, and dict displays with an engine's name as a key (`{"vllm": ...}.get(engine)`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        hit = False
+        if isinstance(node, ast.Dict):
+            hit = any(isinstance(k, ast.Constant) and k.value in engine_names for k in node.keys)
+        elif isinstance(node, ast.Subscript) and ast.unparse(node.value) != "Literal":
+            hit = isinstance(node.slice, ast.Constant) and node.slice.value in engine_names
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+            first = node.args[0]
+            hit = (node.func.attr in ("get", "pop", "setdefault") and isinstance(first, ast.Constant)
+                   and first.value in engine_names)
+        if hit:
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)[:80]}")
+    return found
+
+
 def test_harness_never_branches_on_an_engine_name():
     import backends
 
     names = set(backends.engines())
     bad = [hit for path in sorted((ROOT / "harness").rglob("*.py")) for hit in _engine_name_branches(path, names)]
     assert not bad, "\n".join(bad)
+
+
+def test_harness_keeps_no_data_keyed_by_an_engine_name():
+    """Titles, options, environments, guides: each engine declares its own (`BaseBackend`'s
+    class-level declarations); the harness reads them, never a table of its own keyed by names."""
+    import backends
+
+    names = set(backends.engines())
+    bad = [hit for path in sorted((ROOT / "harness").rglob("*.py")) for hit in _engine_name_lookups(path, names)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_lookup_check_catches_a_table():
+    planted = ROOT / "harness" / "_planted_lookup_check.py"
+    planted.write_text('TITLES = {"vllm": "vLLM"}\n\ndef f(d, opts):\n    return d["jax"], opts.get("hf"), '
+                       'Literal["vllm"]\n')
+    try:
+        hits = _engine_name_lookups(planted, {"vllm", "jax", "hf"})
+    finally:
+        planted.unlink()
+    assert len(hits) == 3, hits
 
 
 def test_the_branch_check_catches_a_branch(tmp_path):
@@ -169,7 +240,7 @@ def test_the_branch_check_catches_a_branch(tmp_path):
     assert len(hits) == 2
 
 
-@pytest.mark.parametrize("engine", ["jax", "vllm", "hf"])
+@pytest.mark.parametrize("engine", ["jax", "vllm", "hf", "openai"])
 def test_every_engine_class_implements_the_protocol(engine):
     """Every method and attribute of `Backend` is defined on each built-in engine's class."""
     import backends
