@@ -11,6 +11,7 @@ Both: memory sampled in the background during the measured pass (see MemorySampl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -20,7 +21,16 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from backends import Backend, CompileCounting, MemorySnapshot, Request, SamplingParams, TimedStreaming, peak_rss_bytes
+from backends import (
+    Backend,
+    CompileCounting,
+    MemorySnapshot,
+    Request,
+    SamplingParams,
+    TimedStreaming,
+    peak_rss_bytes,
+    stop_point,
+)
 
 from .metrics import PERCENTILES, RequestRecord, summarize
 from .results import BatchRun, MemorySummary, ServingRun
@@ -251,3 +261,46 @@ def run_batched(backend: Backend, workload: Workload, *, batch_size: int,
         memory=mem.summary(),
         harness_peak_rss_bytes=peak_rss_bytes(),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelSettings:
+    """How each level runs: arrivals, warm-ups and percentiles for a streaming engine; memory
+    sampling for both kinds."""
+
+    request_rate: float = math.inf
+    burstiness: float = 1.0
+    warmups: int = 1
+    percentiles: Sequence[float] = PERCENTILES
+    memory_interval: float = MEMORY_INTERVAL_S
+
+
+def run_levels(side: Backend, workload: Workload, levels: Sequence[int], settings: LevelSettings, *,
+               reused: dict[int, ServingRun | BatchRun] | None = None,
+               before_level: Callable[[int], None] | None = None,
+               on_level: Callable[[int, ServingRun | BatchRun, bool], None] | None = None) -> list[ServingRun | BatchRun]:
+    """The workload at each level: an engine that streams (`TimedStreaming`) at each max concurrency,
+    the others at each batch size; a level in `reused` (an interrupted run's) is taken as it is.
+    `before_level(level)` is told as a level starts, `on_level(level, run, reused)` gets each level
+    as soon as it is measured; a side that died
+    during a level stops the loop (its level of failures is not kept)."""
+    runs: list[ServingRun | BatchRun] = []
+    for level in levels:
+        if before_level is not None:
+            before_level(level)
+        if reused and level in reused:
+            run: ServingRun | BatchRun = reused[level]
+        elif isinstance(side, TimedStreaming):
+            run = run_serving(side, workload, max_concurrency=level, request_rate=settings.request_rate,
+                              burstiness=settings.burstiness, warmups=settings.warmups,
+                              percentiles=settings.percentiles, memory_interval=settings.memory_interval)
+        else:
+            run = run_batched(side, workload, batch_size=level, memory_interval=settings.memory_interval)
+        was_reused = bool(reused) and level in (reused or {})
+        if not was_reused:
+            side.check_alive()
+        runs.append(run)
+        if on_level is not None:
+            on_level(level, run, was_reused)
+        stop_point()
+    return runs

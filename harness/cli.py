@@ -494,18 +494,13 @@ def bench(
         mean_in = input_len if suite is None else round(sum(len(b.prompt_ids(r)) for r in wl.requests) / len(wl.requests))
         roof = roofline.for_levels(b.model_settings(), [int(x) for x in levels], mean_in,
                                    round(sum(wl.output_lens) / len(wl.output_lens)), roofline.measure_machine())
-        runs: list[ServingRun | BatchRun] = []
-        for level in levels:
-            console.print(f"[bold]{backend}[/] {'concurrency' if serving else 'batch size'} {int(level)} ...")
-            r: ServingRun | BatchRun
-            if serving:
-                r = _bench.run_serving(b, wl, max_concurrency=int(level), request_rate=request_rate,
-                                       burstiness=burstiness, warmups=warmups, percentiles=pct,
-                                       memory_interval=memory_interval)
-            else:
-                r = _bench.run_batched(b, wl, batch_size=int(level), memory_interval=memory_interval)
-            runs.append(r)
-            _print_level(r, roof.tok_s.get(int(level)))
+        settings = _bench.LevelSettings(request_rate=request_rate, burstiness=burstiness, warmups=warmups,
+                                        percentiles=pct, memory_interval=memory_interval)
+        kind = "concurrency" if serving else "batch size"
+        runs = _bench.run_levels(
+            b, wl, [int(x) for x in levels], settings,
+            before_level=lambda level: console.print(f"[bold]{backend}[/] {kind} {level} ..."),
+            on_level=lambda level, run, _: _print_level(run, roof.tok_s.get(level)))
         if roof.note:
             console.print(roof.note)
         result = {"backend": backend, "model": model, "workload": wl.describe(), "describe": b.describe(),

@@ -205,36 +205,91 @@ def resume(out: str | Path, *, console: Console | None = None) -> ComparisonResu
     return compare(prev.config.model_copy(update={"out": str(out)}), console=console, previous=prev)
 
 
+@dataclasses.dataclass
+class _Run:
+    """One comparison while it runs: its inputs (checked before anything starts), its recorder and
+    the results it fills, phase by phase (`compare`)."""
+
+    config: CompareConfig
+    console: Console
+    out: Path
+    suite: suites.Suite
+    quality_inputs: tuple[dict[str, list[str]], list[quality.Item] | None] | None
+    rec: Recorder
+    results: ComparisonResults
+    previous: Previous | None
+    tol: parity.Tolerance | None = None
+    todo: list[Request] = dataclasses.field(default_factory=list)  # parity's prompts
+    ahead: dict[str, Future[parity.Greedy]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def reused(self) -> dict[str, dict]:
+        return self.previous.parity if self.previous else {}
+
+
 def compare(config: CompareConfig, *, force: bool = False, console: Console | None = None,
             previous: Previous | None = None) -> ComparisonResults:
     """Run the comparison `config` describes; returns the results (also written under config.out).
-    With `previous` (see `resume`), what it measured is reused and only the rest is run."""
+    With `previous` (see `resume`), what it measured is reused and only the rest is run.
+
+    The phases: inputs read and checked (`_start`), the sides set up at once with their parity
+    generations started as each comes up (`_set_up`), parity of each pair (`_parity`) and the
+    answers of prompts some side cannot run, or one side's answers (`_answer`), quality, the
+    benchmark levels; results.json and the report are written whatever happens."""
+    run = _start(config, console or Console(stderr=True), force, previous)
+    try:
+        with contextlib.ExitStack() as stack:
+            sides = _set_up(run, stack)
+            if len(sides) >= 2:
+                _parity(run, sides)
+            else:
+                _answer(run, sides)
+            stop_point()
+            if run.quality_inputs is not None:
+                _quality_all(sides, config, run.quality_inputs, run.results, run.rec, run.console)
+            stop_point()
+            if config.bench.enabled:
+                _bench_all(sides, config, run.results, run.rec, run.console, previous.bench if previous else {})
+            for name, side in sides.items():  # what each side is now (a server of a group left out, ...)
+                with contextlib.suppress(ParitybenchError):
+                    run.results.setup[name].describe = side.describe()
+    except ParitybenchError as e:
+        run.results.error = str(e)
+        run.rec.add("error", {"error": str(e)})
+        raise
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM (turned into SystemExit)
+        run.results.error = f"interrupted ({'SIGINT' if isinstance(e, KeyboardInterrupt) else 'SIGTERM'})"
+        run.rec.add("error", {"error": run.results.error})
+        raise
+    finally:
+        _finish(run)
+    return run.results
+
+
+def _start(config: CompareConfig, console: Console, force: bool, previous: Previous | None) -> _Run:
+    """The inputs read and checked (a bad suite file or quality file fails before anything starts;
+    a bad prompt is its own error), the output folder, the recorder and the run's first record."""
     import evals
 
-    console = console or Console(stderr=True)
     _host_devices(config)
     out = Path(config.out)
     suite_path = Path(config.suite) if config.suite else evals.path("default")
-    suite = suites.read(suite_path)  # a bad suite file fails before anything starts; a bad prompt is its own error
+    suite = suites.read(suite_path)
     if not suite.requests:
         raise InputError(f"no prompt of {suite_path} can run: {suite.errors[0]}")
-    requests = suite.requests
-    quality_inputs = _quality_inputs(config) if config.quality.enabled else None  # bad files fail before anything starts
+    quality_inputs = _quality_inputs(config) if config.quality.enabled else None
     if previous is None:
         prepare_out(out, force)
     backends.keep_library_log_in(out)  # the libraries' own output (TensorFlow, absl, Orbax) beside the results
     rec = Recorder(out / "results.jsonl")
     parity_sampling = SamplingParams(max_tokens=config.max_tokens, logprobs=config.top_k_logprobs)
-    greedy = SamplingParams(max_tokens=config.max_tokens, logprobs=0)
-    answer_sampling = SamplingParams(max_tokens=config.max_tokens, temperature=config.temperature,
-                                     seed=config.seed, logprobs=config.top_k_logprobs)
     results = ComparisonResults(
         kind="compare" if len(config.backends) >= 2 else "run", config=config.public(),
         suite=SuiteInfo(name=suite.name, path=str(suite_path), prompts=len(suite.prompts), errors=suite.errors),
         started=_now(),
         reproducibility=environment.reproducibility(
             config.public(), {"parity": parity_sampling.model_dump(mode="json"),
-                              "answers": answer_sampling.model_dump(mode="json")}),
+                              "answers": _answer_sampling(config).model_dump(mode="json")}),
     )
     if previous is not None:
         results.resumed = {
@@ -245,131 +300,146 @@ def compare(config: CompareConfig, *, force: bool = False, console: Console | No
     else:
         head = results.to_json()
         rec.add("run", {k: head[k] for k in ("schema_version", "kind", "config", "suite", "reproducibility")})
-    reused = previous.parity if previous else {}
-    tol = parity.PROFILES[config.tolerance] if config.tolerance != "auto" else None
+    run = _Run(config=config, console=console, out=out, suite=suite, quality_inputs=quality_inputs, rec=rec,
+               results=results, previous=previous)
+    run.tol = parity.PROFILES[config.tolerance] if config.tolerance != "auto" else None
     pairs = config.pairs()
     # parity's prompts: those an interrupted two-sided run did not finish, every prompt otherwise
-    todo = [r for r in requests if r.id not in reused] if len(pairs) == 1 else requests
-    ahead = {n: Future[parity.Greedy]() for n in config.backends} if pairs else {}
+    run.todo = [r for r in suite.requests if r.id not in run.reused] if len(pairs) == 1 else suite.requests
+    run.ahead = {n: Future[parity.Greedy]() for n in config.backends} if pairs else {}
+    return run
+
+
+def _answer_sampling(config: CompareConfig) -> SamplingParams:
+    return SamplingParams(max_tokens=config.max_tokens, temperature=config.temperature, seed=config.seed,
+                          logprobs=config.top_k_logprobs)
+
+
+def _set_up(run: _Run, stack: contextlib.ExitStack) -> dict[str, backends.Backend]:
+    """Every side set up at once (`open_sides`), each starting its parity generations as soon as it
+    is up; their set-up records. The sides close when `stack` unwinds."""
+    config = run.config
 
     def greedy_ahead(name: str, side: backends.Backend) -> None:
         """A side's parity generations, started as soon as it is up (another may still be starting)."""
         try:
-            ahead[name].set_result(parity.greedy(side, todo, parity.greedy_sampling(
-                config.max_tokens, config.top_k_logprobs, tol)))
+            run.ahead[name].set_result(parity.greedy(side, run.todo, parity.greedy_sampling(
+                config.max_tokens, config.top_k_logprobs, run.tol)))
         except BaseException as e:  # handed to parity, which waits for it
-            ahead[name].set_exception(e)
+            run.ahead[name].set_exception(e)
 
-    try:
-        with contextlib.ExitStack() as stack:
-            sides: dict[str, backends.Backend] = {}
-            release = threading.Event()
-            stack.callback(release.set)  # after the sides below are closed (the stack unwinds in reverse)
-            with console.status("setting up " + ", ".join(f"{n} ({config.model_for(n)})" for n in config.backends)):
-                ready = open_sides(config, release, then=greedy_ahead if ahead else None)
-            for opened in ready.values():
-                stack.enter_context(opened.side)
-            for name, opened in ready.items():
-                spec, side = config.side(name), opened.side
-                setup = SideSetup(backend=name, engine=spec.engine, model=config.model_for(name),
-                                  options=spec.options, setup_s=opened.setup_s, load_s=side.load_s,
-                                  warmup_s=side.warmup_s, describe=side.describe(), guide=side.guide_facts(),
-                                  bench_mode="serving" if isinstance(side, TimedStreaming) else "batch",
-                                  memory=opened.memory)
-                sides[name] = side
-                results.setup[name] = setup
-                results.capabilities[name] = capability_row(side)
-                rec.add("setup", setup.model_dump(mode="json"))
-                console.print(f"{name}: ready in {setup.setup_s:.1f} s")
-                stop_point()
-            if len(sides) >= 2:
-                names = list(config.backends)
-                reports: dict[str, parity.ParityReport] = {}
-                for x, y in pairs:
-                    key = f"{x}-{y}"
-                    pair_reused = reused if len(pairs) == 1 else {}  # resume keeps prompts of a two-sided run
-                    pair_tol, report_only = _pair_bound(config, sides[x], sides[y], x, y, tol)
+    release = threading.Event()
+    stack.callback(release.set)  # after the sides below are closed (the stack unwinds in reverse)
+    with run.console.status("setting up " + ", ".join(f"{n} ({config.model_for(n)})" for n in config.backends)):
+        ready = open_sides(config, release, then=greedy_ahead if run.ahead else None)
+    for opened in ready.values():
+        stack.enter_context(opened.side)
+    sides: dict[str, backends.Backend] = {}
+    for name, opened in ready.items():
+        spec, side = config.side(name), opened.side
+        setup = SideSetup(backend=name, engine=spec.engine, model=config.model_for(name),
+                          options=spec.options, setup_s=opened.setup_s, load_s=side.load_s,
+                          warmup_s=side.warmup_s, describe=side.describe(), guide=side.guide_facts(),
+                          bench_mode="serving" if isinstance(side, TimedStreaming) else "batch",
+                          memory=opened.memory)
+        sides[name] = side
+        run.results.setup[name] = setup
+        run.results.capabilities[name] = capability_row(side)
+        run.rec.add("setup", setup.model_dump(mode="json"))
+        run.console.print(f"{name}: ready in {setup.setup_s:.1f} s")
+        stop_point()
+    return sides
 
-                    def on_prompt(p: parity.PromptParity, key: str = key) -> None:
-                        rec.add("parity_prompt", {**p.model_dump(mode="json"), "pair": key})
-                        stop_point()
 
-                    t0 = time.perf_counter()
-                    with console.status(f"parity {x} vs {y} on {len(todo)} prompts (greedy, {config.max_tokens} "
-                                        "tokens, teacher-forced log-probs)"):
-                        rep = parity.compare(
-                            sides[x], sides[y], todo, max_tokens=config.max_tokens, top_k=config.top_k_logprobs,
-                            tolerance=pair_tol, localize=config.localize,
-                            localize_threshold=config.localize_threshold, on_prompt=on_prompt,
-                            ahead=(ahead[x], ahead[y]))
-                    rep = rep.model_copy(update={"seconds": time.perf_counter() - t0, "report_only": report_only})
-                    stop_point()
-                    reports[key] = _in_suite_order(rep, suite, pair_reused)
-                    rec.add("parity", {"pair": key, "verdict": reports[key].verdict, "report_only": report_only,
-                                       "tolerance": reports[key].tolerance.model_dump(mode="json")})
-                for name, fut in ahead.items():
-                    if fut.done() and fut.exception() is None:
-                        results.setup[name].greedy_ahead_s = fut.result().seconds
-                first = reports[f"{pairs[0][0]}-{pairs[0][1]}"]
-                results.parity = first
-                counted = [r.verdict for r in reports.values() if not r.report_only]
-                results.verdict = parity.worst(*counted) if counted else "pass"
-                if len(pairs) > 1 or config.reference is not None:
-                    results.pairs = reports
-                    if config.reference is None:
-                        results.arbitration = parity.arbitrate(names, reports)
-                texts: dict[str, dict[str, str | None]] = {}
-                for (x, y), rep in zip(pairs, reports.values()):
-                    for p in rep.prompts:
-                        row = texts.setdefault(p.id, {})
-                        row.setdefault(x, p.a.text if p.a else None)
-                        row.setdefault(y, p.b.text if p.b else None)
-                # a prompt some side cannot run is still answered (and scored) by the sides that can
-                lone = {p.id for rep in reports.values() for p in rep.prompts if p.verdict == "unsupported"}
-                for name, side in sides.items():
-                    mine = [sp for sp in suite.prompts if sp.id in lone and sp.request is not None
-                            and _can_run(side, sp.request)]
-                    if mine:
-                        part = dataclasses.replace(suite, prompts=mine)
-                        done = {k: v for k, v in _answered(previous, name).items() if k in lone}
-                        with console.status(f"{name}: answering {len(mine)} prompts another side cannot run"):
-                            rows = _answers(side, part, greedy, done, functools.partial(_record_answer, rec, name))
-                        results.answers[name] = [AnswerRow.model_validate(r) for r in rows]
-                        for r in rows:
-                            texts.setdefault(r["id"], {})[name] = r.get("text")
-                results.scores = score_all(suite, texts, names)
-            else:
-                (name, side), = sides.items()
-                done = _answered(previous, name)
-                with console.status(f"{name}: answering {len(requests) - len(done)} prompts"):
-                    rows = _answers(side, suite, answer_sampling, done, functools.partial(_record_answer, rec, name))
-                results.answers[name] = [AnswerRow.model_validate(r) for r in rows]
-                results.verdict = "error" if any("error" in r for r in rows) else "pass"
-                results.scores = score_all(suite, {r["id"]: {name: r.get("text")} for r in rows}, [name])
-            stop_point()
-            if quality_inputs is not None:
-                _quality_all(sides, config, quality_inputs, results, rec, console)
-            stop_point()
-            if config.bench.enabled:
-                _bench_all(sides, config, results, rec, console, previous.bench if previous else {})
-            for name, side in sides.items():  # what each side is now (a server of a group left out, ...)
-                with contextlib.suppress(ParitybenchError):
-                    results.setup[name].describe = side.describe()
-    except ParitybenchError as e:
-        results.error = str(e)
-        rec.add("error", {"error": str(e)})
-        raise
-    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM (turned into SystemExit)
-        results.error = f"interrupted ({'SIGINT' if isinstance(e, KeyboardInterrupt) else 'SIGTERM'})"
-        rec.add("error", {"error": results.error})
-        raise
-    finally:
-        results.finished = _now()
-        rec.close()
-        report.write_atomic(out / "results.json",
-                            json.dumps(results.to_json(), indent=1, default=str, ensure_ascii=False) + "\n")
-        report.render(results, out)
-    return results
+def _parity(run: _Run, sides: dict[str, backends.Backend]) -> None:
+    """Parity of each pair (each prompt recorded as it is known), the run's verdict from the pairs
+    that count, the arbitration of three or more sides, then the answers and scores."""
+    config, results, pairs = run.config, run.results, run.config.pairs()
+    reports = {f"{x}-{y}": _pair_parity(run, sides, x, y, run.reused if len(pairs) == 1 else {}) for x, y in pairs}
+    for name, fut in run.ahead.items():
+        if fut.done() and fut.exception() is None:
+            results.setup[name].greedy_ahead_s = fut.result().seconds
+    results.parity = reports[f"{pairs[0][0]}-{pairs[0][1]}"]
+    counted = [r.verdict for r in reports.values() if not r.report_only]
+    results.verdict = parity.worst(*counted) if counted else "pass"
+    if len(pairs) > 1 or config.reference is not None:
+        results.pairs = reports
+        if config.reference is None:
+            results.arbitration = parity.arbitrate(list(config.backends), reports)
+    texts: dict[str, dict[str, str | None]] = {}
+    for (x, y), rep in zip(pairs, reports.values()):
+        for p in rep.prompts:
+            row = texts.setdefault(p.id, {})
+            row.setdefault(x, p.a.text if p.a else None)
+            row.setdefault(y, p.b.text if p.b else None)
+    _answer_lone(run, sides, reports, texts)
+    results.scores = score_all(run.suite, texts, list(config.backends))
+
+
+def _pair_parity(run: _Run, sides: dict[str, backends.Backend], x: str, y: str,
+                 pair_reused: dict[str, dict]) -> parity.ParityReport:
+    """Parity of the pair (x, y) on the run's prompts, in the suite's order (with the prompts an
+    interrupted run finished, `pair_reused`), recorded."""
+    key = f"{x}-{y}"
+    pair_tol, report_only = _pair_bound(run.config, sides[x], sides[y], x, y, run.tol)
+
+    def on_prompt(p: parity.PromptParity) -> None:
+        run.rec.add("parity_prompt", {**p.model_dump(mode="json"), "pair": key})
+        stop_point()
+
+    t0 = time.perf_counter()
+    with run.console.status(f"parity {x} vs {y} on {len(run.todo)} prompts (greedy, {run.config.max_tokens} "
+                            "tokens, teacher-forced log-probs)"):
+        rep = parity.compare(
+            sides[x], sides[y], run.todo, max_tokens=run.config.max_tokens, top_k=run.config.top_k_logprobs,
+            tolerance=pair_tol, localize=run.config.localize, localize_threshold=run.config.localize_threshold,
+            on_prompt=on_prompt, ahead=(run.ahead[x], run.ahead[y]))
+    rep = rep.model_copy(update={"seconds": time.perf_counter() - t0, "report_only": report_only})
+    stop_point()
+    rep = _in_suite_order(rep, run.suite, pair_reused)
+    run.rec.add("parity", {"pair": key, "verdict": rep.verdict, "report_only": report_only,
+                           "tolerance": rep.tolerance.model_dump(mode="json")})
+    return rep
+
+
+def _answer_lone(run: _Run, sides: dict[str, backends.Backend], reports: dict[str, parity.ParityReport],
+                 texts: dict[str, dict[str, str | None]]) -> None:
+    """A prompt some side cannot run is still answered (and scored) by the sides that can."""
+    greedy = SamplingParams(max_tokens=run.config.max_tokens, logprobs=0)
+    lone = {p.id for rep in reports.values() for p in rep.prompts if p.verdict == "unsupported"}
+    for name, side in sides.items():
+        mine = [sp for sp in run.suite.prompts if sp.id in lone and sp.request is not None
+                and _can_run(side, sp.request)]
+        if not mine:
+            continue
+        part = dataclasses.replace(run.suite, prompts=mine)
+        done = {k: v for k, v in _answered(run.previous, name).items() if k in lone}
+        with run.console.status(f"{name}: answering {len(mine)} prompts another side cannot run"):
+            rows = _answers(side, part, greedy, done, functools.partial(_record_answer, run.rec, name))
+        run.results.answers[name] = [AnswerRow.model_validate(r) for r in rows]
+        for r in rows:
+            texts.setdefault(r["id"], {})[name] = r.get("text")
+
+
+def _answer(run: _Run, sides: dict[str, backends.Backend]) -> None:
+    """One side: its answers to every prompt (sampled as configured), and their scores."""
+    (name, side), = sides.items()
+    done = _answered(run.previous, name)
+    with run.console.status(f"{name}: answering {len(run.suite.requests) - len(done)} prompts"):
+        rows = _answers(side, run.suite, _answer_sampling(run.config), done,
+                        functools.partial(_record_answer, run.rec, name))
+    run.results.answers[name] = [AnswerRow.model_validate(r) for r in rows]
+    run.results.verdict = "error" if any("error" in r for r in rows) else "pass"
+    run.results.scores = score_all(run.suite, {r["id"]: {name: r.get("text")} for r in rows}, [name])
+
+
+def _finish(run: _Run) -> None:
+    """results.json and the report, whatever happened (what was measured is kept)."""
+    run.results.finished = _now()
+    run.rec.close()
+    report.write_atomic(run.out / "results.json",
+                        json.dumps(run.results.to_json(), indent=1, default=str, ensure_ascii=False) + "\n")
+    report.render(run.results, run.out)
 
 
 def capability_row(side: backends.Backend) -> dict[str, str]:
@@ -496,6 +566,7 @@ def _bench_all(sides: dict[str, backends.Backend], config: CompareConfig, result
     """Every side's levels: engines that stream (`TimedStreaming`) at each concurrency, the others
     at each batch size."""
     s = config.bench
+    settings = _bench.LevelSettings(request_rate=s.request_rate, warmups=s.warmups, memory_interval=s.memory_interval)
     peaks = roofline.measure_machine()  # about a second; the same figures for every side
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
@@ -509,22 +580,15 @@ def _bench_all(sides: dict[str, backends.Backend], config: CompareConfig, result
             section = results.bench[name] = BenchSection(
                 workload=wl.describe(), mode="serving" if serving else "batch", notes=side.throughput_notes(),
                 roofline=roofline.for_levels(side.model_settings(), levels, s.input_len, s.output_len, peaks))
-            for level in levels:
-                if (name, level) in reused:  # measured by the interrupted run
-                    section.runs.append(_reused_run(reused[(name, level)]))
-                    progress.advance(task)
-                    continue
-                run: Run
-                if isinstance(side, TimedStreaming):
-                    run = _bench.run_serving(side, wl, max_concurrency=level, request_rate=s.request_rate,
-                                             warmups=s.warmups, memory_interval=s.memory_interval)
-                else:
-                    run = _bench.run_batched(side, wl, batch_size=level, memory_interval=s.memory_interval)
-                side.check_alive()  # a server that died mid-level: stop, do not record a level of failures
+
+            def recorded(level: int, run: Run, was_reused: bool, section: BenchSection = section, task: Any = task) -> None:
                 section.runs.append(run)
-                rec.add("bench", run.model_dump(mode="json"))
+                if not was_reused:
+                    rec.add("bench", run.model_dump(mode="json"))
                 progress.advance(task)
-                stop_point()
+
+            mine = {level: _reused_run(r) for (n, level), r in reused.items() if n == name}
+            _bench.run_levels(side, wl, levels, settings, reused=mine, on_level=recorded)
 
 
 def _reused_run(record: dict[str, Any]) -> Run:

@@ -198,6 +198,9 @@ def _most_samples(runs: list[ServingRun | BatchRun]) -> ServingRun | BatchRun:
     return max(reversed(runs), key=n)
 
 
+_COLORS = ["tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:red"]
+
+
 def plots(results: ComparisonResults) -> dict[str, bytes]:
     """PNG images by name; a plot without data is left out."""
     import matplotlib
@@ -214,82 +217,104 @@ def plots(results: ComparisonResults) -> dict[str, bytes]:
         plt.close(fig)
         out[name] = buf.getvalue()
 
-    sides = [(n, _runs(results, n)) for n in results.sides()]
-    sides = [(n, runs) for n, runs in sides if runs]
+    sides = [(n, runs) for n in results.sides() if (runs := _runs(results, n))]
     if sides:
-        colors = ["tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:red"]
-        fig, axes = plt.subplots(1, len(sides), figsize=(5 * len(sides), 3.4), squeeze=False)
-        for ax, (name, runs) in zip(axes[0], sides):
-            r = _most_samples(runs)
-            kind, level = level_kind(r)
-            if isinstance(r, ServingRun):
-                e2el = [x * 1000 for x in r.latencies if x]
-                ttft = [x * 1000 for x in r.ttfts if x]
-                for values, label in ((e2el, "E2EL"), (ttft, "TTFT")):  # each over its own range: far apart
-                    ax.hist(values, bins=15, label=label, alpha=0.8)
-                ax.set_title(f"{side_title(name)} latency per request ({kind} {level})")
-                ax.legend()
-            else:
-                ax.hist([x * 1000 for x in r.batch_latencies_s], bins=20, color="tab:green")
-                ax.set_title(f"{side_title(name)} latency per batch ({kind} {level})")
-            ax.set_xlabel("ms")
-        save(fig, "latency")
-        fig, axes = plt.subplots(1, len(sides), figsize=(5 * len(sides), 3.4), squeeze=False)
-        for ax, (name, runs), color in zip(axes[0], sides, colors):
-            levels = [level_kind(r)[1] for r in runs]
-            ax.plot(levels, [r.output_throughput for r in runs], "o-", color=color)
-            ax.set_xticks(levels)
-            ax.set_xlabel(level_kind(runs[0])[0])
-            ax.set_title(f"{side_title(name)} output tokens/s")
-        save(fig, "throughput")
-        fig, ax = plt.subplots(figsize=(10, 3.4))
-        for (name, runs), color in zip(sides, colors):
-            longest = max(runs, key=lambda r: r.duration)  # the most memory samples
-            tl, (kind, level) = longest.memory.timeline, level_kind(longest)
-            if tl.get("rss_bytes"):
-                ax.plot(tl["t_s"], [(v or 0) / 2**20 for v in tl["rss_bytes"]], "o-",
-                        label=f"{side_title(name)} RSS ({kind} {level})", color=color)
-            if any(tl.get("device_bytes_in_use") or []):
-                ax.plot(tl["t_s"], [(v or 0) / 2**20 for v in tl["device_bytes_in_use"]], "s--",
-                        label=f"{side_title(name)} device ({kind} {level})", color=color)
-        ax.set_xlabel("seconds into each side's longest measured run")
-        ax.set_ylabel("MiB")
-        ax.set_title("Memory over time")
-        ax.legend()
-        save(fig, "memory")
+        save(_latency_plot(plt, sides), "latency")
+        save(_throughput_plot(plt, sides), "throughput")
+        save(_memory_plot(plt, sides), "memory")
+    if (fig := _dlogprob_plot(plt, results)) is not None:
+        save(fig, "dlogprob")
+    if (fig := _layers_plot(plt, results)) is not None:
+        save(fig, "layers")
+    return out
+
+
+def _latency_plot(plt: Any, sides: list[tuple[str, list[ServingRun | BatchRun]]]) -> Any:
+    fig, axes = plt.subplots(1, len(sides), figsize=(5 * len(sides), 3.4), squeeze=False)
+    for ax, (name, runs) in zip(axes[0], sides):
+        r = _most_samples(runs)
+        kind, level = level_kind(r)
+        if isinstance(r, ServingRun):
+            e2el = [x * 1000 for x in r.latencies if x]
+            ttft = [x * 1000 for x in r.ttfts if x]
+            for values, label in ((e2el, "E2EL"), (ttft, "TTFT")):  # each over its own range: far apart
+                ax.hist(values, bins=15, label=label, alpha=0.8)
+            ax.set_title(f"{side_title(name)} latency per request ({kind} {level})")
+            ax.legend()
+        else:
+            ax.hist([x * 1000 for x in r.batch_latencies_s], bins=20, color="tab:green")
+            ax.set_title(f"{side_title(name)} latency per batch ({kind} {level})")
+        ax.set_xlabel("ms")
+    return fig
+
+
+def _throughput_plot(plt: Any, sides: list[tuple[str, list[ServingRun | BatchRun]]]) -> Any:
+    fig, axes = plt.subplots(1, len(sides), figsize=(5 * len(sides), 3.4), squeeze=False)
+    for ax, (name, runs), color in zip(axes[0], sides, _COLORS):
+        levels = [level_kind(r)[1] for r in runs]
+        ax.plot(levels, [r.output_throughput for r in runs], "o-", color=color)
+        ax.set_xticks(levels)
+        ax.set_xlabel(level_kind(runs[0])[0])
+        ax.set_title(f"{side_title(name)} output tokens/s")
+    return fig
+
+
+def _memory_plot(plt: Any, sides: list[tuple[str, list[ServingRun | BatchRun]]]) -> Any:
+    fig, ax = plt.subplots(figsize=(10, 3.4))
+    for (name, runs), color in zip(sides, _COLORS):
+        longest = max(runs, key=lambda r: r.duration)  # the most memory samples
+        tl, (kind, level) = longest.memory.timeline, level_kind(longest)
+        if tl.get("rss_bytes"):
+            ax.plot(tl["t_s"], [(v or 0) / 2**20 for v in tl["rss_bytes"]], "o-",
+                    label=f"{side_title(name)} RSS ({kind} {level})", color=color)
+        if any(tl.get("device_bytes_in_use") or []):
+            ax.plot(tl["t_s"], [(v or 0) / 2**20 for v in tl["device_bytes_in_use"]], "s--",
+                    label=f"{side_title(name)} device ({kind} {level})", color=color)
+    ax.set_xlabel("seconds into each side's longest measured run")
+    ax.set_ylabel("MiB")
+    ax.set_title("Memory over time")
+    ax.legend()
+    return fig
+
+
+def _dlogprob_plot(plt: Any, results: ComparisonResults) -> Any | None:
     prompts = results.parity.prompts if results.parity else []
     seqs = [(p.id, name, v) for p in prompts for name, v in (p.agreement.per_token if p.agreement else {}).items()
             if v]
-    if seqs and results.parity is not None:
-        fig, ax = plt.subplots(figsize=(10, 3.6))
-        for pid, name, v in seqs:
-            ax.plot(range(len(v)), [max(x, 1e-9) for x in v], ".-", label=f"{pid} ({name})")
-        ax.axhline(results.parity.tolerance.logprob_pass, color="gray", ls=":", label="pass bound")
-        ax.set_yscale("log")
-        ax.set_xlabel("token position in the generated sequence")
-        ax.set_ylabel("|Δ log-prob|")
-        ax.set_title("Per-token |Δ log-prob| between the backends (teacher-forced)")
-        ax.legend(fontsize=7, ncol=2)
-        save(fig, "dlogprob")
-    located = [p for p in prompts if p.localization and p.localization.rows]
-    if located:
-        fig, ax = plt.subplots(figsize=(10, 3.6))
-        for p in located[:10]:
-            loc = p.localization
-            assert loc is not None
-            x = [r.index for r in loc.rows]
-            line, = ax.plot(x, [max(r.rel_max, 1e-9) for r in loc.rows], "o-", label=f"{p.id}")
-            local = [(r.index, max(r.local_rel_max, 1e-9)) for r in loc.rows if r.local_rel_max is not None]
-            if local:
-                ax.plot(*zip(*local), "x--", color=line.get_color(), label=f"{p.id} (local pass)")
-        ax.axhline(located[0].localization.threshold, color="gray", ls=":", label="threshold")  # type: ignore[union-attr]
-        ax.set_yscale("log")
-        ax.set_xlabel("depth (-1 embedding, 0..N-1 layers, N final norm)")
-        ax.set_ylabel("max |a - b| / max |a|")
-        ax.set_title("Where the sides part: the residual stream after each layer")
-        ax.legend(fontsize=7, ncol=2)
-        save(fig, "layers")
-    return out
+    if not seqs or results.parity is None:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    for pid, name, v in seqs:
+        ax.plot(range(len(v)), [max(x, 1e-9) for x in v], ".-", label=f"{pid} ({name})")
+    ax.axhline(results.parity.tolerance.logprob_pass, color="gray", ls=":", label="pass bound")
+    ax.set_yscale("log")
+    ax.set_xlabel("token position in the generated sequence")
+    ax.set_ylabel("|Δ log-prob|")
+    ax.set_title("Per-token |Δ log-prob| between the backends (teacher-forced)")
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def _layers_plot(plt: Any, results: ComparisonResults) -> Any | None:
+    located = [p for p in (results.parity.prompts if results.parity else []) if p.localization and p.localization.rows]
+    if not located:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    for p in located[:10]:
+        loc = p.localization
+        assert loc is not None
+        x = [r.index for r in loc.rows]
+        line, = ax.plot(x, [max(r.rel_max, 1e-9) for r in loc.rows], "o-", label=f"{p.id}")
+        local = [(r.index, max(r.local_rel_max, 1e-9)) for r in loc.rows if r.local_rel_max is not None]
+        if local:
+            ax.plot(*zip(*local), "x--", color=line.get_color(), label=f"{p.id} (local pass)")
+    ax.axhline(located[0].localization.threshold, color="gray", ls=":", label="threshold")  # type: ignore[union-attr]
+    ax.set_yscale("log")
+    ax.set_xlabel("depth (-1 embedding, 0..N-1 layers, N final norm)")
+    ax.set_ylabel("max |a - b| / max |a|")
+    ax.set_title("Where the sides part: the residual stream after each layer")
+    ax.legend(fontsize=7, ncol=2)
+    return fig
 
 
 # ----------------------------------------------------------------------------- parity rows

