@@ -4,7 +4,7 @@ context manager. Engines subclass `BaseBackend` and implement the rest of `Backe
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, ClassVar
 
 from ._errors import InputError
@@ -120,3 +120,25 @@ class BaseBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def finish_generation(ids: Sequence[int], s: SamplingParams, end_ids: Collection[int],
+                      decode: Callable[[Sequence[int]], str]) -> tuple[list[int], str, str]:
+    """What an in-process engine returns of its sampled ids, as vLLM does: at most `max_tokens`,
+    ending at the first end id (kept, unless `ignore_eos`), then cut at the first stop string (the
+    text excludes it, the ids end with the token that completed it). Returns (ids, text,
+    finish_reason: "stop" or "length")."""
+    out: list[int] = []
+    finish = "length"
+    for t in list(ids)[: s.max_tokens]:
+        out.append(int(t))
+        if t in end_ids and not s.ignore_eos:
+            finish = "stop"
+            break
+    if s.stop:
+        for k in range(1, len(out) + 1):
+            text = decode(out[:k])
+            hits = [text.find(x) for x in s.stop if x and x in text]
+            if hits:
+                return out[:k], text[: min(hits)], "stop"
+    return out, decode(out), finish

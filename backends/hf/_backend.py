@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .._base import BaseBackend
+from .._base import BaseBackend, finish_generation
 from .._errors import InputError, ModelError, UnsupportedError
 from .._protocol import ImagePixelsResult, LayerStates
 from .._system import peak_rss_bytes
@@ -303,12 +303,7 @@ class HfBackend(BaseBackend):
 
     def _finish(self, request: Request, prompt_ids: list[int], ids: list[int], lps: list[float],
                 tops: list[TopLogprobs], s: SamplingParams, timings: Timings) -> Generation:
-        finish = "stop" if ids and ids[-1] in END_TOKENS and not s.ignore_eos else "length"
-        text = self._decode(ids)
-        if s.stop:
-            ids, text, hit = _apply_stop_strings(ids, s.stop, self._decode)
-            if hit:
-                finish = "stop"
+        ids, text, finish = finish_generation(ids, s, END_TOKENS, self._decode)
         n = len(ids)
         return Generation(
             request_id=request.id, prompt_ids=prompt_ids, token_ids=ids, text=text, finish_reason=finish,
@@ -499,18 +494,6 @@ def _pick(logits: Any, s: SamplingParams, gen: Any) -> Any:
         drop = (p.cumsum(dim=-1) - p) >= s.top_p  # keep the smallest prefix whose mass reaches top_p
         x = torch.full_like(x, float("-inf")).scatter(-1, order, sorted_x.masked_fill(drop, float("-inf")))
     return torch.multinomial(torch.softmax(x, dim=-1), 1, generator=gen)[:, 0]
-
-
-def _apply_stop_strings(ids: list[int], stops: Sequence[str],
-                        decode: Callable[[Sequence[int]], str]) -> tuple[list[int], str, bool]:
-    """Cut at the first stop string, as vLLM does: the text excludes it, the ids end with the
-    token that completed it."""
-    for k in range(1, len(ids) + 1):
-        text = decode(ids[:k])
-        hits = [text.find(s) for s in stops if s and s in text]
-        if hits:
-            return ids[:k], text[: min(hits)], True
-    return ids, decode(ids), False
 
 
 @contextlib.contextmanager

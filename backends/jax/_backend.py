@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .. import _gemma, _media, _quiet, models
-from .._base import MAX_TOP_LOGPROBS, BaseBackend
+from .._base import MAX_TOP_LOGPROBS, BaseBackend, finish_generation
 from .._errors import InputError, ModelError, UnsupportedError
 from .._protocol import CompileCount, ImagePixelsResult, LayerStates
 from .._system import peak_rss_bytes
@@ -439,18 +439,7 @@ class JaxBackend(BaseBackend):
 
     def _finish(self, request: Request, prompt_ids: list[int], row: np.ndarray, s: SamplingParams,
                 timings: Timings) -> Generation:
-        ids: list[int] = []
-        finish = "length"
-        for t in row[: s.max_tokens].tolist():
-            ids.append(int(t))
-            if t in (EOS, END_OF_TURN) and not s.ignore_eos:
-                finish = "stop"
-                break
-        text = self._decode(ids)
-        if s.stop:
-            ids, text, hit = _apply_stop_strings(ids, s.stop, self._decode)
-            if hit:
-                finish = "stop"
+        ids, text, finish = finish_generation(row.tolist(), s, (EOS, END_OF_TURN), self._decode)
         return Generation(request_id=request.id, prompt_ids=self.prompt_ids(request), token_ids=ids, text=text,
                           finish_reason=finish, timings=timings)
 
@@ -824,17 +813,6 @@ def _model_kwargs(model: Any) -> dict[str, Any]:
 
     return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
             if f.init and f.name not in ("parent", "name")}
-
-
-def _apply_stop_strings(ids: list[int], stops: Sequence[str], decode) -> tuple[list[int], str, bool]:
-    """Cut at the first stop string, as vLLM does: the text excludes it, the ids end with the
-    token that completed it."""
-    for k in range(1, len(ids) + 1):
-        text = decode(ids[:k])
-        hits = [text.find(s) for s in stops if s and s in text]
-        if hits:
-            return ids[:k], text[: min(hits)], True
-    return ids, decode(ids), False
 
 
 def memory_snapshot(backend: str = "jax") -> MemorySnapshot:
