@@ -478,7 +478,7 @@ def bench(
     pct = _floats(percentiles, "--percentiles")
     backends.keep_library_log_in(out.parent)  # the libraries' own output beside the results
     opts: dict = {"url": vllm_url} if vllm_url else {}
-    if "max_concurrency" in _options_of(backend):  # an engine that sends requests concurrently
+    if "max_concurrency" in backends.option_names(backend):  # an engine that sends requests concurrently
         opts["max_concurrency"] = int(max(_floats(concurrency, "--concurrency")))
     with backends.get(backend, model=model, **opts) as b:
         serving = isinstance(b, backends.TimedStreaming)
@@ -508,14 +508,6 @@ def bench(
     out.parent.mkdir(parents=True, exist_ok=True)
     _report.write_atomic(out, json.dumps(result, indent=1, default=str))
     console.print(f"results: {out}")
-
-
-def _options_of(engine: str) -> list[str]:
-    import inspect
-
-    import backends
-
-    return list(inspect.signature(backends.engine_class(engine)).parameters)  # the constructor's, without self
 
 
 def _print_level(r: ServingRun | BatchRun, roof: float | None) -> None:

@@ -944,7 +944,8 @@ def diff(old: ComparisonResults, new: ComparisonResults) -> dict[str, Any]:
     vers_o = old.reproducibility.get("packages") or {}
     vers_n = new.reproducibility.get("packages") or {}
     packages = [{"package": f"{env}/{k}", "before": (vers_o.get(env) or {}).get(k), "after": (vers_n.get(env) or {}).get(k)}
-                for env in ("harness", "vllm") for k in sorted(set(vers_o.get(env) or {}) | set(vers_n.get(env) or {}))
+                for env in dict.fromkeys([*vers_o, *vers_n])  # the harness's environment, then each engine's
+                for k in sorted(set(vers_o.get(env) or {}) | set(vers_n.get(env) or {}))
                 if (vers_o.get(env) or {}).get(k) != (vers_n.get(env) or {}).get(k)]
     return {"verdict": {"before": old.verdict, "after": new.verdict}, "verdicts": verdicts,
             "metrics": metrics, "packages": packages}
