@@ -286,12 +286,8 @@ def _dlogprob_plot(plt: Any, results: ComparisonResults) -> Any | None:
     fig, ax = plt.subplots(figsize=(10, 3.6))
     for pid, name, v in seqs:
         ax.plot(range(len(v)), [max(x, 1e-9) for x in v], ".-", label=f"{pid} ({name})")
-    ax.axhline(results.parity.tolerance.logprob_pass, color="gray", ls=":", label="pass bound")
-    ax.set_yscale("log")
-    ax.set_xlabel("token position in the generated sequence")
-    ax.set_ylabel("|Δ log-prob|")
-    ax.set_title("Per-token |Δ log-prob| between the backends (teacher-forced)")
-    ax.legend(fontsize=7, ncol=2)
+    _log_axes(ax, (results.parity.tolerance.logprob_pass, "pass bound"), "token position in the generated sequence",
+              "|Δ log-prob|", "Per-token |Δ log-prob| between the backends (teacher-forced)")
     return fig
 
 
@@ -308,13 +304,20 @@ def _layers_plot(plt: Any, results: ComparisonResults) -> Any | None:
         local = [(r.index, max(r.local_rel_max, 1e-9)) for r in loc.rows if r.local_rel_max is not None]
         if local:
             ax.plot(*zip(*local), "x--", color=line.get_color(), label=f"{p.id} (local pass)")
-    ax.axhline(located[0].localization.threshold, color="gray", ls=":", label="threshold")  # type: ignore[union-attr]
-    ax.set_yscale("log")
-    ax.set_xlabel("depth (-1 embedding, 0..N-1 layers, N final norm)")
-    ax.set_ylabel("max |a - b| / max |a|")
-    ax.set_title("Where the sides part: the residual stream after each layer")
-    ax.legend(fontsize=7, ncol=2)
+    _log_axes(ax, (located[0].localization.threshold, "threshold"),  # type: ignore[union-attr]
+              "depth (-1 embedding, 0..N-1 layers, N final norm)", "max |a - b| / max |a|",
+              "Where the sides part: the residual stream after each layer")
     return fig
+
+
+def _log_axes(ax: Any, bound: tuple[float, str], xlabel: str, ylabel: str, title: str) -> None:
+    """A log-scale plot of differences with its bound as a dotted line."""
+    ax.axhline(bound[0], color="gray", ls=":", label=bound[1])
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
 
 
 # ----------------------------------------------------------------------------- parity rows
