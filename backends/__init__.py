@@ -12,13 +12,16 @@
 - `"vllm"`: a vLLM OpenAI-compatible server; managed when no `url=` is given, attached to when
   it is.
 - `"hf"`: Hugging Face transformers in process (float32, eager attention by default).
+- `"openai"`: any OpenAI-compatible server, attached to by `url=`; what it offers beyond generation
+  (tokenizer endpoints, token ids, prompt log-probs) is probed at start.
 
 Engines added by other packages register under the `paritybench.engines` entry-point group.
 What only some engines can do is an optional protocol (`TimedStreaming`, `CompileCounting`,
 `ImagePixels`, `CausalImageScoring`) checked with `isinstance`.
 
 Subpackages: `backends.models` (registry, resolver, conversion, tiny models), `backends.media`
-(images and audio), one subpackage per engine (`backends.jax`, `backends.vllm`, `backends.hf`).
+(images and audio), one subpackage per engine (`backends.jax`, `backends.vllm`, `backends.hf`, `backends.openai`,
+which also holds `OpenAICompatibleBackend`, the base class of engines on OpenAI-compatible servers).
 """
 
 from . import _media as media
