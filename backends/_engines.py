@@ -1,6 +1,6 @@
 """Engines as plug-ins: a name -> the class that implements `Backend` for it.
 
-The three engines paritybench ships are listed here; another package adds its own through the
+The engines paritybench ships are listed here; another package adds its own through the
 `paritybench.engines` entry-point group (`name = "package.module:Class"`), and nothing in the
 harness changes. Engines are imported only when asked for (each pulls in its own libraries).
 """

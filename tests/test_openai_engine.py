@@ -248,3 +248,32 @@ def test_a_completion_stream_and_the_stream_errors():
         collect("y", "completion", {"prompt": "Hi", "logprobs": 1}, 0.0, bad, "OpenAI API")
     assert stream_error([(0.1, {"error": {"message": "EngineCore died. See stack trace"}})]) == "EngineCore died. See stack trace"
     assert error_text('{"error": {"message": "too long\\nmore"}}') == "too long" and error_text("plain") == "plain"
+
+
+# ---------------------------------------------------------------- a side on any URL, end to end
+
+
+def test_a_side_on_any_url_compares_like_a_vllm_side(tmp_path, vllm_text, tiny_text_dir):
+    """`--side x=openai,url=...` against a float32 JAX reference: the attached endpoint passes at the
+    float32 bound with what it was found to offer recorded; against a JAX model with one tensor
+    perturbed by 1 %, the same side fails (exit 1) with the difference localised to no cause of
+    the prompt path."""
+    from conftest import cli_in_process, perturb_one_tensor, variant
+
+    (tmp_path / "s.yaml").write_text("name: s\nprompts:\n"
+                                     "  - {id: a, messages: [{role: user, content: 'What is the capital of France?'}]}\n"
+                                     "  - {id: b, text: 'Count to ten: one, two,'}\n")
+    common = ["--suite", tmp_path / "s.yaml", "--max-tokens", "8", "--no-bench", "--reference", "ref",
+              "--side", f"x=openai,url={vllm_text.url}", "--localize", "off"]
+    p = cli_in_process("compare", "--model", "tiny-gemma3", "--side", "ref=jax", *common, "--out", tmp_path / "ok")
+    r = json.loads((tmp_path / "ok" / "results.json").read_text())
+    assert p.returncode == 0 and r["verdict"] == "pass", p.stderr[-2000:]
+    assert r["setup"]["x"]["engine"] == "openai" and r["setup"]["x"]["describe"]["features"]["prompt_logprobs"]
+    assert r["pairs"]["ref-x"]["tolerance"]["name"] == "float32"
+    perturbed = variant(tmp_path, tiny_text_dir, "perturbed", params_fn=perturb_one_tensor)
+    p = cli_in_process("compare", "--model", "tiny-gemma3", "--side", f"ref=jax,model={perturbed}", *common,
+                       "--out", tmp_path / "bad")
+    r = json.loads((tmp_path / "bad" / "results.json").read_text())
+    assert p.returncode == 1 and r["verdict"] == "fail", p.stderr[-2000:]
+    named = {c["name"] for q in r["pairs"]["ref-x"]["prompts"] for c in q["causes"]}
+    assert "logprobs" in named and "weights" in named, named
