@@ -462,7 +462,7 @@ class OpenAICompatibleBackend(Transport, BaseBackend):
         fed = [int(t) for t in data.get("prompt_token_ids") or []]
         if fed != prompt + cont:
             raise UnsupportedError(
-                f"{what}: {self.title} takes images and audio only in chat requests, whose continuation is text; "
+                f"{what}: {self.title}'s API takes images and audio only in chat requests, whose continuation is text; "
                 f"these {len(cont)} continuation ids do not come back from decode + re-encode (fed {len(fed)} "
                 f"ids, expected {len(prompt) + len(cont)}: pieces such as <unusedN> split into characters)")
         return prompt, fed, data
