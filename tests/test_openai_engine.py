@@ -277,3 +277,15 @@ def test_a_side_on_any_url_compares_like_a_vllm_side(tmp_path, vllm_text, tiny_t
     assert p.returncode == 1 and r["verdict"] == "fail", p.stderr[-2000:]
     named = {c["name"] for q in r["pairs"]["ref-x"]["prompts"] for c in q["causes"]}
     assert "logprobs" in named and "weights" in named, named
+
+
+def test_a_stream_without_token_ids_is_timed_by_its_chunks():
+    """A server that returns no token ids (a plain OpenAI-style one) still streams one token per
+    chunk: the benchmark times its tokens by the chunks that carried text (an empty chunk is none)."""
+    events = [(0.1, {"choices": [{"delta": {"role": "assistant"}}]}),
+              (0.2, {"choices": [{"delta": {"content": "Hel"}}]}),
+              (0.3, {"choices": [{"delta": {"content": "lo"}}]}),
+              (0.4, {"choices": [{"delta": {"content": ""}, "finish_reason": "stop"}]})]
+    g = collect("r", "chat", {"messages": []}, 0.0, events, "OpenAI API")
+    assert g.token_ids == [] and g.text == "Hello" and g.timings.token_times_s == [0.2, 0.3]
+    assert g.timings.ttft_s == 0.2

@@ -121,6 +121,7 @@ class _Collected:
     tops: list[TopLogprobs] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
+    text_times: list[float] = field(default_factory=list)  # arrival of each chunk that carried text
     finish: str | None = None
 
     def add(self, now: float, event: dict[str, Any]) -> None:
@@ -134,6 +135,8 @@ class _Collected:
                 self._chat_choice(choice)
             else:
                 self._completion_choice(choice)
+            if self.text[-1]:
+                self.text_times.append(now)
             self.ids.extend(new)
             self.times.extend([now] * len(new))
             if choice.get("finish_reason"):
@@ -166,6 +169,8 @@ def collect(rid: str | None, kind: str, body: dict[str, Any], t0: float, events:
     for now, event in events:
         got.add(now, event)
     e2e = events[-1][0] if events else time.perf_counter() - t0
+    # a server that returns no token ids streams one token per chunk: its chunks time the tokens
+    times = got.times if got.ids else got.text_times
     if got.finish not in ("stop", "length"):
         raise ModelError(f"request {rid or ''}: {title} ended the stream with finish_reason={got.finish!r}")
     k = body.get("top_logprobs") if kind == "chat" else body.get("logprobs")
@@ -174,7 +179,7 @@ def collect(rid: str | None, kind: str, body: dict[str, Any], t0: float, events:
         logprobs=got.lps if got.lps and len(got.lps) == len(got.ids) else None,
         top_logprobs=[t[:k] for t in got.tops] if k and len(got.tops) == len(got.ids) else None,
         finish_reason=got.finish,
-        timings=Timings(e2e_s=e2e, ttft_s=got.times[0] if got.times else None, token_times_s=got.times),
+        timings=Timings(e2e_s=e2e, ttft_s=times[0] if times else None, token_times_s=times),
     )
 
 
