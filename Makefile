@@ -14,16 +14,18 @@ OUT ?= out/demo
 # memory.
 TEST_WORKERS ?= 2
 
-# The two environments are built side by side (each is mostly downloading and unpacking), then
-# vLLM's first-start caches. With CHECK set (make test's lint), the checks run as soon as the
+# The environments are built side by side (the harness's and vLLM's are mostly downloading and
+# unpacking; llama.cpp's is a native build from its sources, about 4.5 minutes of two cores the
+# first time), then vLLM's first-start caches. With CHECK set (make test's lint), the checks run as soon as the
 # harness environment exists, beside the rest (a cold mypy is about a minute of one core; from
 # nothing the first test started about 50 s sooner, the two cores being busy throughout anyway).
 CHECK ?=
 env:
-	@scripts/ensure_vllm_env.sh & vllm=$$!; \
-	if ! scripts/ensure_env.sh; then wait $$vllm; exit 2; fi; \
+	@scripts/ensure_vllm_env.sh & vllm=$$!; scripts/ensure_llamacpp_env.sh & llama=$$!; \
+	if ! scripts/ensure_env.sh; then wait $$vllm $$llama; exit 2; fi; \
 	if [ -n "$(CHECK)" ]; then $(MAKE) --no-print-directory $(CHECK) & check=$$!; fi; \
 	wait $$vllm && .venv/bin/python scripts/warm_vllm.py; ready=$$?; \
+	wait $$llama || ready=2; \
 	if [ -n "$(CHECK)" ]; then wait $$check || exit 2; fi; [ $$ready = 0 ]
 
 # The real trained model (gemma-3-270m, float32) on plain-text prompts, measured; then the tiny

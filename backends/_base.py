@@ -108,6 +108,12 @@ class BaseBackend:
         """Known causes of a throughput curve that does not rise with the level; none by default."""
         return []
 
+    def noise_bound(self) -> tuple[float, str] | None:
+        """How far this engine's own computation is from exact arithmetic at its precision, as a
+        bound on max |dlogprob| and why (a kernel that rounds an intermediate); None: no more than
+        the precision's own noise. Parity raises a pair's bound to it and says why."""
+        return None
+
     def model_settings(self) -> ModelSettings:
         """What this side computes where engines part by design; nothing known by default."""
         return ModelSettings()

@@ -20,6 +20,7 @@ BUILTIN = {
     "vllm": "backends.vllm:VllmBackend",  # a vLLM server through its OpenAI-compatible API
     "jax": "backends.jax:JaxBackend",  # Google DeepMind's gemma library, in process
     "hf": "backends.hf:HfBackend",  # Hugging Face transformers, in process
+    "llamacpp": "backends.llamacpp:LlamacppBackend",  # llama.cpp's own server (llama-server), GGUF files
     "openai": "backends.openai:OpenAIBackend",  # any OpenAI-compatible server, its features probed at start
 }
 ENTRY_POINT_GROUP = "paritybench.engines"

@@ -66,9 +66,14 @@ def models_build(
 
 @app.command("convert")
 def convert(
-    src: Path = typer.Argument(..., help="gemma-format model folder, Hugging Face folder, or (--from gguf) a GGUF file"),
-    dst: Path = typer.Argument(..., help="folder to write"),
-    to: str = typer.Option(None, "--to", help="hf or gemma: convert a folder into the other format"),
+    src: Path = typer.Argument(..., help="gemma-format model folder, Hugging Face folder, (--to gguf) a registry "
+                               "name, or (--from gguf) a GGUF file"),
+    dst: Path = typer.Argument(..., help="folder to write (--to gguf: the .gguf file)"),
+    to: str = typer.Option(None, "--to", help="hf or gemma: convert a folder into the other format; gguf: write a "
+                           "Gemma 3 text model (folder or registry name) as a GGUF file llama.cpp loads"),
+    gguf_type: str = typer.Option("F32", "--gguf-type", help="--to gguf: F32, F16, BF16 or Q8_0 (written here), or "
+                                  "a llama.cpp quantization type (Q4_K_M, Q6_K, ...: llama.cpp's own quantizer, "
+                                  "from the F32 file)"),
     from_: str = typer.Option(None, "--from", help="gguf: import a Gemma 3 text GGUF (llama.cpp's format, any type "
                               "the gguf package dequantizes) as a float32 gemma-format folder with its Hugging Face "
                               "twin in DST/hf"),
@@ -83,8 +88,11 @@ def convert(
 
     if (to is None) == (from_ is None):
         raise InputError("give --to hf|gemma (convert a folder) or --from gguf (import a GGUF file)")
-    if to is not None and to not in ("hf", "gemma"):
-        raise InputError(f"--to {to!r}: choose hf or gemma")
+    if to is not None and to not in ("hf", "gemma", "gguf"):
+        raise InputError(f"--to {to!r}: choose hf, gemma or gguf")
+    if to == "gguf":
+        _write_gguf(str(src), dst, gguf_type, force)
+        return
     if from_ is not None and from_ != "gguf":
         raise InputError(f"--from {from_!r}: only gguf imports (Gemma 3 text GGUF files)")
     if not src.exists():
@@ -108,6 +116,26 @@ def convert(
     models.commit_dir(tmp, dst)
     for note in done.notes:
         print(f"note: {note}", file=sys.stderr)
+    print(dst)
+
+
+def _write_gguf(src: str, dst: Path, gguf_type: str, force: bool) -> None:
+    """`convert --to gguf`: the model's weights as a GGUF file of `gguf_type` at `dst` (a K-quant
+    through llama.cpp's quantizer, from the F32 file)."""
+    from backends import InputError, models
+
+    if dst.exists() and not force:
+        raise InputError(f"{dst} already exists; choose another file or pass --force")
+    if dst.suffix != ".gguf":
+        raise InputError(f"{dst}: name the file .gguf (llama.cpp loads files by that name)")
+    if gguf_type in models.GGUF_TYPES:
+        made = models.gguf_for(src, gguf_type=gguf_type)
+    else:
+        from backends.llamacpp import quantized
+
+        made = quantized(models.gguf_for(src, gguf_type="F32"), gguf_type)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(made, dst)
     print(dst)
 
 

@@ -307,9 +307,23 @@ def _pair(a: Backend, b: Backend, tolerance: Tolerance | None, localize: Localiz
     if tolerance is None and sa.dtype and sb.dtype and sa.dtype != sb.dtype:
         tol = tol.model_copy(update={"reason": f"{a.name} computes in {sa.dtype}, {b.name} in {sb.dtype}: the bound "
                                                "follows the lower precision (dtype-mismatch)"})
+    if tolerance is None:
+        tol = _engine_noise(tol, a, b)
     pair = Pair(a=a, b=b, tol=tol, diffs=tuple(diagnosis.settings_diff(sa, sb)), localize=localize,
                 localize_threshold=threshold, dtypes=(sa.dtype, sb.dtype))
     return pair, desc_a, desc_b
+
+
+def _engine_noise(tol: Tolerance, *sides: Backend) -> Tolerance:
+    """The profile's bound, raised to what a side's engine declares its own computation differs by
+    from exact arithmetic at this precision (`noise_bound`: llama.cpp's CPU kernels), with its reason."""
+    for side in sides:
+        declared = side.noise_bound()
+        if declared is not None and declared[0] > tol.logprob_pass:
+            bound, why = declared
+            tol = tol.model_copy(update={"logprob_pass": bound, "logprob_warn": max(tol.logprob_warn, 10 * bound),
+                                         "reason": f"{side.name}: {why}"})
+    return tol
 
 
 def _unsupported_by(pair: Pair, r: Request) -> list[str]:

@@ -55,6 +55,7 @@ from ._convert import (
     model_dir_to_gguf,
     params_to_hf,
 )
+from ._gguf import GgufHeader, read_gguf_header
 from ._quantize import SCHEMES, quantize_hf_dir
 from ._registry import (
     GEMMA3N_TEXT_ONLY,
@@ -72,7 +73,7 @@ from ._registry import (
     random_twin,
     real_model,
 )
-from ._resolve import ResolvedModel, converted, resolve
+from ._resolve import GGUF_TYPES, ResolvedModel, converted, gguf_for, resolve
 from ._tiny import GEMMA3N as TINY_GEMMA3N
 from ._tiny import RECIPES as TINY_RECIPES
 from ._tiny import build as build_tiny
@@ -97,7 +98,7 @@ __all__ = [
     "START_OF_TURN", "TINY_GEMMA3N", "TINY_RECIPES", "TOKENIZER", "GemmaArch",
     "ModelCard", "ModelSpec", "ResolvedModel", "VisionArch", "abstract_params", "atomic_dir", "build_tiny", "cache_root",
     "chat_template_sha256", "commit_dir", "converted", "dir_fingerprint", "download_kaggle", "ensure_tiny", "find_spec",
-    "gemma_dir_to_hf", "gemma_model_class", "gguf_to_model_dir", "model_dir_to_gguf", "get_spec", "hf_dir_to_gemma", "hf_to_params", "is_path",
+    "GGUF_TYPES", "GgufHeader", "read_gguf_header", "gemma_dir_to_hf", "gguf_for", "gemma_model_class", "gguf_to_model_dir", "model_dir_to_gguf", "get_spec", "hf_dir_to_gemma", "hf_to_params", "is_path",
     "load_params", "locate_kaggle_download", "looks_like_hf_id", "params_to_hf", "random_twin", "read_card", "real_model",
     "render_chat", "render_prompt", "resolve", "save_params", "train_tiny_tokenizer", "tree_digest", "write_model_dir",
 ]

@@ -117,6 +117,16 @@ def read_gguf(path: Path | str, *, expect_sha256: str | None = None) -> GgufMode
         raise InputError(f"{path}: sha256 {sha[:16]}... is not the expected {expect_sha256[:16]}...; "
                          "the file is truncated or altered: assemble or download it again")
     r = _reader(path)
+    config, tokens = _config(r, path)
+    tok = _tokenizer(r, tokens)
+    tensors, stored = _tensors(r, path, int(config["num_hidden_layers"]))
+    return GgufModel(path=path, sha256=sha, config=config, tensors=tensors, tensor_types=stored, tokenizer=tok,
+                     file_type=_field(r, "general.file_type"), chat_template=_field(r, "tokenizer.chat_template"))
+
+
+def _config(r: Any, path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The Hugging Face text config a Gemma 3 GGUF's metadata describes, and its vocabulary
+    (a one-line error for a file that is not a Gemma 3 text GGUF with its tokenizer)."""
     arch = _field(r, "general.architecture")
     if arch != "gemma3":
         raise ModelError(f"{path}: general.architecture is {arch!r}, not 'gemma3'; only Gemma 3 text GGUFs import")
@@ -159,10 +169,40 @@ def read_gguf(path: Path | str, *, expect_sha256: str | None = None) -> GgufMode
         "max_position_embeddings": int(hp("context_length", 131_072)),
         "final_logit_softcapping": None, "attn_logit_softcapping": None, "dtype": "float32",
     }
-    tok = _tokenizer(r, tokens)
-    tensors, stored = _tensors(r, path, n_layers)
-    return GgufModel(path=path, sha256=sha, config=config, tensors=tensors, tensor_types=stored, tokenizer=tok,
-                     file_type=_field(r, "general.file_type"), chat_template=_field(r, "tokenizer.chat_template"))
+    return config, tokens
+
+
+@dataclass(frozen=True)
+class GgufHeader:
+    """What a Gemma 3 GGUF says of itself without its weights: the Hugging Face config it
+    describes, each tensor's stored type, the file type, the special ids and the chat template."""
+
+    path: Path
+    config: dict[str, Any]
+    tensor_types: dict[str, str]  # GGUF tensor names -> type (F32, Q4_K, ...)
+    file_type: int | None
+    vocab_size: int
+    eos_id: int
+    end_of_turn_id: int | None
+    add_bos: bool
+    chat_template: str | None
+
+
+def read_gguf_header(path: Path | str) -> GgufHeader:
+    """A GGUF's metadata and tensor types (no tensor is read: fast for any size)."""
+    from gguf import GGMLQuantizationType
+
+    path = Path(path)
+    r = _reader(path)
+    config, tokens = _config(r, path)
+    return GgufHeader(
+        path=path, config=config,
+        tensor_types={t.name: GGMLQuantizationType(t.tensor_type).name for t in r.tensors},
+        file_type=_field(r, "general.file_type"), vocab_size=len(tokens),
+        eos_id=int(_field(r, "tokenizer.ggml.eos_token_id", 1)),
+        end_of_turn_id=tokens.index("<end_of_turn>") if "<end_of_turn>" in tokens else None,
+        add_bos=bool(_field(r, "tokenizer.ggml.add_bos_token", True)),
+        chat_template=_field(r, "tokenizer.chat_template"))
 
 
 def _tokenizer(r: Any, tokens: list[str]) -> GgufTokenizer:

@@ -8,10 +8,11 @@ into the cache once (`converted`), keyed by the source folder's fingerprint.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Literal
 
-from .._errors import ModelError
+from .._errors import InputError, ModelError
 from . import _checkpoint as _ckpt
 from . import _convert, _real, _tiny
 from ._registry import ModelSpec, get_spec, is_path, looks_like_hf_id
@@ -106,3 +107,42 @@ def resolve(model: str, *, want: Format) -> ResolvedModel:
     if want == "hf" and not spec.hf_id:
         raise ModelError(f"model {spec.name} has no Hugging Face id; give a local folder instead")
     return ResolvedModel(name=spec.name, spec=spec, hf_id=spec.hf_id)
+
+
+GGUF_TYPES = ("F32", "F16", "BF16", "Q8_0")  # written here; K-quants come from llama.cpp's quantizer
+
+
+def gguf_for(model: str, *, gguf_type: str = "F32") -> Path:
+    """The GGUF file llama.cpp loads for `model`: a `.gguf` path as it is; `gguf_type="shipped"`: a
+    registry model's GGUF as shipped (gemma-3-270m: Q4_K_M); otherwise the model's weights (a
+    registry name, a gemma-format or Hugging Face folder) written as a GGUF of `gguf_type` into the
+    cache once (`model_dir_to_gguf`; the cache key is the folder's name and content fingerprint)."""
+    if str(model).endswith(".gguf"):
+        path = Path(model)
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}")
+        return path
+    if gguf_type == "shipped":
+        from ._registry import find_spec
+
+        spec = find_spec(str(model))
+        if spec is None or spec.gguf_package is None:
+            raise InputError(f"gguf_type=shipped: {model} is not a registry model shipped as a GGUF file; "
+                             f"choose one of {', '.join(GGUF_TYPES)}")
+        return _real.gguf_file(spec)
+    if gguf_type not in GGUF_TYPES:
+        raise InputError(f"gguf_type={gguf_type!r}: choose one of {', '.join(GGUF_TYPES)} or shipped "
+                         "(K-quants such as Q4_K_M: the llamacpp engine's quantize option)")
+    src = resolve(str(model), want="gemma").gemma_dir
+    if src is None:
+        raise ModelError(f"{model}: no gemma-format weights to write as GGUF (a hub id is not on this machine)")
+    dst = _tiny.cache_root() / "gguf-converted" / f"{src.name}-{_ckpt.dir_fingerprint(src)}-{gguf_type}.gguf"
+    if not dst.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f"{dst.name}.{os.getpid()}.part")
+        try:
+            _convert.model_dir_to_gguf(src, tmp, dtype=gguf_type)
+            tmp.replace(dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return dst

@@ -15,8 +15,8 @@ from ._backend import OpenAICompatibleBackend, split_urls
 from ._engine import OpenAIBackend
 from ._features import Answer, EndpointFeatures, features_from
 from ._memory import nvml_process_bytes
-from ._payloads import collect, openai_messages
+from ._payloads import collect, openai_messages, sse_data
 from ._transport import root_url
 
 __all__ = ["Answer", "EndpointFeatures", "OpenAIBackend", "OpenAICompatibleBackend", "collect", "features_from",
-           "nvml_process_bytes", "openai_messages", "root_url", "split_urls"]
+           "nvml_process_bytes", "openai_messages", "root_url", "split_urls", "sse_data"]
