@@ -109,9 +109,10 @@ def test_an_attached_server_works_like_a_managed_one(llama_text, tmp_path):
 def test_bad_input_is_one_line(tmp_path, vllm_text):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
-    with pytest.raises(ModelError) as e:
+    with pytest.raises(InputError, match="broken.gguf: not a readable GGUF file"):  # before a server starts
         backends.get("llamacpp", model=str(bad))
-    assert "GGUF" in str(e.value)  # the reader refuses it before a server starts
+    with pytest.raises(ModelError, match=r"llama.cpp server for .* exited with code \d+ during start-up\. Log: "):
+        backends.get("llamacpp", model="tiny-gemma3", extra_args=["--ctx-size", "not-a-number"])
     with pytest.raises(ModelError, match="GGUF file not found"):
         backends.get("llamacpp", model=str(tmp_path / "missing.gguf"))
     with pytest.raises(InputError, match="is not llama.cpp's llama-server"):
@@ -169,7 +170,8 @@ def test_convert_to_gguf_writes_files_llama_cpp_loads(tmp_path):
     p = cli_in_process("convert", "tiny-gemma3", tmp_path / "t.gguf", "--to", "gguf", "--gguf-type", "Q4_K_M")
     assert p.returncode == 0, p.stderr[-2000:]
     h = models.read_gguf_header(tmp_path / "t.gguf")
-    assert h.file_type == 15 and "Q4_K" in set(h.tensor_types.values())
+    # tiny-gemma3's rows of 64 are not whole K-quant blocks (256): llama.cpp falls back to Q5_0/Q8_0 there
+    assert h.file_type == 15 and set(h.tensor_types.values()) - {"F32"}
     p = cli_in_process("convert", "tiny-gemma3", tmp_path / "t.gguf", "--to", "gguf")
     assert p.returncode == 2 and "already exists" in p.stderr
     p = cli_in_process("convert", "tiny-gemma3", tmp_path / "t.bin", "--to", "gguf")
@@ -179,20 +181,27 @@ def test_convert_to_gguf_writes_files_llama_cpp_loads(tmp_path):
 # ---------------------------------------------------------------- the real model's shipped file
 
 
-def test_the_shipped_q4_k_m_file_tokenizes_like_the_imported_model():
-    """llama.cpp's tokenizer on the real model's own GGUF (as shipped, Q4_K_M) against the tokenizer
-    paritybench rebuilt from it (the JAX side): every line of the tokenizer check corpus."""
+def test_llama_cpps_tokenizer_on_the_real_model_differs_only_on_long_runs_of_spaces():
+    """llama.cpp's tokenizer on the real model's own GGUF (as shipped, Q4_K_M) against Gemma's
+    reference tokenizer (the SentencePiece model paritybench rebuilt from the file, which gives
+    transformers' ids on every line): the 2,190 lines of the tokenizer check corpus agree except
+    exactly those with a run of 32 or more spaces. llama.cpp marks the space-run pieces (up to 31)
+    user-defined and matches them greedily (36 spaces: 31 + 5); SentencePiece merges them as BPE
+    pieces (16 + 20). Parity names such a prompt `tokenization`."""
+    import re
     from pathlib import Path
+
+    import sentencepiece
 
     lines = (Path(__file__).parent / "data" / "tokenizer_check_corpus.txt").read_text().splitlines()
     with backends.get("llamacpp", model="gemma-3-270m", gguf_type="shipped", warmup=False) as ll:
         assert ll.describe()["file_type"] == "Q4_K_M" and ll.model_settings().quantization == "Q4_K_M"
-        import sentencepiece
-
         gemma_dir = models.resolve("gemma-3-270m", want="gemma").gemma_dir
         sp = sentencepiece.SentencePieceProcessor(model_file=str(gemma_dir / models.TOKENIZER))
-        differ = [line for line in lines if ll.text_ids(line) != sp.encode(line)]
-    assert not differ, f"{len(differ)} of {len(lines)} lines differ, first {differ[0]!r}"
+        differ = {line for line in lines if ll.text_ids(line) != sp.encode(line)}
+        runs = {line for line in lines if re.search(" {32,}", line)}
+        assert differ == runs and len(runs) == 30, sorted(differ ^ runs)[:3]
+        assert ll.text_ids(" " * 36 + "x")[:2] == [167, 141] and sp.encode(" " * 36 + "x")[:2] == [152, 156]
 
 
 # ---------------------------------------------------------------- the native API, without a server

@@ -300,21 +300,6 @@ class LlamacppBackend(OpenAICompatibleBackend):
             probs += (data.get("completion_probabilities") or [])[:1]
         return {"completion_probabilities": probs}
 
-    # ---------------------------------------------------------------- memory and life cycle
-
-    def _server_processes(self) -> list[Any]:
-        return self.server.process_tree() if self.server is not None else super()._server_processes()
-
-    def check_alive(self) -> None:
-        if self.server is not None:
-            self.server.check_alive()
-        super().check_alive()
-
-    def close(self) -> None:
-        super().close()
-        if self.server is not None:
-            self.server.stop()
-
 
 def _file_type(number: int | None) -> str | None:
     """llama.cpp's name of a GGUF's `general.file_type` (None when the file does not say)."""

@@ -38,6 +38,7 @@ import httpx
 from .. import models
 from .._base import MAX_TOP_LOGPROBS, BaseBackend
 from .._errors import BackendGone, InputError, ModelError, ParitybenchError, UnsupportedError
+from .._process import ServerProcess
 from .._types import Capabilities, Generation, MemorySnapshot, Request, SamplingParams, TokenScores
 from ._memory import local_listener_tree, nvml_process_bytes, tree_rss
 from ._payloads import (
@@ -69,6 +70,7 @@ class OpenAICompatibleBackend(Transport, BaseBackend):
     urls: list[str]
     hf_dir: str | None
     spec: models.ModelSpec | None
+    server: ServerProcess | None = None  # the server this engine started (None: attached)
 
     # ---------------------------------------------------------------- set-up
 
@@ -249,8 +251,16 @@ class OpenAICompatibleBackend(Transport, BaseBackend):
             "vocab_size": self.vocab_size, "load_s": self.load_s, "warmup_s": self.warmup_s,
         }
 
+    def _connection_lost(self) -> None:
+        """A managed server that died: `BackendGone` with what its log says."""
+        if self.server is not None and not self.server.alive():
+            self.server.check_alive()
+
     def check_alive(self) -> None:
-        """Every server stopped answering: `BackendGone`. (Requests find out about each server.)"""
+        """A managed server that died, or every attached server stopped answering: `BackendGone`.
+        (Requests find out about each server.)"""
+        if self.server is not None:
+            self.server.check_alive()
         if self._gone and len(self._gone) == len(self._roots):
             raise BackendGone(f"{self.name}: every server stopped answering: "
                               + "; ".join(f"{r}: {w}" for r, w in self._gone.items()))
@@ -470,7 +480,10 @@ class OpenAICompatibleBackend(Transport, BaseBackend):
     # ---------------------------------------------------------------- memory and life cycle
 
     def _server_processes(self) -> list[Any]:
-        """The server processes on this machine (psutil), found by the ports the servers listen on."""
+        """The server processes on this machine (psutil): a managed server's tree, else those found
+        by the ports the servers listen on."""
+        if self.server is not None:
+            return self.server.process_tree()
         return [p for r in self._live_roots() for p in local_listener_tree(r)]
 
     def _on_gpu(self, gpu_bytes: int | None) -> bool:
@@ -486,6 +499,8 @@ class OpenAICompatibleBackend(Transport, BaseBackend):
 
     def close(self) -> None:
         self._close_loop()
+        if self.server is not None:
+            self.server.stop()
 
     def __repr__(self) -> str:  # never shows the API key
         return f"{type(self).__name__}({self.model!r}, url={self.url!r})"

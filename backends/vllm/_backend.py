@@ -137,10 +137,6 @@ class VllmBackend(OpenAICompatibleBackend):
     def advice_for(self, message: str) -> str | None:
         return _server.advice_for(message)
 
-    def _connection_lost(self) -> None:
-        if self.server is not None and not self.server.alive():
-            self.server.check_alive()
-
     def _load_note(self) -> str:
         note = super()._load_note()
         if not note and self.server is not None and self.server.startup_s is not None:
@@ -240,12 +236,6 @@ class VllmBackend(OpenAICompatibleBackend):
                              f"as the attached server runs it (its flags are not visible); dtype {settings.dtype or 'unknown'}"),
         }
 
-    def check_alive(self) -> None:
-        """A managed server that died raises `BackendGone`; an attached one is checked by its requests."""
-        if self.server is not None:
-            self.server.check_alive()
-        super().check_alive()
-
     # ---------------------------------------------------------------- layer capture
 
     def capture_layers(self, request: Request, continuation_ids: Sequence[int] = (), *,
@@ -311,9 +301,6 @@ class VllmBackend(OpenAICompatibleBackend):
                         out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
         return out
 
-    def _server_processes(self) -> list[Any]:
-        return self.server.process_tree() if self.server is not None else super()._server_processes()
-
     def _on_gpu(self, gpu_bytes: int | None) -> bool:
         return (self.server is not None and self.server.flavor == "cuda") or gpu_bytes is not None
 
@@ -330,11 +317,9 @@ class VllmBackend(OpenAICompatibleBackend):
     # ---------------------------------------------------------------- life cycle
 
     def close(self) -> None:
-        super().close()
         if self._pixels is not None:
             self._pixels.close()
-        if self.server is not None:
-            self.server.stop()
+        super().close()
 
     def __repr__(self) -> str:  # never shows the API key
         return f"VllmBackend({self.model!r}, url={self.url!r}, managed={self.server is not None})"
