@@ -209,6 +209,7 @@ HEAVY_FIRST = ("vllm_vision", "tests/test_faults.py", "tests/test_sides.py", "te
                "tests/test_vllm_failures.py",
                "tests/test_gemma3n.py", "tests/test_vllm_gemma3n.py", "tests/test_vllm_pool.py",
                "tests/test_backends_common.py", "tests/test_vllm_backend.py", "tests/test_openai_engine.py",
+               "tests/test_llamacpp.py",
                "tests/test_benchmarks.py",
                "tests/test_console.py", "tests/test_jax_mesh.py", "tests/test_jax_backend.py", "tests/test_envs.py", "tests/test_models.py",
                "tests/test_diagnosis.py", "tests/test_cli.py", "tests/test_bench.py")

@@ -240,7 +240,7 @@ def test_the_branch_check_catches_a_branch(tmp_path):
     assert len(hits) == 2
 
 
-@pytest.mark.parametrize("engine", ["jax", "vllm", "hf", "openai"])
+@pytest.mark.parametrize("engine", ["jax", "vllm", "hf", "openai", "llamacpp"])
 def test_every_engine_class_implements_the_protocol(engine):
     """Every method and attribute of `Backend` is defined on each built-in engine's class."""
     import backends

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE_RUN = {"vllm_vs_vllm_bench", "parity_cost_growth", "jax_compile_vs_steady", "jax_vs_bare_sampler",
-             "jax_batch_roofline", "xla_cpu_transposed_dot"}
+             "jax_batch_roofline", "xla_cpu_transposed_dot", "llamacpp_timings"}
 TYPE_CHECKED_ONLY = {"localize_plants", "real_shape", "gpu_memory_check"}
 
 
@@ -42,6 +42,12 @@ def test_vllm_client_against_vllm_bench_serve(vllm_text):
 def test_parity_cost_growth(vllm_text):
     out = bench("parity_cost_growth", "--sizes", "2,3", "--max-tokens", "4", "--vllm-url", vllm_text.url)
     assert re.search(r"^\s+3\s+\d+\.\d\s+\d+\.\d+\s+pass$", out, re.M) and "per-prompt cost at 3 / at 2" in out, out
+
+
+def test_llamacpp_timings_against_llama_cpps_own():
+    out = bench("llamacpp_timings", "--model", "tiny-gemma3", "--smoke")
+    ratio = re.search(r"^ratio decode_tok_s = (\d+\.\d+) \(goal 0.95-1.05\); ratio tokens = (\d+\.\d+)$", out, re.M)
+    assert ratio and float(ratio.group(1)) > 0 and float(ratio.group(2)) == 1.0, out
 
 
 @pytest.mark.slow
