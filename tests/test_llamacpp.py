@@ -228,3 +228,23 @@ def test_a_stream_to_a_generation_and_its_timings():
         native_generation("r", {"prompt": [2]}, 0.0, events[:1], "llama.cpp")
     with pytest.raises(UnsupportedError, match="an end token inside the continuation"):
         forced_scores({"completion_probabilities": [{"id": 1, "logprob": -1.0}]}, [1, 7], 1, "score x")
+
+
+def test_three_engines_on_the_tiny_model_agree(tmp_path, vllm_text):
+    """JAX, vLLM (the session's server) and llama.cpp (F32) on plain prompts: every pair passes,
+    the llama.cpp pairs at the bound its engine declares (its fp16 GELU table, said in the report),
+    and the arbitration finds no odd one out."""
+    (tmp_path / "s.yaml").write_text("name: s\nprompts:\n" + "".join(
+        f"  - {{id: {r.id}, text: {json.dumps(r.text)}}}\n" for r in PLAIN))
+    p = cli_in_process("compare", "--model", "tiny-gemma3", "--backends", "jax,vllm,llamacpp", "--vllm-url", vllm_text.url,
+                       "--suite", tmp_path / "s.yaml", "--max-tokens", "12", "--no-bench", "--localize", "off",
+                       "--out", tmp_path / "out")
+    r = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert p.returncode == 0 and r["verdict"] == "pass", (p.stderr[-2000:], {k: v["verdict"] for k, v in r["pairs"].items()})
+    assert {k: v["verdict"] for k, v in r["pairs"].items()} == {"jax-vllm": "pass", "vllm-llamacpp": "pass",
+                                                                  "jax-llamacpp": "pass"}
+    assert r["pairs"]["jax-llamacpp"]["tolerance"]["logprob_pass"] == 2e-4
+    assert "fp16 table" in r["pairs"]["jax-llamacpp"]["tolerance"]["reason"]
+    assert all(a["line"] == "all 3 sides agree" for a in r["arbitration"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| llama.cpp |" in report or "llama.cpp" in report.splitlines()[4]  # the guide table's column
