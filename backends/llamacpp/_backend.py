@@ -118,7 +118,7 @@ class LlamacppBackend(OpenAICompatibleBackend):
         flash = self.server is None or self.server.flash_attn != "off"
         real = (self.model_settings().embed_dim or 0) >= 512 or self.header is None
         bound = (5e-3 if real else 2e-4) * (5 if flash else 1)
-        what = "its CPU GELU reads an fp16 table" + (" and its flash attention rounds through fp16" if flash else "")
+        what = "CPU GELU reads an fp16 table" + (" and its flash attention rounds through fp16" if flash else "")
         return bound, (f"llama.cpp's {what}: float32 log-probs measured up to {'3.3e-3 at real sizes' if real else '9.3e-5 on a tiny model'}"
                        f"{' (flash attention on: 4.8e-4 on a tiny model)' if flash else ''} from exact float32 "
                        "(docs/llamacpp.md)")
