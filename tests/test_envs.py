@@ -98,3 +98,19 @@ def test_the_native_check_names_the_package_the_library_and_what_to_run(tmp_path
             assert "cannot load libsndfile.so" in lines[0] and "apt-get install libsndfile1" in lines[0]
         else:
             assert f"loads {system}, not a libsndfile of its own" in lines[0]
+
+
+def test_the_llamacpp_build_says_what_is_missing_in_one_line(tmp_path):
+    """A machine without cmake: scripts/ensure_llamacpp_env.sh stops before anything is fetched, with one
+    line that names the tool and how to install it (exit 2)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "grep", "tr", "sort", "sha256sum", "cut", "cat", "rm", "mkdir", "dirname", "awk", "ls"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "PARITYBENCH_LLAMACPP_ENV": str(tmp_path / "llama")}
+    p = subprocess.run(["bash", "scripts/ensure_llamacpp_env.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "error: building llama.cpp needs cmake, which is not on PATH; install it (apt-get install cmake build-essential)"]
+    assert not (tmp_path / "llama" / "src").exists()
