@@ -324,7 +324,9 @@ def _explain_resize(case: ImageCase, tol: Tolerance, gap: float,
 
 def position_profile(a: Backend, b: Backend, tol: Tolerance, top_k: int = 5) -> tuple[dict[str, Any], Cause]:
     """Score the same plain-text ids on both sides, position by position, and name the kind of
-    difference: none, attention span (sliding window), logit scale (soft-cap), or weights."""
+    difference: none, attention span (sliding window), logit scale (soft-cap), or weights. The
+    pattern is a hint, not a confirmation: the cause is named with `explains` false (nothing was
+    re-scored), and the report lists it as named, not confirmed."""
     ids = [BOS] + a.text_ids(PROBE_TEXT)
     sa, sb = a.score_ids(ids, top_logprobs=top_k), b.score_ids(ids, top_logprobs=top_k)
     d = np.abs(np.array(sa.logprobs) - np.array(sb.logprobs))
@@ -353,7 +355,7 @@ def position_profile(a: Backend, b: Backend, tol: Tolerance, top_k: int = 5) -> 
     first = int(bad[0])  # d[i] is the prediction made at query position i
     if first >= 2:
         return info, Cause(
-            name="attention-span", explains=True,
+            name="attention-span", explains=False,  # a pattern, not a confirmation: a hint
             detail=(f"log-probs agree to noise at query positions 0..{first - 1} and differ from position {first} on: "
                     f"one side attends to a different span of past tokens (a sliding window of {first} on one "
                     "side?) or encodes positions differently beyond it"),
@@ -361,13 +363,13 @@ def position_profile(a: Backend, b: Backend, tol: Tolerance, top_k: int = 5) -> 
     if ranks and all(ranks) and ratios and (all(r < 1 for r in ratios) or all(r > 1 for r in ratios)):
         narrower = b.name if ratios[0] < 1 else a.name
         return info, Cause(
-            name="logit-scale", explains=True,
+            name="logit-scale", explains=False,  # a pattern, not a confirmation: a hint
             detail=(f"every position ranks the top-{top_k} the same, but {narrower}'s log-prob gaps are narrower at "
                     f"every position (spread ratio {min(ratios):.3f}..{max(ratios):.3f}): a final-logit soft-cap, "
                     "logit scaling or temperature differs"),
             evidence={"spread_ratio_min": min(ratios), "spread_ratio_max": max(ratios)})
     return info, Cause(
-        name="weights", explains=True,
+        name="weights", explains=False,  # a pattern, not a confirmation: a hint
         detail=(f"log-probs differ from the first position on (max {float(d.max()):.3g}) and the top-{top_k} "
                 f"order changes at {100 * (1 - float(np.mean(ranks))):.0f}% of positions: the weights or the computation "
                 "differ (a perturbed or mis-mapped tensor, a norm convention, the dtype)"),

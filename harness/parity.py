@@ -326,6 +326,11 @@ def _engine_noise(tol: Tolerance, *sides: Backend) -> Tolerance:
     return tol
 
 
+def _label(cause: Cause) -> str:
+    """How a reason introduces a cause: a heuristic one is a hint."""
+    return "hint" if cause.kind == "heuristic" or (cause.kind == "weights" and not cause.explains) else "cause"
+
+
 def _unsupported_by(pair: Pair, r: Request) -> list[str]:
     """Why a side cannot take the request (empty when both can)."""
     why = []
@@ -380,7 +385,7 @@ def _plain_text_probe(pair: Pair, results: dict[str, PromptParity], top: int) ->
         res = results[pid]
         if not any(c.explains for c in res.causes if c.name != "logprobs"):
             results[pid] = res.model_copy(update={"causes": [*res.causes, cause],
-                                                  "reasons": [*res.reasons, f"cause ({cause.name}): {cause.detail}"]})
+                                                  "reasons": [*res.reasons, f"{_label(cause)} ({cause.name}): {cause.detail}"]})
     return probe
 
 
