@@ -100,7 +100,8 @@ def test_an_attached_server_works_like_a_managed_one(llama_text, tmp_path):
             s = SamplingParams(max_tokens=8, logprobs=3)
             [a] = attached.generate(PLAIN[:1], s)
             [m] = llama_text.generate(PLAIN[:1], s)
-            assert a.token_ids == m.token_ids and max(abs(x - y) for x, y in zip(a.logprobs, m.logprobs)) < 1e-6
+            # two server processes on the same file: the same ids, log-probs to float32 noise (2.9e-6 seen)
+            assert a.token_ids == m.token_ids and max(abs(x - y) for x, y in zip(a.logprobs, m.logprobs)) < 2e-5
             d = attached.describe()
             assert not d["managed"] and d["served_model"] == "mine" and attached.vocab_size == 1024
             assert attached.memory().rss_bytes > 5e6  # found by its listening port
