@@ -11,6 +11,7 @@ and `_after_start`.
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import os
@@ -80,7 +81,7 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-class ServerProcess:
+class ServerProcess(abc.ABC):
     """One server program as a child process group (see the module doc)."""
 
     title: ClassVar[str] = "server"  # in messages: "vLLM server", "llama.cpp server"
@@ -102,8 +103,9 @@ class ServerProcess:
     # ------------------------------------------------------------------ what a subclass gives
 
     @property
+    @abc.abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The program and its arguments (the subclass's: `vllm serve ...`, `llama-server ...`)."""
 
     def _environment(self) -> dict[str, str]:
         return dict(os.environ)
@@ -115,7 +117,7 @@ class ServerProcess:
         """What to do about a failure this program logged (None: nothing known)."""
         return None
 
-    def _after_start(self) -> None:
+    def _after_start(self) -> None:  # noqa: B027 (a hook: nothing by default)
         """Once healthy (vLLM places its processes on cores here)."""
 
     # ------------------------------------------------------------------ properties
