@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ._errors import InputError
 from ._types import Capabilities, ModelSettings, Request, SamplingParams
 
@@ -112,6 +114,12 @@ class BaseBackend:
         """How far this engine's own computation is from exact arithmetic at its precision, as a
         bound on max |dlogprob| and why (a kernel that rounds an intermediate); None: no more than
         the precision's own noise. Parity raises a pair's bound to it and says why."""
+        return None
+
+    def weight_tensors(self) -> dict[str, np.ndarray] | None:
+        """The weights this side computes with, under their Hugging Face names, as stored (a
+        quantized file dequantized), for parity to compare tensor by tensor before it names the
+        weights as a cause; None when they cannot be read here (a hub model, a remote server)."""
         return None
 
     def model_settings(self) -> ModelSettings:

@@ -290,7 +290,8 @@ class ModelSettings(_Model):
     epsilon, tied embeddings, image-token layout) are what the engine's model was built from.
     kv_cache_dtype and quantization: how the engine stores the KV cache and the weights.
     tokenizer_sha256: the SentencePiece file's hash; chat_template_sha256: the template file's.
-    end_ids: the token ids that end a generation. embed_dim: the residual stream's width (the
+    end_ids: the token ids that end a generation. config: every key of the model configuration the
+    engine consumes (Hugging Face text-config names), for the diff of fields no other setting names. embed_dim: the residual stream's width (the
     float32 tolerance follows the model's size); hidden_dim, num_heads, num_kv_heads, head_dim:
     the feed-forward width and the attention heads (with embed_dim and layer_types, the shape a
     roofline estimate reads: `harness.roofline`).
@@ -330,6 +331,9 @@ class ModelSettings(_Model):
     tokenizer_sha256: str | None = None
     chat_template_sha256: str | None = None  # the Jinja chat template a side applies (a folder's)
     end_ids: tuple[int, ...] | None = None
+    # the model configuration the engine consumes, as Hugging Face text-config keys
+    # (`backends.models.consumed_config`; the gemma library's is its architecture's equivalent)
+    config: dict[str, Any] | None = None
 
     def known(self) -> dict[str, Any]:
         """The fields this side knows, by name."""

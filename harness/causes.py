@@ -59,9 +59,14 @@ class Setting:
 
 _RESCORE = "re-scoring one side with the other side's value: the gap falls to a tenth or to float noise"
 _DIFF = "the settings diff alone (no engine can re-score with another value)"
+_DIFF_OR_RESCORE = ("re-scoring where the gemma library can express the other value, else the settings diff alone, "
+                    "as the likely cause (unconfirmed)")
+CONFIG_PREFIX = "config:"
 
 _DECLARED = [
     CauseInfo("missing-bos", "prompt", "one side does not start the prompt with <bos>", "the prompt ids' first position"),
+    CauseInfo("doubled-bos", "prompt", "one side starts the prompt with two <bos> (a template that writes <bos> and a "
+              "tokenizer that adds another)", "the prompt ids' first two positions"),
     CauseInfo("chat-template", "prompt", "the sides apply different chat template files",
               "the prompt ids decoded, or the template files' hashes"),
     CauseInfo("tokenization", "preprocessing", "the same prompt text is tokenized differently",
@@ -87,6 +92,9 @@ _DECLARED = [
               "float32 checkpoint in bfloat16 unless told otherwise)", _RESCORE),
     CauseInfo("kv-cache-dtype", "precision", "the sides store keys and values in different dtypes", _DIFF),
     CauseInfo("quantization", "precision", "one side runs quantized weights", _DIFF),
+    CauseInfo("overflow", "precision", "values grow past the largest finite number of a side's dtype (float16: 65504) "
+              "and become inf, then NaN", "the side's hidden states, layer by layer: the first non-finite layer and "
+              "token, with the largest finite magnitude before it beyond the dtype's range"),
     CauseInfo("tokenizer-files", "configuration", "the sides read different tokenizer.model files", _DIFF),
     CauseInfo("generation-config", "configuration", "the sides end generations on different token ids", _DIFF),
     CauseInfo("config:rms_norm_eps", "configuration", "the sides normalise with different epsilons", _DIFF),
@@ -97,14 +105,25 @@ _DECLARED = [
               "soft tokens", _DIFF),
     *(CauseInfo(f"config:{f}", "configuration", "the sides build their models from different configurations",
                 _RESCORE) for f in CONFIG_FIELDS),
+    CauseInfo("decode-inconsistency", "implementation", "an engine's log-probs while it generates differ from its own "
+              "teacher-forced scores of the same tokens: its decoding (KV cache, positions, KV sharing) computes "
+              "something its prefill does not", "the side's generation log-probs against its own scores of the same "
+              "ids (no second engine needed)"),
+    CauseInfo("embedding-scale", "implementation", "the sides' embedding outputs differ by one constant factor: the "
+              "normaliser sqrt(width) taken in another precision (bfloat16 makes sqrt(3072) = 55.43 into 55.5)",
+              "the embedding rows of both sides' hidden states: one ratio for every element"),
     CauseInfo("attention-span", "heuristic", "log-probs agree at the first positions of plain text and differ from "
               "one position on: one side attends to a different span of past tokens (a sliding window) or encodes "
               "positions differently beyond it", "the position profile on plain text (a pattern, not a re-score)"),
     CauseInfo("logit-scale", "heuristic", "every position ranks the top-k the same but one side's log-prob gaps are "
               "narrower: a final-logit soft-cap, logit scaling or temperature differs",
               "the position profile on plain text (a pattern, not a re-score)"),
-    CauseInfo("weights", "weights", "log-probs differ from the first position on and the top-k order changes: the "
-              "weights or the computation differ", "the position profile on plain text (a pattern, not a re-score)"),
+    CauseInfo("weights", "weights", "the weights differ (or, from the position profile's pattern alone, log-probs "
+              "differ from the first position on and the top-k order changes)",
+              "both sides' weight tensors compared one by one in one naming (confirmed); the position profile on "
+              "plain text where the weights cannot be read (a hint)"),
+    CauseInfo("non-finite", "observation", "a side's logits or hidden states hold inf or NaN",
+              "the side's log-probs, then its hidden states layer by layer"),
     CauseInfo("none-on-plain-text", "observation", "both sides agree on plain text to float noise: the difference "
               "is in the prompt path (template, media)", "the position profile on plain text"),
     CauseInfo("logprobs", "observation", "the teacher-forced log-probs differ beyond the bound",
@@ -146,15 +165,25 @@ SETTINGS: dict[str, Setting] = {s.field: s for s in [
 
 
 def is_declared(name: str) -> bool:
-    return name in CAUSES
+    """Declared above, or `config:<key>`: any model-configuration key the sides' configs disagree on
+    (`backends.models.config_diff`), declared by that family."""
+    return name in CAUSES or (name.startswith(CONFIG_PREFIX) and len(name) > len(CONFIG_PREFIX))
 
 
 def info(name: str) -> CauseInfo:
     """The declaration of cause `name` (a `KeyError` naming this module for one never declared)."""
-    try:
+    if name in CAUSES:
         return CAUSES[name]
-    except KeyError:
-        raise KeyError(f"cause {name!r} is not declared in harness/causes.py") from None
+    if is_declared(name):
+        return CauseInfo(name, "configuration", f"the sides build their models from different values of the "
+                         f"configuration key {name[len(CONFIG_PREFIX):]!r}", _DIFF_OR_RESCORE)
+    raise KeyError(f"cause {name!r} is not declared in harness/causes.py")
+
+
+def rescorable(field: str) -> bool:
+    """A side can re-score with the other side's value of setting `field` (a `config:<key>` no
+    setting names cannot be: the gemma library's model has no such knob)."""
+    return field in SETTINGS and SETTINGS[field].rescorable
 
 
 def of_kind(*kinds: Kind) -> frozenset[str]:

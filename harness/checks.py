@@ -19,7 +19,7 @@ from typing import Any, Literal
 from backends import Backend, ImagePixelsResult, ParitybenchError, Request
 
 from . import diagnosis
-from .agreement import agreement, first_diff, image_pixel_diff, prefix
+from .agreement import agreement, first_diff, image_pixel_diff, non_finite, prefix
 from .findings import Cause, Divergence, Finding, PromptParity, Side, Token, Tolerance, fold, worst
 from .localize import localize as localize_layers
 
@@ -108,6 +108,24 @@ def greedy(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Finding:
                 evidence={"index": i})
     return Finding(check="greedy", verdict="warn", causes=(tie,), record=record,
                    reasons=(what + f"; a near-tie: each token is in the other's top-{tol.top_n} ({tol.name} rule)",))
+
+
+def finite(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Finding | None:
+    """inf or NaN in a side's log-probs (while generating, or scoring the other's output): a
+    failure, named (`overflow` or `non-finite`) and placed at the first layer and token where the
+    side's hidden states stop being finite."""
+    bad = []
+    for side, gen, score, dtype in ((pair.a, case.ga, case.a_on_b, pair.dtypes[0]),
+                                    (pair.b, case.gb, case.b_on_a, pair.dtypes[1])):
+        where = [f"{what} from position {p}" for what, lp in (("generating", gen.logprobs),
+                                                               ("scoring", getattr(score, "logprobs", None)))
+                 if (p := non_finite(lp)) is not None]
+        if where:
+            bad.append(diagnosis.explain_non_finite(side, case.request, list(gen.token_ids), dtype, "; ".join(where)))
+    if not bad:
+        return None
+    return Finding(check="non-finite", verdict="fail", causes=tuple(bad),
+                   reasons=tuple(f"cause ({c.name}): {c.detail}" for c in bad))
 
 
 def pixels(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Finding | None:
@@ -204,7 +222,7 @@ def localization(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Find
                    reasons=(f"layers: {loc.detail}",) if shown else ())
 
 
-CHECKS: tuple[Check, ...] = (prompt_ids, greedy, pixels, teacher_forced, settings, images, precision, summary,
+CHECKS: tuple[Check, ...] = (prompt_ids, greedy, finite, pixels, teacher_forced, settings, images, precision, summary,
                              localization)
 
 

@@ -34,17 +34,19 @@ from backends import (
     CausalImageScoring,
     ImagePart,
     ImagePixelsResult,
+    LayerCapture,
     ModelError,
     ModelSettings,
     ParitybenchError,
     Request,
     SettingsRescoring,
+    models,
 )
 from backends.models import BOS, START_OF_IMAGE
 
 from . import causes
 from .agreement import first_diff, max_gap, topk_stats
-from .findings import Cause, Finding, PromptDiff, Token, Tolerance
+from .findings import Cause, Finding, PromptDiff, Token, Tolerance, WeightsComparison
 
 # Text for the tokenizer check and the position profile: several scripts, digits, punctuation.
 PROBE_TEXT = (
@@ -65,11 +67,31 @@ class SettingDiff:
 
 def settings_diff(sa: ModelSettings, sb: ModelSettings) -> list[SettingDiff]:
     """The settings both sides know and disagree on (a KV cache that just follows each side's
-    compute dtype is the dtype's difference, not one of its own)."""
+    compute dtype is the dtype's difference, not one of its own), then every other key of the
+    model configurations they consume (`backends.models.config_diff`), as `config:<key>`. A
+    by-design setting whose values are not the sides' engine conventions (`models.conventional`)
+    is a configuration difference, `config:<field>`."""
     ka, kb = sa.known(), sb.known()
     follows = all(k.get("kv_cache_dtype") == k.get("dtype") for k in (ka, kb))
-    return [SettingDiff(f, causes.setting_cause(f).name, ka[f], kb[f]) for f in causes.CAUSE_SETTINGS
-            if f in ka and f in kb and ka[f] != kb[f] and not (f == "kv_cache_dtype" and follows)]
+    out = [SettingDiff(f, _setting_cause_name(f, sa, sb), ka[f], kb[f]) for f in causes.CAUSE_SETTINGS
+           if f in ka and f in kb and ka[f] != kb[f] and not (f == "kv_cache_dtype" and follows)]
+    if sa.config is not None and sb.config is not None:
+        for key, va, vb in models.config_diff(sa.config, sb.config):
+            named = models.SETTING_OF_KEY.get(key, ())
+            if named and all(f in ka and f in kb for f in named):
+                continue  # the setting of that name carries it
+            out.append(SettingDiff(causes.CONFIG_PREFIX + key, causes.CONFIG_PREFIX + key, va, vb))
+    return out
+
+
+def _setting_cause_name(field: str, sa: ModelSettings, sb: ModelSettings) -> str:
+    cause = causes.setting_cause(field).name
+    if causes.kind(cause) != "by-design":
+        return cause
+    values = {sa.convention: getattr(sa, field), sb.convention: getattr(sb, field)}
+    if models.conventional(field, sa.family or sb.family, {str(k): v for k, v in values.items()}):
+        return cause
+    return causes.CONFIG_PREFIX + field  # not the engines' conventions: the configurations differ
 
 
 def show(value: Any) -> str:
@@ -135,6 +157,9 @@ class _Rescorer:
         return max_gap(sc, self.other_gen)
 
 
+_LIKELY = "; the likely cause, not confirmed: no side can re-score with the other's value"
+
+
 def _setting_cause(a: Backend, b: Backend, d: SettingDiff, explains: bool = False, note: str = "",
                    **evidence: Any) -> Cause:
     meaning = causes.info(d.cause).meaning
@@ -150,12 +175,12 @@ def explain(a: Backend, b: Backend, request: Request, ga: Any, gb: Any, before: 
         return [], False
     pick = [_Rescorer(s, o, go, request) for s, o, go in ((a, b, gb), (b, a, ga)) if isinstance(s, SettingsRescoring)]
     if not pick:
-        return [_setting_cause(a, b, d, note=" (no side can re-score to confirm)") for d in diffs], False
+        return [_setting_cause(a, b, d, note=_LIKELY, likely=True) for d in diffs], False
     rescorer = pick[0]
     found: list[Cause] = []
     for d in diffs:
-        if not causes.SETTINGS[d.field].rescorable:
-            found.append(_setting_cause(a, b, d))
+        if not causes.rescorable(d.field):
+            found.append(_setting_cause(a, b, d, note=_LIKELY, likely=True))
             continue
         after = rescorer.gap([d.field])
         explains = after is not None and (after <= noise or after < before / 10)
@@ -165,7 +190,7 @@ def explain(a: Backend, b: Backend, request: Request, ga: Any, gb: Any, before: 
         found.append(_setting_cause(a, b, d, explains, f"; {effect}", max_abs_dlogprob=before,
                                     max_abs_dlogprob_aligned=after, rescored_by=rescorer.side.name))
     closed = False
-    fields = [d.field for d in diffs if causes.SETTINGS[d.field].rescorable]
+    fields = [d.field for d in diffs if causes.rescorable(d.field)]
     if fields and len(fields) == len(diffs):
         together = rescorer.gap(fields)
         closed = together is not None and together <= noise
@@ -208,6 +233,73 @@ def reduced_precision(a: Backend, b: Backend, tol: Tolerance, diffs: Sequence[Se
         return None
     return Finding(check="precision", verdict="warn", causes=tuple(found),
                    reasons=tuple(f"cause ({c.name}): {c.detail}" for c in found))
+
+
+# ----------------------------------------------------------------------------- non-finite values
+
+_FINITE_MAX = {"float16": 65504.0, "bfloat16": 3.39e38, "float32": 3.40e38}
+
+
+def explain_non_finite(side: Backend, request: Request, continuation: Sequence[int], dtype: str | None,
+                       where: str) -> Cause:
+    """A side whose log-probs hold inf or NaN (`where`: which, in words): its hidden states layer by
+    layer (when it can capture them) give the first non-finite row and token. It is an `overflow`
+    when that row holds an infinity (IEEE arithmetic overflows to inf; NaN follows from inf - inf)
+    or the largest finite value before it is beyond the square root of the dtype's largest (the
+    RMSNorm's mean of squares overflows there), else `non-finite`."""
+    head = f"{side.name} ({dtype or 'its dtype'}) returns inf or NaN log-probs ({where})"
+    if not isinstance(side, LayerCapture):
+        return Cause(name="non-finite", explains=True, detail=f"{head}; it cannot capture its layers to say where",
+                     evidence={"side": side.name, "where": where})
+    try:
+        states = side.capture_layers(request, list(continuation))
+    except ParitybenchError as e:
+        return Cause(name="non-finite", explains=True, detail=f"{head}; layer capture failed: {e}",
+                     evidence={"side": side.name, "where": where})
+    h = states.hidden
+    bad_rows = [k for k in range(h.shape[0]) if not np.isfinite(h[k]).all()]
+    if not bad_rows:
+        return Cause(name="non-finite", explains=True, detail=f"{head}; its hidden states are finite at every depth: "
+                     "the logits or the softmax become non-finite", evidence={"side": side.name, "where": where})
+    k = bad_rows[0]
+    token = int(np.nonzero(~np.isfinite(h[k]).all(axis=-1))[0][0])
+    largest = float(np.abs(h[:k]).max()) if k else 0.0
+    top = _FINITE_MAX.get(dtype or "", _FINITE_MAX["float32"])
+    overflow = bool(np.isinf(h[k]).any()) or largest > top ** 0.5
+    row = "the embedding" if k == 0 else "the final norm" if k == h.shape[0] - 1 else f"layer {k - 1}"
+    detail = (f"{head}; its hidden states first hold inf/NaN after {row}, at token {token} "
+              f"({side.detokenize([states.ids[token]])!r}); the largest finite |value| before is {largest:.4g}"
+              + (f" ({dtype}'s largest is {top:g}): values overflow" if overflow else ""))
+    return Cause(name="overflow" if overflow else "non-finite", explains=True, detail=detail,
+                 evidence={"side": side.name, "dtype": dtype, "first_layer": k - 1, "token": token,
+                           "largest_finite_before": largest, "where": where})
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def explain_weights(a: Backend, b: Backend, w: WeightsComparison) -> Cause | None:
+    """The `weights` cause from both sides' tensors compared one by one: confirmed when shared
+    tensors differ; unconfirmed when only tensors one side has (an untied output head) differ;
+    None when the weights are identical."""
+    if w.identical:
+        return None
+    parts = []
+    if w.differing_count:
+        top = w.differing[0]
+        size = ("shapes " + " vs ".join(map(str, top.shapes)) if top.shapes else
+                f"max |difference| {top.max_abs:.3g}" + (f", {top.rel_max:.3g} of its largest value" if top.rel_max else ""))
+        parts.append(f"{w.differing_count} of {w.tensors} tensors differ (compared in {w.compared_in}); the most: "
+                     f"{top.name} ({size})")
+    else:
+        parts.append(f"the {w.tensors} tensors both sides have are identical (compared in {w.compared_in})")
+    for side, only in ((a, w.only_a), (b, w.only_b)):
+        if only:
+            parts.append(f"{len(only)} only on {side.name} ({', '.join(only[:3])})")
+    return Cause(name="weights", explains=bool(w.differing_count), detail="; ".join(parts),
+                 evidence={"tensors": w.tensors, "differing": w.differing_count, "compared_in": w.compared_in,
+                           "largest": [d.name for d in w.differing[:3]], f"only_{a.name}": w.only_a[:8],
+                           f"only_{b.name}": w.only_b[:8]})
 
 
 # ----------------------------------------------------------------------------- images

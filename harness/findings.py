@@ -110,6 +110,7 @@ class Agreement(BaseModel):
     ppl_a: float | None = None
     ppl_b: float | None = None
     ppl_delta_rel: float | None = None
+    non_finite: int = 0  # positions left out because a side's log-prob there is inf or NaN
 
 
 class Cause(BaseModel):
@@ -157,6 +158,26 @@ class PromptParity(BaseModel):
     b: Side | None = None
 
 
+class TensorDiff(BaseModel):
+    name: str  # Hugging Face name
+    max_abs: float | None  # max |a - b| (None: the shapes differ)
+    rel_max: float | None  # max |a - b| / max |a| (None: the shapes differ, or a is all zeros)
+    shapes: tuple[list[int], list[int]] | None = None  # when they differ
+
+
+class WeightsComparison(BaseModel):
+    """Both sides' weights, tensor by tensor under their Hugging Face names, each rounded to the
+    coarser of the two sides' stored dtypes (`compared_in`)."""
+
+    tensors: int  # compared (names both sides have)
+    identical: bool  # every compared tensor equal, and no tensor on one side only
+    compared_in: str
+    differing: list[TensorDiff] = Field(default_factory=list)  # the largest first (at most 8)
+    differing_count: int = 0
+    only_a: list[str] = Field(default_factory=list)
+    only_b: list[str] = Field(default_factory=list)
+
+
 class ParityReport(BaseModel):
     a: dict[str, Any]
     b: dict[str, Any]
@@ -164,6 +185,7 @@ class ParityReport(BaseModel):
     sampling: dict[str, Any]
     prompts: list[PromptParity]
     probe: dict[str, Any] | None = None  # the position profile on plain text, when it ran
+    weights: WeightsComparison | None = None  # both sides' tensors, when a prompt failed and both could be read
     verdict: Verdict = "pass"
     report_only: bool = False  # measured against its bound, not counted in the run's verdict
     seconds: float | None = None  # wall-clock seconds the pair's parity took

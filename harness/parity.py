@@ -40,7 +40,7 @@ from backends import (
 )
 
 from . import checks, diagnosis
-from .agreement import first_diff
+from .agreement import first_diff, weights_diff
 from .checks import LocalizeWhat, Pair, PromptCase
 from .diagnosis import PROBE_TEXT
 from .findings import (
@@ -55,6 +55,7 @@ from .findings import (
     Token,
     Tolerance,
     Verdict,
+    WeightsComparison,
     worst,
 )
 from .localize import THRESHOLD as LOCALIZE_THRESHOLD
@@ -88,7 +89,7 @@ REAL_SIZE_WIDTH = 512  # the residual stream's width from which the real-size fl
 
 
 def profile_for(*dtypes: str | None, family: str | None = None, embed_dim: int | None = None) -> Tolerance:
-    if any(d and "bf" in str(d) for d in dtypes):
+    if any(d and "16" in str(d) for d in dtypes):  # bfloat16, float16
         return PROFILES["bfloat16"]
     if family == "gemma3n":
         return PROFILES["float32-gemma3n"]
@@ -289,10 +290,10 @@ def compare(a: Backend, b: Backend, requests: Sequence[Request], *, max_tokens: 
             runnable.append((pid, r))
     for case in _run_sides(pair, runnable, s, ahead):
         done(case if isinstance(case, PromptParity) else checks.check_prompt(pair, case))
-    probe = _plain_text_probe(pair, results, s.logprobs) if diagnose else None
+    probe, weights = _pair_diagnosis(pair, results, s.logprobs) if diagnose else (None, None)
     prompts = [results[pid] for pid in ids]
     return ParityReport(a=desc_a, b=desc_b, tolerance=pair.tol, sampling=s.model_dump(mode="json"), prompts=prompts,
-                        probe=probe, verdict=worst(*[p.verdict for p in prompts]))
+                        probe=probe, weights=weights, verdict=worst(*[p.verdict for p in prompts]))
 
 
 def _pair(a: Backend, b: Backend, tolerance: Tolerance | None, localize: LocalizeWhat,
@@ -370,23 +371,47 @@ def _run_sides(pair: Pair, runnable: list[tuple[str, Request]], s: SamplingParam
     return out
 
 
-def _plain_text_probe(pair: Pair, results: dict[str, PromptParity], top: int) -> dict[str, Any] | None:
-    """For the prompts whose log-probs fail, once per pair: the position profile on plain text
-    (`diagnosis.position_profile`); its cause is added to each such prompt that no confirmed cause
-    explains yet. Returns the profile (None when no prompt needed it)."""
-    failing = [pid for pid, res in results.items() if any(c.name == "logprobs" for c in res.causes)]
+def _pair_diagnosis(pair: Pair, results: dict[str, PromptParity],
+                    top: int) -> tuple[dict[str, Any] | None, WeightsComparison | None]:
+    """For the prompts whose log-probs fail, once per pair: both sides' weights tensor by tensor
+    (when both can be read), then the position profile on plain text (`diagnosis.position_profile`).
+    Weights that differ are a confirmed `weights` cause; identical ones are said, and the profile's
+    `weights` hint is then not named. Each prompt no confirmed cause explains yet gets what was
+    found. Returns the profile (None when no prompt needed it) and the weights comparison."""
+    failing = [pid for pid, res in results.items() if any(c.name == "logprobs" for c in res.causes)
+               and not any(c.explains for c in res.causes if c.name != "logprobs")]
     if not failing:
-        return None
+        return None, None
+    weights = _compare_weights(pair)
+    add: list[tuple[str, Cause | None]] = []
+    if weights is not None:
+        found = diagnosis.explain_weights(pair.a, pair.b, weights)
+        add.append((f"{_label(found)} ({found.name}): {found.detail}" if found else
+                    f"weights: identical tensor by tensor ({weights.tensors} tensors, compared in "
+                    f"{weights.compared_in}): the weights are not the cause", found))
     try:
         probe, cause = diagnosis.position_profile(pair.a, pair.b, pair.tol, top_k=top)
     except ParitybenchError as e:
-        return {"error": str(e)}
+        probe, cause = {"error": str(e)}, None
+    if cause is not None and not (cause.name == "weights" and weights is not None):  # the direct check decides
+        add.append((f"{_label(cause)} ({cause.name}): {cause.detail}", cause))
     for pid in failing:
         res = results[pid]
-        if not any(c.explains for c in res.causes if c.name != "logprobs"):
-            results[pid] = res.model_copy(update={"causes": [*res.causes, cause],
-                                                  "reasons": [*res.reasons, f"{_label(cause)} ({cause.name}): {cause.detail}"]})
-    return probe
+        results[pid] = res.model_copy(update={"causes": [*res.causes, *(c for _, c in add if c is not None)],
+                                              "reasons": [*res.reasons, *(line for line, _ in add)]})
+    return probe, weights
+
+
+def _compare_weights(pair: Pair) -> WeightsComparison | None:
+    """Both sides' weights compared tensor by tensor, when both can be read here."""
+    try:
+        ta = pair.a.weight_tensors()
+        tb = pair.b.weight_tensors() if ta is not None else None
+    except (ParitybenchError, OSError, ValueError):
+        return None
+    if ta is None or tb is None:
+        return None
+    return weights_diff(ta, tb)
 
 
 # ----------------------------------------------------------------------------- three or more sides

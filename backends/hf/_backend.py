@@ -426,6 +426,11 @@ class HfBackend(BaseBackend):
 
     # ---------------------------------------------------------------- the record, memory, lifetime
 
+    def weight_tensors(self) -> dict[str, np.ndarray] | None:
+        from .. import models
+
+        return models.hf_dir_tensors(self.hf_dir)
+
     def model_settings(self) -> ModelSettings:
         """What transformers computes where engines part by design (`ModelSettings`): the
         config's soft-cap and rows, Gemma 3n's same-type KV-sharing rule, no AltUp clipping."""

@@ -261,6 +261,12 @@ class JaxBackend(BaseBackend):
         """What this side computes where engines part by design (`ModelSettings`)."""
         return self._settings
 
+    def weight_tensors(self) -> dict[str, np.ndarray] | None:
+        """The loaded params (in the compute dtype) under their Hugging Face names."""
+        import jax
+
+        return models.hf_state_dict(jax.device_get(self._params), self._net_arch())
+
     def _variant(self, settings: ModelSettings) -> tuple[Any, Any, Any]:
         """The network with `settings` applied (soft-cap, logit rows, KV-sharing targets, AltUp
         clip): its model, params and scoring function, built once per settings."""
@@ -742,9 +748,9 @@ def _shard_params(params: Any, mesh: Any) -> Any:
 def _jax_dtype(name: str) -> Any:
     import jax.numpy as jnp
 
-    jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(name)
+    jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}.get(name)
     if jdtype is None:
-        raise InputError(f"dtype {name!r} is not supported by the JAX backend; use float32 or bfloat16")
+        raise InputError(f"dtype {name!r} is not supported by the JAX backend; use float32, bfloat16 or float16")
     return jdtype
 
 

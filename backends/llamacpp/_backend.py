@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from .. import models
 from .._base import MAX_TOP_LOGPROBS
@@ -153,6 +154,12 @@ class LlamacppBackend(OpenAICompatibleBackend):
         meta = self._served_entry().get("meta") or {}
         return int(meta["n_vocab"]) if meta.get("n_vocab") else None
 
+    def weight_tensors(self) -> dict[str, np.ndarray] | None:
+        """The GGUF's tensors under their Hugging Face names, dequantized to float32."""
+        if self.header is None:
+            return None
+        return models.read_gguf(self.header.path).tensors
+
     def model_settings(self) -> ModelSettings:
         """What llama.cpp computes for the GGUF it loaded: the configuration its metadata gives, its
         rows, its stored types (a quantized file: `quantization` = its file type), float32 compute
@@ -166,7 +173,8 @@ class LlamacppBackend(OpenAICompatibleBackend):
         arch = models.arch_from_hf_config(h.config, source=str(h.path))
         settings = models.engine_settings(
             arch, "hf", dtype="float32", kv_cache_dtype=KV_DTYPES[self.server.cache_type], quantization=quant,
-            rms_norm_eps=1e-6, tied_embeddings="output.weight" not in h.tensor_types, end_ids=end)
+            rms_norm_eps=1e-6, tied_embeddings="output.weight" not in h.tensor_types, end_ids=end,
+            config=models.consumed_config(h.config))
         return settings.model_copy(update={"convention": "llamacpp", "logit_rows": h.vocab_size})
 
     def describe(self) -> dict[str, Any]:

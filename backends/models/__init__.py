@@ -26,6 +26,7 @@ from ._arch import (
     ModelCard,
     VisionArch,
     arch_from_hf_config,
+    conventional,
     engine_settings,
     kv_sharing_targets,
 )
@@ -50,12 +51,15 @@ from ._convert import (
     Conversion,
     gemma_dir_to_hf,
     gguf_to_model_dir,
+    hf_dir_tensors,
     hf_dir_to_gemma,
+    hf_state_dict,
     hf_to_params,
     model_dir_to_gguf,
     params_to_hf,
 )
-from ._gguf import GgufHeader, read_gguf_header
+from ._gguf import GgufHeader, read_gguf, read_gguf_header
+from ._hfconfig import SETTING_OF_KEY, config_diff, consumed_config
 from ._quantize import SCHEMES, quantize_hf_dir
 from ._registry import (
     GEMMA3N_TEXT_ONLY,
@@ -92,6 +96,7 @@ from ._tokenizer import (
 from ._tokenizer import train_tiny as train_tiny_tokenizer
 
 __all__ = [
+    "SETTING_OF_KEY", "read_gguf", "hf_dir_tensors", "hf_state_dict", "conventional", "config_diff", "consumed_config",
     "CONFIG_FIELDS", "SHAPE_FIELDS", "random_params", "file_sha256", "hf_end_ids", "hf_folder_settings", "SCHEMES", "quantize_hf_dir", "HF_GEMMA3N_SOFTCAP", "KV_RULES", "Conversion", "Gemma3nArch", "arch_from_hf_config", "engine_settings", "gemma3n_tokenizer",
     "kv_sharing_targets", "BOS", "CARD", "CHAT_TEMPLATE", "CORPUS", "END_OF_IMAGE", "END_OF_TURN", "EOS", "FULL_VOCAB",
     "GEMMA3N_TEXT_ONLY", "IMAGE_SOFT_TOKEN", "NO_AUDIO_GEMMA3", "PAD", "PARAMS", "REGISTRY", "START_OF_IMAGE",

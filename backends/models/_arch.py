@@ -532,8 +532,10 @@ def engine_settings(arch: GemmaArch, convention: Convention, **known_more: Any) 
     Hugging Face rows and no clipping, transformers with its same-type KV-sharing rule, vLLM with
     the gemma offsets. `known_more`: what the engine adds (dtype, max_model_len, files)."""
     from .._types import ModelSettings
+    from ._hfconfig import consumed_config
 
     rows = arch.vocab_size if convention == "gemma" else arch.hf_vocab_size
+    known_more.setdefault("config", consumed_config(arch.to_hf_text_config()))
     known: dict[str, Any] = {"convention": convention, "family": arch.family,
                              "final_logit_softcap": arch.final_logit_softcap, "logit_rows": rows,
                              **{f: getattr(arch, f) for f in (*SHAPE_FIELDS, *CONFIG_FIELDS)}, **known_more}
@@ -546,6 +548,24 @@ def engine_settings(arch: GemmaArch, convention: Convention, **known_more: Any) 
     if arch.vision is not None:
         known.update(image_token_id=arch.hf_image_token_id, mm_tokens_per_image=arch.vision.mm_tokens_per_image)
     return ModelSettings(**known)
+
+
+def conventional(field: str, family: str | None, values: dict[str, Any]) -> bool:
+    """Whether two sides' differing values of a by-design setting are what their engines'
+    conventions give (`values`: convention -> the side's value): Gemma 3n's final soft-cap (gemma's
+    none, Hugging Face's and vLLM's 30 from config.json), AltUp clipping (gemma's bound, none
+    elsewhere), the vocabulary rows and the KV-sharing rule (the conventions' own, so only between
+    sides whose conventions differ). Any other pair of values is a configuration difference."""
+    if len(values) < 2:  # both sides follow one convention: their values should be the same
+        return False
+    if field == "final_logit_softcap":
+        expect = {"gemma": None, "hf": HF_GEMMA3N_SOFTCAP, "vllm": HF_GEMMA3N_SOFTCAP}
+        return family == "gemma3n" and all(c in expect and v == expect[c] for c, v in values.items())
+    if field == "altup_coef_clip":
+        return family == "gemma3n" and all((v is None) == (c != "gemma") for c, v in values.items())
+    if field == "logit_rows":  # gemma's rows are the text vocabulary, Hugging Face's append padding rows
+        return "gemma" in values and all(v >= values["gemma"] for v in values.values())
+    return field == "kv_sharing" and family == "gemma3n"
 
 
 AnyArch = Annotated[GemmaArch | Gemma3nArch, Field(discriminator="family")]

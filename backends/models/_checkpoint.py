@@ -134,6 +134,7 @@ def hf_folder_settings(hf_dir: Path | str, convention: Convention, **known: Any)
     a Gemma one paritybench reads."""
     from .._types import ModelSettings
     from ._arch import arch_from_hf_config, engine_settings
+    from ._hfconfig import consumed_config
 
     hf_dir = Path(hf_dir)
     known.update({k: v for k, v in (("tokenizer_sha256", file_sha256(hf_dir / "tokenizer.model")),
@@ -143,6 +144,7 @@ def hf_folder_settings(hf_dir: Path | str, convention: Convention, **known: Any)
     text = cfg.get("text_config") or cfg
     known["rms_norm_eps"] = float(text.get("rms_norm_eps", 1e-6))
     known["tied_embeddings"] = bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", True)))
+    known["config"] = consumed_config(cfg)
     try:
         arch = arch_from_hf_config(cfg)
     except (ModelError, ValueError):

@@ -231,9 +231,27 @@ def write_hf_dir(out: Path, params: dict, arch: GemmaArch, tokenizer_model: Path
     return out
 
 
-def read_hf_dir(src: Path) -> tuple[GemmaArch, dict[str, np.ndarray]]:
+def hf_dir_tensors(src: Path | str) -> dict[str, np.ndarray]:
+    """Every tensor of a Hugging Face folder's *.safetensors, as stored (bfloat16 as ml_dtypes')."""
     from safetensors.numpy import load_file
 
+    files = sorted(Path(src).glob("*.safetensors"))
+    if not files:
+        raise InputError(f"{src} has no *.safetensors weights")
+    sd: dict[str, np.ndarray] = {}
+    for f in files:
+        sd.update(load_file(str(f)))
+    return sd
+
+
+def hf_state_dict(params: dict, arch: GemmaArch) -> dict[str, np.ndarray]:
+    """gemma params (Gemma 3 or 3n) under their Hugging Face names, as the converter writes them."""
+    if isinstance(arch, Gemma3nArch):
+        return _convert3n.params_to_hf(params, arch)[0]
+    return params_to_hf(params, arch)
+
+
+def read_hf_dir(src: Path) -> tuple[GemmaArch, dict[str, np.ndarray]]:
     src = Path(src)
     cfg_path = src / "config.json"
     if not cfg_path.is_file():
@@ -243,12 +261,7 @@ def read_hf_dir(src: Path) -> tuple[GemmaArch, dict[str, np.ndarray]]:
     except json.JSONDecodeError as e:
         raise InputError(f"{cfg_path}: invalid JSON at line {e.lineno}: {e.msg}") from None
     arch = arch_from_hf_config(cfg, source=str(cfg_path))
-    files = sorted(src.glob("*.safetensors"))
-    if not files:
-        raise InputError(f"{src} has no *.safetensors weights")
-    sd: dict[str, np.ndarray] = {}
-    for f in files:
-        sd.update(load_file(str(f)))
+    sd = hf_dir_tensors(src)
     tok = src / "tokenizer.model"
     if arch.vision is not None and arch.image_token_id is not None and tok.is_file():
         if _tok.piece_id(tok, _tok.IMAGE_SOFT_TOKEN) != arch.image_token_id:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from .. import models
 from .._base import MAX_TOP_LOGPROBS, BaseBackend
@@ -167,6 +168,12 @@ class OpenAICompatibleBackend(Transport, BaseBackend):
         except ParitybenchError:
             return None
         return str(hf) if hf is not None and Path(hf, "config.json").is_file() else None
+
+    def weight_tensors(self) -> dict[str, np.ndarray] | None:
+        """The served folder's tensors when it is on this machine (what the server loaded from)."""
+        if self.hf_dir is None or not any(Path(self.hf_dir).glob("*.safetensors")):
+            return None
+        return models.hf_dir_tensors(self.hf_dir)
 
     def _local_config(self) -> dict[str, Any] | None:
         """The served folder's config.json when it is on this machine."""
