@@ -167,6 +167,34 @@ def teacher_forced(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Fi
                    causes=(beyond,), reasons=tuple(reasons), record={"agreement": ag})
 
 
+def decoding(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Finding | None:
+    """Each side against itself, no second engine needed: its log-probs while generating against its
+    own teacher-forced scores of the same tokens, and each greedy token against the top of those
+    scores. A KV-cache, position or KV-sharing bug in decoding shows here and nowhere else. Over the
+    shared greedy prefix the cross-scores already hold each side's own scores; past it, the side
+    scores its own output."""
+    inconsistent = []
+    n = first_diff(case.ga.token_ids, case.gb.token_ids)
+    for side, gen, cross in ((pair.a, case.ga, case.a_on_b), (pair.b, case.gb, case.b_on_a)):
+        if not gen.logprobs or isinstance(cross, Exception) or cross is None:
+            continue
+        own = cross
+        if n < len(gen.token_ids):
+            try:
+                [own] = side.score([case.request], [gen.token_ids], top_logprobs=len((gen.top_logprobs or [[]])[0]))
+            except ParitybenchError:
+                own = cross  # the shared prefix is what there is
+        found_here = diagnosis.decode_consistency(side, gen, own, pair.tol)
+        if found_here is not None:
+            inconsistent.append(found_here)
+    if not inconsistent:
+        return None
+    worst_gap = max(c.evidence["max_abs_dlogprob"] for c in inconsistent)
+    fails = worst_gap > pair.tol.logprob_warn or any(c.evidence["greedy_not_top"] for c in inconsistent)
+    return Finding(check="decoding", verdict="fail" if fails else "warn", causes=tuple(inconsistent),
+                   reasons=tuple(f"cause ({c.name}): {c.detail}" for c in inconsistent))
+
+
 def settings(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Finding | None:
     """A gap beyond the bound, explained by the settings the sides differ in (re-scored to confirm)."""
     gap = _gap_beyond_bound(found)
@@ -194,6 +222,12 @@ def precision(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Finding
     return diagnosis.reduced_precision(pair.a, pair.b, pair.tol, pair.diffs, {c.name for f in found for c in f.causes})
 
 
+def configuration(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Finding | None:
+    """The sides' configurations differ where this prompt did not show it: named, a warning."""
+    return diagnosis.standing_configuration(pair.a, pair.b, pair.tol, pair.diffs,
+                                            {c.name for f in found for c in f.causes})
+
+
 def summary(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Finding | None:
     """A prompt nothing was said of: greedy identical and within the bound, in words."""
     if any(f.reasons for f in found):
@@ -218,12 +252,15 @@ def localization(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Find
                           threshold=pair.localize_threshold)
     so_far = worst(*(f.verdict for f in found if f.verdict is not None))
     shown = loc.status == "localised" or so_far != "pass"
-    return Finding(check="localization", record={"localization": loc},
-                   reasons=(f"layers: {loc.detail}",) if shown else ())
+    scale = () if loc.embedding_scale is None else (diagnosis.explain_embedding_scale(pair.a, pair.b,
+                                                                                        loc.embedding_scale),)
+    return Finding(check="localization", record={"localization": loc}, causes=scale,
+                   reasons=((f"layers: {loc.detail}",) if shown else ()) + tuple(f"cause ({c.name}): {c.detail}"
+                                                                                for c in scale))
 
 
-CHECKS: tuple[Check, ...] = (prompt_ids, greedy, finite, pixels, teacher_forced, settings, images, precision, summary,
-                             localization)
+CHECKS: tuple[Check, ...] = (prompt_ids, greedy, finite, pixels, teacher_forced, decoding, settings, images,
+                             precision, configuration, summary, localization)
 
 
 def check_prompt(pair: Pair, case: PromptCase, checks: Sequence[Check] = CHECKS) -> PromptParity:

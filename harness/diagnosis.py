@@ -113,6 +113,11 @@ def explain_prompt_diff(a: Backend, b: Backend, ia: list[int], ib: list[int]) ->
     same_text = a.detokenize(ia) == b.detokenize(ib)
     diff = PromptDiff(position=p, a=toks(a, ia), b=toks(b, ib), same_text=same_text)
     shown = f"position {p}: {a.name} {[t.text for t in diff.a]} vs {b.name} {[t.text for t in diff.b]}"
+    doubled = [s for s, ids, other in ((a, ia, ib), (b, ib, ia)) if ids[:2] == [BOS, BOS] and other[:2] != [BOS, BOS]]
+    if p <= 1 and doubled:
+        return diff, Cause(name="doubled-bos", explains=True,
+                           detail=f"{doubled[0].name} starts the prompt with <bos> twice (id {BOS}); {shown}",
+                           evidence={"position": p, "side": doubled[0].name})
     if p == 0 and (ia[:1] == [BOS]) != (ib[:1] == [BOS]):
         missing = b.name if ia[:1] == [BOS] else a.name
         return diff, Cause(name="missing-bos", explains=True,
@@ -233,6 +238,75 @@ def reduced_precision(a: Backend, b: Backend, tol: Tolerance, diffs: Sequence[Se
         return None
     return Finding(check="precision", verdict="warn", causes=tuple(found),
                    reasons=tuple(f"cause ({c.name}): {c.detail}" for c in found))
+
+
+def standing_configuration(a: Backend, b: Backend, tol: Tolerance, diffs: Sequence[SettingDiff],
+                           named: set[str]) -> Finding | None:
+    """Configuration differences the prompt's gap did not bring up (it stayed within the bound),
+    named all the same: the sides are not the same model, whatever this prompt shows (a warning)."""
+    found = [Cause(name=d.cause, explains=False, evidence={"field": d.field, a.name: show(d.a), b.name: show(d.b)},
+                   detail=(f"{a.name} {d.field} {show(d.a)}, {b.name} {show(d.b)}: {causes.info(d.cause).meaning}; "
+                           f"within the {tol.name} bound on this prompt"))
+             for d in diffs if causes.kind(d.cause) == "configuration" and d.cause not in named]
+    if not found:
+        return None
+    return Finding(check="configuration", verdict="warn", causes=tuple(found),
+                   reasons=tuple(f"cause ({c.name}): {c.detail}" for c in found))
+
+
+# ----------------------------------------------------------------------------- embedding
+
+
+def explain_embedding_scale(a: Backend, b: Backend, ratio: float) -> Cause:
+    """The sides' embedding outputs differ by one factor (`ratio`: b's over a's): when it is the
+    normaliser sqrt(width) rounded to a 16-bit float on one side, say which."""
+    import ml_dtypes
+
+    width = a.model_settings().embed_dim or b.model_settings().embed_dim
+    named = ""
+    if width:
+        exact = float(np.sqrt(width))
+        for dt in ("bfloat16", "float16"):
+            rounded = float(np.asarray(exact, np.float32).astype(getattr(ml_dtypes, dt, np.float16)))
+            for side, r in ((b, rounded / exact), (a, exact / rounded)):
+                if abs(ratio - r) <= 1e-5 * r and rounded != exact:
+                    named = (f": {side.name}'s normaliser is sqrt({width}) = {exact:.6g} rounded to {dt} "
+                             f"({rounded:.6g})")
+    return Cause(name="embedding-scale", explains=True,
+                 detail=f"the sides' embedding outputs differ by one factor ({b.name} = {ratio:.6g} x {a.name}){named}",
+                 evidence={"ratio": ratio, "width": width})
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def decode_consistency(side: Backend, gen: Any, own: Any, tol: Tolerance) -> Cause | None:
+    """A side's generation (`gen`: its ids, the log-probs it reported while decoding) against its own
+    teacher-forced scores of the same ids (`own`, over as many of them as it covers): the largest
+    |dlogprob|, and the greedy tokens that are not the top of its own scores (beyond a tie within
+    the bound). None when both agree within `tol`."""
+    k = min(len(gen.logprobs), len(own.logprobs))
+    gaps = [abs(x - y) for x, y in zip(gen.logprobs[:k], own.logprobs[:k]) if np.isfinite(x - y)]
+    gap = max(gaps, default=0.0)
+    first = next((i for i, d in enumerate(gaps) if d > tol.logprob_pass), None)
+    not_top = []
+    for i, (t, top) in enumerate(zip(gen.token_ids[:k], (own.top_logprobs or [])[:k])):
+        if top and top[0][0] != t and top[0][1] - own.logprobs[i] > tol.logprob_pass:
+            not_top.append(i)
+    if first is None and not not_top:
+        return None
+    where = []
+    if first is not None:
+        where.append(f"its log-probs while generating differ from its own teacher-forced scores of the same ids by up "
+                     f"to {gap:.3g} (first beyond {tol.logprob_pass:g} at generated token {first})")
+    if not_top:
+        where.append(f"{len(not_top)} of its {k} greedy tokens are not the top of its own scores (first at generated "
+                     f"token {not_top[0]})")
+    return Cause(name="decode-inconsistency", explains=True,
+                 detail=f"{side.name} disagrees with itself: " + "; ".join(where) + " (decoding computes what its "
+                        "prefill does not: KV cache, positions or KV sharing)",
+                 evidence={"side": side.name, "max_abs_dlogprob": gap, "first_token": first, "greedy_not_top": not_top,
+                           "tokens": k})
 
 
 # ----------------------------------------------------------------------------- non-finite values

@@ -57,6 +57,7 @@ class Localization(BaseModel):
     tokens: int = 0
     rows: list[LayerRow] = Field(default_factory=list)
     seconds: dict[str, float] = Field(default_factory=dict)  # capture time per side (s)
+    embedding_scale: float | None = None  # the b side's embedding output over the a side's, when one factor maps one onto the other
 
 
 

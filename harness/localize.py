@@ -57,6 +57,18 @@ def layer_rows(a: LayerStates, b: LayerStates, local: LayerStates | None = None)
     return rows
 
 
+def embedding_scale(ea: np.ndarray, eb: np.ndarray, tolerance: float = 1e-5) -> float | None:
+    """b's embedding output over a's when one constant factor (other than 1) maps every element of
+    one onto the other (to `tolerance`, relative to the largest value); else None."""
+    x, y = ea.astype(np.float64).ravel(), eb.astype(np.float64).ravel()
+    big = np.abs(x) > 1e-3 * float(np.abs(x).max() or 1.0)
+    if not big.any():
+        return None
+    ratio = float(np.median(y[big] / x[big]))
+    fits = float(np.abs(y - ratio * x).max()) <= tolerance * float(np.abs(y).max() or 1.0)
+    return ratio if fits and abs(ratio - 1.0) > tolerance else None
+
+
 def _capture(side: Backend, request: Request, cont: list[int], reference: np.ndarray | None = None) -> LayerStates:
     return cast(LayerCapture, side).capture_layers(request, cont, reference=reference)
 
@@ -119,6 +131,7 @@ def localize(a: Backend, b: Backend, request: Request, continuation_ids: list[in
         rows = layer_rows(sa, sb, local)
         reference = a.name
     first = next(r for r in rows if r.rel_max > threshold)
+    scale = embedding_scale(sa.hidden[0], sb.hidden[0]) if first.index == -1 else None
     region = "+".join(name for name, v in (("text", first.rel_max_text), (media_kind, first.rel_max_media))
                       if v is not None and v > threshold) or "all"
     guilty = [r.index for r in rows
@@ -132,5 +145,5 @@ def localize(a: Backend, b: Backend, request: Request, continuation_ids: list[in
                + (" stands out" if len(guilty) == 1 else " stand out" if guilty else ""))
     return base.model_copy(update={
         "status": "localised", "reference": reference, "local_side": local_side, "first_layer": first.index,
-        "guilty_layers": guilty, "region": region, "rows": rows,
+        "guilty_layers": guilty, "region": region, "rows": rows, "embedding_scale": scale,
         "detail": f"the sides part first at {first.name} ({region} tokens, {first.rel_max:.2g} relative); {how}{note}"})

@@ -530,7 +530,8 @@ def engine_settings(arch: GemmaArch, convention: Convention, **known_more: Any) 
     the configuration fields, and where engines part by design: the gemma library applies the
     gemma rows, its KV-sharing offsets and AltUp clipping; transformers (inference) and vLLM the
     Hugging Face rows and no clipping, transformers with its same-type KV-sharing rule, vLLM with
-    the gemma offsets. `known_more`: what the engine adds (dtype, max_model_len, files)."""
+    the gemma offsets; neither applies an attention soft-cap to Gemma 3 (their attention is given
+    none, whatever config.json says). `known_more`: what the engine adds (dtype, max_model_len, files)."""
     from .._types import ModelSettings
     from ._hfconfig import consumed_config
 
@@ -545,6 +546,8 @@ def engine_settings(arch: GemmaArch, convention: Convention, **known_more: Any) 
                      altup_coef_clip=arch.altup_coef_clip if convention == "gemma" else None)
     else:
         known["text_vocab_size"] = arch.vocab_size
+        if convention != "gemma":  # transformers' and vLLM's Gemma 3 attention never applies config.json's cap
+            known["attn_logit_softcap"] = None
     if arch.vision is not None:
         known.update(image_token_id=arch.hf_image_token_id, mm_tokens_per_image=arch.vision.mm_tokens_per_image)
     return ModelSettings(**known)
