@@ -225,7 +225,7 @@ CASES: dict[str, Case] = {c.key: c for c in [
     Case("mlp-activation-exact-gelu", "Wrong MLP activation (exact GELU for tanh-approximated GELU)",
          "candle #3745, vLLM PR #41574", "hidden_activation gelu (exact)",
          Side("hf", edit_config(lambda c: c.update(hidden_activation="gelu"))), "warn", "config:hidden_activation",
-         False, "weights identical"),
+         False, ""),
     Case("untied-head-ignored", "Untied output head ignored", "vLLM #20548, PR #30827",
          "the model has a separate lm_head.weight, which transformers reads; the gemma library always projects "
          "with the input embedding (ignores it)", Side("jax"), "fail", "config:tie_word_embeddings", False,

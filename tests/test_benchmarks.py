@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE_RUN = {"vllm_vs_vllm_bench", "parity_cost_growth", "jax_compile_vs_steady", "jax_vs_bare_sampler",
-             "jax_batch_roofline", "xla_cpu_transposed_dot", "llamacpp_timings"}
+             "jax_batch_roofline", "xla_cpu_transposed_dot", "llamacpp_timings", "engine_bugs"}
 TYPE_CHECKED_ONLY = {"localize_plants", "real_shape", "gpu_memory_check"}
 
 
@@ -48,6 +48,11 @@ def test_llamacpp_timings_against_llama_cpps_own():
     out = bench("llamacpp_timings", "--model", "tiny-gemma3", "--smoke")
     ratio = re.search(r"^ratio decode_tok_s = (\d+\.\d+) \(goal 0.95-1.05\); ratio tokens = (\d+\.\d+)$", out, re.M)
     assert ratio and float(ratio.group(1)) > 0 and float(ratio.group(2)) == 1.0, out
+
+
+def test_engine_bugs_catalogue():
+    out = bench("engine_bugs", "--cases", "doubled-bos")
+    assert re.search(r"^\| Doubled BOS \| .* \| fail \| doubled-bos\* \| prompt id 1 \| ", out, re.M), out
 
 
 @pytest.mark.slow
