@@ -34,6 +34,7 @@ from ._protocol import (
     CausalImageScoring,
     CompileCount,
     CompileCounting,
+    ImageAttentionScoring,
     ImagePixels,
     ImagePixelsResult,
     LayerCapture,
@@ -63,7 +64,7 @@ from .models import REGISTRY, ModelSpec, get_spec
 
 __all__ = [
     "AudioPart", "Backend", "BackendGone", "BaseBackend", "Capabilities", "CausalImageScoring", "CompileCount",
-    "CompileCounting", "Generation", "ImagePart", "ImagePixels", "ImagePixelsResult", "InputError", "LayerCapture", "LayerStates",
+    "CompileCounting", "Generation", "ImagePart", "ImagePixels", "ImagePixelsResult", "InputError", "ImageAttentionScoring", "LayerCapture", "LayerStates",
     "MemorySnapshot", "Message", "Modality", "ModelError", "ModelSettings", "SettingsRescoring", "ModelSpec", "ParitybenchError", "REGISTRY", "Request",
     "SamplingParams", "TextPart", "TimedStreaming", "Timings", "TokenScores", "UnsupportedError", "check_options", "cpu_features", "describe_cpu", "engine_class", "import_libraries", "option_names",
     "engines", "get", "get_spec", "install_signal_handlers", "keep_library_log_in", "media", "peak_rss_bytes", "stop_point", "vllm_env_dir",

@@ -148,6 +148,15 @@ class CausalImageScoring(Protocol):
 
 
 @runtime_checkable
+class ImageAttentionScoring(Protocol):
+    """Scores with another attention pattern inside images: "per-image" (both ways within each
+    image), "causal", or "across-images" (every image token of the prompt sees every other)."""
+
+    def score_with_image_attention(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], *,
+                                   attention: str, top_logprobs: int = 0) -> list[TokenScores]: ...
+
+
+@runtime_checkable
 class SettingsRescoring(Protocol):
     def score_with_settings(self, settings: ModelSettings, requests: Sequence[Request],
                             continuation_ids: Sequence[Sequence[int]], *, top_logprobs: int = 0) -> list[TokenScores]: ...

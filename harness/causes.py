@@ -67,6 +67,9 @@ _DECLARED = [
     CauseInfo("missing-bos", "prompt", "one side does not start the prompt with <bos>", "the prompt ids' first position"),
     CauseInfo("doubled-bos", "prompt", "one side starts the prompt with two <bos> (a template that writes <bos> and a "
               "tokenizer that adds another)", "the prompt ids' first two positions"),
+    CauseInfo("pan-and-scan", "prompt", "one side cuts an image into crops (pan and scan), each an image of its own in "
+              "the prompt, where the other feeds the whole image once", "the sides' prompt ids hold different numbers "
+              "of <start_of_image> for the same images"),
     CauseInfo("chat-template", "prompt", "the sides apply different chat template files",
               "the prompt ids decoded, or the template files' hashes"),
     CauseInfo("tokenization", "preprocessing", "the same prompt text is tokenized differently",
@@ -105,6 +108,9 @@ _DECLARED = [
               "soft tokens", _DIFF),
     *(CauseInfo(f"config:{f}", "configuration", "the sides build their models from different configurations",
                 _RESCORE) for f in CONFIG_FIELDS),
+    CauseInfo("image-attention-across-images", "implementation", "one side lets every image token of a prompt see every "
+              "other image (the later ones too) where the other attends both ways within each image only",
+              "re-scoring with every image of the prompt mutually visible drops the gap below a tenth"),
     CauseInfo("decode-inconsistency", "implementation", "an engine's log-probs while it generates differ from its own "
               "teacher-forced scores of the same tokens: its decoding (KV cache, positions, KV sharing) computes "
               "something its prefill does not", "the side's generation log-probs against its own scores of the same "

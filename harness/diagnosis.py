@@ -32,6 +32,7 @@ import numpy as np
 from backends import (
     Backend,
     CausalImageScoring,
+    ImageAttentionScoring,
     ImagePart,
     ImagePixelsResult,
     LayerCapture,
@@ -123,6 +124,14 @@ def explain_prompt_diff(a: Backend, b: Backend, ia: list[int], ib: list[int]) ->
         return diff, Cause(name="missing-bos", explains=True,
                            detail=f"{missing} does not start the prompt with <bos> (id {BOS}); {shown}",
                            evidence={"position": p})
+    blocks = ia.count(START_OF_IMAGE), ib.count(START_OF_IMAGE)
+    if blocks[0] != blocks[1] and min(blocks) > 0:
+        more = a if blocks[0] > blocks[1] else b
+        return diff, Cause(name="pan-and-scan", explains=True,
+                           detail=(f"{more.name}'s prompt holds {max(blocks)} images where the other's holds "
+                                   f"{min(blocks)} for the same request: {more.name} cuts images into crops (pan and "
+                                   f"scan), each an image of its own; {shown}"),
+                           evidence={"position": p, "images": {a.name: blocks[0], b.name: blocks[1]}})
     near_image = START_OF_IMAGE in ia[p:p + 4] or START_OF_IMAGE in ib[p:p + 4]
     newline_a, newline_b = a.detokenize(ia[p:p + 3]), b.detokenize(ib[p:p + 3])
     if near_image and "\n" in newline_a and "\n" in newline_b:
@@ -175,7 +184,10 @@ def _setting_cause(a: Backend, b: Backend, d: SettingDiff, explains: bool = Fals
 def explain(a: Backend, b: Backend, request: Request, ga: Any, gb: Any, before: float, noise: float,
             diffs: Sequence[SettingDiff]) -> tuple[list[Cause], bool]:
     """Causes for the settings in `diffs`, each confirmed by a re-score where a side can; and
-    whether aligning all of them closes the gap to `noise`. Returns (causes, closed)."""
+    whether aligning all of them closes the gap to `noise`. Returns (causes, closed). The
+    differences by design (the engines' known conventions) are aligned first, in every re-score of
+    another setting: a configuration difference is judged against the gap that remains once they
+    are, not hidden behind them."""
     if not diffs:
         return [], False
     pick = [_Rescorer(s, o, go, request) for s, o, go in ((a, b, gb), (b, a, ga)) if isinstance(s, SettingsRescoring)]
@@ -183,16 +195,21 @@ def explain(a: Backend, b: Backend, request: Request, ga: Any, gb: Any, before: 
         return [_setting_cause(a, b, d, note=_LIKELY, likely=True) for d in diffs], False
     rescorer = pick[0]
     found: list[Cause] = []
+    designed = [d.field for d in diffs if causes.kind(d.cause) == "by-design" and causes.rescorable(d.field)]
+    baseline = rescorer.gap(designed) if designed else before
     for d in diffs:
         if not causes.rescorable(d.field):
             found.append(_setting_cause(a, b, d, note=_LIKELY, likely=True))
             continue
-        after = rescorer.gap([d.field])
-        explains = after is not None and (after <= noise or after < before / 10)
+        also = [f for f in designed if f != d.field]
+        start = before if d.field in designed or baseline is None else baseline
+        after = rescorer.gap([*also, d.field])
+        explains = after is not None and (after <= noise or after < start / 10)
         effect = ("re-score unavailable" if after is None else
-                  f"with {rescorer.other.name}'s value on the {rescorer.side.name} side the gap goes from {before:.3g} "
-                  f"to {after:.3g}" + ("" if explains else ": not this"))
-        found.append(_setting_cause(a, b, d, explains, f"; {effect}", max_abs_dlogprob=before,
+                  f"with {rescorer.other.name}'s value on the {rescorer.side.name} side"
+                  + (f" (and its {', '.join(also)}, by design)" if also else "")
+                  + f" the gap goes from {start:.3g} to {after:.3g}" + ("" if explains else ": not this"))
+        found.append(_setting_cause(a, b, d, explains, f"; {effect}", max_abs_dlogprob=start,
                                     max_abs_dlogprob_aligned=after, rescored_by=rescorer.side.name))
     closed = False
     fields = [d.field for d in diffs if causes.rescorable(d.field)]
@@ -441,6 +458,12 @@ def explain_images(case: ImageCase, tol: Tolerance, earlier: Sequence[Cause]) ->
                   "rescored_by": causal_scorer.name, "odd_side": other.name if explains else None})
     found = [attention]
     reasons.append(f"cause ({attention.name}): {attention.detail}")
+    across = None if explains or len(case.request.images) < 2 else _explain_across_images(case)
+    if across is not None:
+        found.append(across)
+        reasons.append(f"cause ({across.name}): {across.detail}")
+        if across.explains:  # a mask bug, not an engine's known limitation: it stays a failure
+            return Finding(check="images", causes=tuple(found), reasons=tuple(reasons))
     closed = after <= tol.logprob_pass
     if not closed and case.pixel_gap:
         resize, more = _explain_resize(case, tol, after if explains else case.before, causal_scorer if explains else None)
@@ -451,6 +474,33 @@ def explain_images(case: ImageCase, tol: Tolerance, earlier: Sequence[Cause]) ->
             closed = resize.explains
     settles = closed and any(c.explains for c in [*earlier, *found])
     return Finding(check="images", causes=tuple(found), reasons=tuple(reasons), settles=settles)
+
+
+def _explain_across_images(case: ImageCase) -> Cause | None:
+    """A prompt with several images: a side that can score with every image of the prompt mutually
+    visible (`ImageAttentionScoring`) re-scores the other side's output that way; the gap falling
+    below a tenth shows the other side lets its images see each other."""
+    tries = []
+    for scorer, other, other_gen in ((case.a, case.b, case.gb), (case.b, case.a, case.ga)):
+        if not isinstance(scorer, ImageAttentionScoring):
+            continue
+        try:
+            [sc] = scorer.score_with_image_attention([case.request], [other_gen.token_ids], attention="across-images")
+        except ParitybenchError:
+            continue
+        tries.append((max_gap(sc, other_gen), scorer, other))
+    if not tries:
+        return None
+    after, scorer, other = min(tries, key=lambda t: t[0])
+    explains = after < case.before / 10
+    return Cause(name="image-attention-across-images", explains=explains,
+                 detail=(f"with every image of the prompt mutually visible on the {scorer.name} side the gap goes from "
+                         f"{case.before:.3g} to {after:.3g}" + (f": {other.name} lets each image's tokens attend to the "
+                                                                f"other images (later ones too), where {scorer.name} "
+                                                                "attends both ways within each image only"
+                                                                if explains else ": not this")),
+                 evidence={"max_abs_dlogprob_per_image": case.before, "max_abs_dlogprob_across_images": after,
+                           "rescored_by": scorer.name, "odd_side": other.name if explains else None})
 
 
 def _explain_resize(case: ImageCase, tol: Tolerance, gap: float,

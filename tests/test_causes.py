@@ -78,6 +78,6 @@ def test_the_settings_table_names_declared_causes_of_reported_fields():
         assert field in ModelSettings.model_fields, field
         if setting.cause is not None:
             assert causes.is_declared(setting.cause), setting
-    assert causes.of_kind("precision") == {"dtype-mismatch", "kv-cache-dtype", "quantization"}
+    assert causes.of_kind("precision") == {"dtype-mismatch", "kv-cache-dtype", "quantization", "overflow"}
     assert causes.of_kind("by-design") == {"final-logit-softcap", "vocabulary-padding", "kv-sharing-rule", "altup-clip"}
     assert set(causes.KINDS) == {c.kind for c in causes.CAUSES.values()}

@@ -69,31 +69,65 @@ def test_weights_that_differ_are_named_and_confirmed_tensor_by_tensor(own, root)
                                                          "model.layers.3.mlp.up_proj.weight"}
 
 
-def test_a_by_design_field_off_every_engine_convention_fails(tmp_path):
-    """Gemma 3n: gemma's no final soft-cap against Hugging Face's 30 is by design; a side capping
-    at 10 is a configuration difference and fails, on a 3n model of this test's own weights."""
+@pytest.fixture(scope="module")
+def own3n(root):
+    """A Gemma 3n model of this module's own: tiny-gemma3n's layout, every weight moved by 5% random
+    noise; its gemma folder (no final soft-cap: gemma's way) and Hugging Face folder (30: HF's)."""
+    import jax
+
     base = models.ensure_tiny("tiny-gemma3n")
+    rng = np.random.default_rng(5)
 
     def own_weights(params):
-        import jax
-
-        rng = np.random.default_rng(5)
-        return jax.tree_util.tree_map(lambda w: np.asarray(w) * (1 + 0.05 * rng.standard_normal(np.shape(w)))
+        return jax.tree_util.tree_map(lambda w: (np.asarray(w) * (1 + 0.05 * rng.standard_normal(np.shape(w))))
                                       .astype(np.asarray(w).dtype), params)
 
-    gemma = variant(tmp_path, base, "own3n", arch={"final_logit_softcap": None}, params_fn=own_weights)
-    hf = models.gemma_dir_to_hf(gemma, tmp_path / "own3n-hf", towers=base / "hf").path
-    cfg = json.loads((hf / "config.json").read_text())
-    cfg["text_config"]["final_logit_softcapping"] = 10.0
-    (hf / "config.json").write_text(json.dumps(cfg))
-    request = [eb.TEXT]
-    with backends.get("jax", model=str(gemma)) as jax, backends.get("hf", model=str(hf)) as capped:
-        report = parity.compare(jax, capped, request, max_tokens=6)
+    gemma = variant(root, base, "own3n", arch={"final_logit_softcap": None}, params_fn=own_weights)
+    hf = models.gemma_dir_to_hf(gemma, root / "own3n-conv", towers=base / "hf").path
+    return gemma, edited(hf, root / "own3n-hf", lambda c: c.update(final_logit_softcapping=30.0))  # HF's convention
+
+
+def edited(hf, out, edit):
+    """A copy of Hugging Face folder `hf` with its text config edited."""
+    import shutil
+
+    shutil.copytree(hf, out)
+    cfg = json.loads((out / "config.json").read_text())
+    edit(cfg["text_config"])
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def test_a_by_design_field_off_every_engine_convention_fails(own3n, tmp_path):
+    """Gemma 3n: gemma's no final soft-cap against Hugging Face's 30 is by design; a side capping
+    at 10 is a configuration difference and fails, on a 3n model of this module's own weights."""
+    gemma, hf = own3n
+    capped10 = edited(hf, tmp_path / "cap10", lambda c: c.update(final_logit_softcapping=10.0))
+    with backends.get("jax", model=str(gemma)) as jax, backends.get("hf", model=str(capped10)) as capped:
+        report = parity.compare(jax, capped, [eb.TEXT], max_tokens=6)
     p = report.prompts[0]
     assert report.verdict == "fail", p.reasons
     [cap] = [c for c in p.causes if c.name.endswith("final_logit_softcap") or c.name == "final-logit-softcap"]
     assert cap.name == "config:final_logit_softcap" and cap.kind == "configuration" and cap.explains
     assert not any("by design" in r for r in p.reasons)
+    # the same model at Hugging Face's 30: the known convention, by design (a warning)
+    with backends.get("jax", model=str(gemma)) as jax, backends.get("hf", model=str(hf)) as hf30:
+        report = parity.compare(jax, hf30, [eb.TEXT], max_tokens=6)
+    assert report.verdict == "warn" and "final-logit-softcap" in {c.name for c in report.prompts[0].causes}
+
+
+def test_gemma3n_with_the_window_on_every_layer_is_named(own3n, tmp_path):
+    """vLLM PR #21863: Gemma 3n built with the sliding window on every layer."""
+    gemma, hf = own3n
+    layout = models.read_card(gemma).arch.layer_types
+    assert "full" in layout
+    every = edited(hf, tmp_path / "all-sliding", lambda c: c.update(layer_types=["sliding_attention"] * len(layout)))
+    with backends.get("jax", model=str(gemma)) as jax, backends.get("hf", model=str(every)) as windowed:
+        report = parity.compare(jax, windowed, [eb.TEXT], max_tokens=6)
+    p = report.prompts[0]
+    assert report.verdict == "fail", p.reasons
+    [lt] = [c for c in p.causes if c.name == "config:layer_types"]
+    assert lt.explains, lt.detail
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -70,6 +70,7 @@ class HfBackend(BaseBackend):
         dtype: str = "float32",
         max_batch_size: int = 16,
         attn_implementation: str = "eager",
+        processor_kwargs: dict[str, Any] | None = None,
     ) -> None:
         import torch
 
@@ -82,6 +83,7 @@ class HfBackend(BaseBackend):
         self.dtype = dtype
         self.max_batch_size = max_batch_size
         self.attn_implementation = attn_implementation
+        self.processor_kwargs = dict(processor_kwargs or {})  # passed to the processor (vLLM's --mm-processor-kwargs)
         self.hf_dir = self._folder(self.model, hf_dir)
         self._torch_dtype = getattr(torch, dtype)
         self.warmup_s: float | None = None
@@ -198,7 +200,13 @@ class HfBackend(BaseBackend):
         kw: dict[str, Any] = dict(add_generation_prompt=True, tokenize=True, return_dict=True)
         if self._processor is None:
             return _Encoded(ids=[int(t) for t in self._tokenizer.apply_chat_template(msgs, **kw)["input_ids"]])
-        out = self._processor.apply_chat_template(msgs, return_tensors="pt", **kw)
+        try:
+            extra = {"processor_kwargs": self.processor_kwargs} if self.processor_kwargs else {}
+            out = self._processor.apply_chat_template(msgs, return_tensors="pt", **kw, **extra)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"hf: the processor of {self.hf_dir} refused the request"
+                             f"{' with processor_kwargs ' + str(self.processor_kwargs) if self.processor_kwargs else ''}: "
+                             f"{_first_line(e)}") from None
         ids = [int(t) for t in out["input_ids"][0]]
         if "pixel_values" not in out:
             return _Encoded(ids=ids)
@@ -448,6 +456,7 @@ class HfBackend(BaseBackend):
             "vocab_size": self.vocab_size, "attn_implementation": self.attn_implementation,
             "model_class": type(self._model).__name__,
             "processor_class": type(self._processor).__name__ if self._processor is not None else None,
+            "processor_kwargs": self.processor_kwargs,
             "tokenizer_class": type(self._tokenizer).__name__,
             "torch": torch.__version__, "transformers": transformers.__version__, "device": "cpu",
             "torch_threads": torch.get_num_threads(), "max_batch_size": self.max_batch_size,

