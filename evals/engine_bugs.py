@@ -274,7 +274,7 @@ CASES: dict[str, Case] = {c.key: c for c in [
          "its Gemma 3 attention never applies it (nor does vLLM's)",
          Side("hf", edit_config(lambda c: c.update(attn_logit_softcapping=10.0))), "fail", "config:attn_logit_softcap",
          True, "layer 0", reference=Side("jax", _attention_capped)),
-    Case("query-scale-head-dim", "query_pre_attn_scalar taken as width / heads instead of head_dim", "(case 14)",
+    Case("query-scale-head-dim", "query_pre_attn_scalar taken as width / heads instead of head_dim", "no thread: a config-reading slip",
          "query_pre_attn_scalar 24 (width / heads) where the model scales by head_dim 64",
          Side("hf", edit_config(lambda c: c.update(query_pre_attn_scalar=24))), "fail", "config:query_pre_attn_scalar",
          True, "layer 0"),

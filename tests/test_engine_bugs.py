@@ -138,3 +138,17 @@ def test_a_clean_model_names_no_cause(dtype, own):
     assert report.verdict == "pass", [p.reasons for p in report.prompts]
     assert all(not p.causes for p in report.prompts), [p.reasons for p in report.prompts]
     assert report.weights is None  # nothing failed: nothing to compare
+
+
+def test_gemma3n_decoding_at_the_wrong_positions_is_caught_without_a_second_engine(own3n):
+    """mlx-lm #1805's shape on Gemma 3n: decoding steps at shifted positions (KV-shared layers read
+    keys written at the prefill's positions). The side disagrees with its own teacher-forced scores
+    from the first decoded token; the JAX side agrees with itself."""
+    gemma, hf = own3n
+    with backends.get("jax", model=str(gemma)) as jax, backends.get("hf", model=str(hf)) as shifted:
+        eb.CASES["decode-position-offset"].planted.patch(shifted)
+        report = parity.compare(jax, shifted, [eb.TEXT], max_tokens=6)
+    p = report.prompts[0]
+    [dec] = [c for c in p.causes if c.name == "decode-inconsistency"]
+    assert report.verdict == "fail" and dec.evidence["side"] == "hf" and dec.explains
+    assert dec.evidence["first_token"] == 1 or dec.evidence["greedy_not_top"][:1] == [1], dec.detail

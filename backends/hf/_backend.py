@@ -393,7 +393,7 @@ class HfBackend(BaseBackend):
         if e.pixel_values is not None and e.token_type_ids is not None:
             kw = {"pixel_values": e.pixel_values, "token_type_ids": torch.tensor([e.token_type_ids + [0] * len(cont)])}
         n = len(core.layers)
-        ref = None if reference is None else torch.from_numpy(np.asarray(reference, np.float32))
+        ref = None if reference is None else torch.from_numpy(np.array(reference, np.float32))  # a writable copy
         rows: list[Any] = [None] * (n + 2)
 
         def fed(k: int, hidden: Any) -> Any:
