@@ -397,9 +397,9 @@ def settings_rows(results: ComparisonResults) -> list[dict[str, str]]:
                     for n, s in sides.items()}
             differ = len({v for v in vals.values()}) > 1 and "unknown" not in vals.values()
             rows.append({"setting": title, **vals, "differs": "yes" if differ else ""})
-    configs = [s.get("config") for s in sides.values()]
-    if all(c is not None for c in configs):  # the other keys of the configurations they consume
-        for key, va, vb in models.config_diff(configs[0], configs[1]):
+    ca, cb = (s.get("config") for s in sides.values())
+    if ca is not None and cb is not None:  # the other keys of the configurations they consume
+        for key, va, vb in models.config_diff(ca, cb):
             if not models.SETTING_OF_KEY.get(key):
                 rows.append({"setting": f"config {key}", **dict(zip(sides, (str(va)[:16], str(vb)[:16]))),
                              "differs": "yes"})
