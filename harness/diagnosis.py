@@ -48,6 +48,7 @@ from backends.models import BOS, START_OF_IMAGE
 from . import causes
 from .agreement import first_diff, max_gap, topk_stats
 from .findings import Cause, Finding, PromptDiff, Token, Tolerance, WeightsComparison
+from .localize import non_finite_row
 
 # Text for the tokenizer check and the position profile: several scripts, digits, punctuation.
 PROBE_TEXT = (
@@ -348,12 +349,11 @@ def explain_non_finite(side: Backend, request: Request, continuation: Sequence[i
         return Cause(name="non-finite", explains=True, detail=f"{head}; layer capture failed: {e}",
                      evidence={"side": side.name, "where": where})
     h = states.hidden
-    bad_rows = [k for k in range(h.shape[0]) if not np.isfinite(h[k]).all()]
-    if not bad_rows:
+    broken = non_finite_row(states)
+    if broken is None:
         return Cause(name="non-finite", explains=True, detail=f"{head}; its hidden states are finite at every depth: "
                      "the logits or the softmax become non-finite", evidence={"side": side.name, "where": where})
-    k = bad_rows[0]
-    token = int(np.nonzero(~np.isfinite(h[k]).all(axis=-1))[0][0])
+    k, token = broken
     largest = float(np.abs(h[:k]).max()) if k else 0.0
     top = _FINITE_MAX.get(dtype or "", _FINITE_MAX["float32"])
     overflow = bool(np.isinf(h[k]).any()) or largest > top ** 0.5

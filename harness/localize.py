@@ -57,6 +57,15 @@ def layer_rows(a: LayerStates, b: LayerStates, local: LayerStates | None = None)
     return rows
 
 
+def non_finite_row(states: LayerStates) -> tuple[int, int] | None:
+    """The first row (0: the embedding) and token where a side's captured stream holds inf or NaN."""
+    bad = ~np.isfinite(states.hidden)
+    if not bad.any():
+        return None
+    k = int(np.nonzero(bad.any(axis=(1, 2)))[0][0])
+    return k, int(np.nonzero(bad[k].any(axis=-1))[0][0])
+
+
 def embedding_scale(ea: np.ndarray, eb: np.ndarray, tolerance: float = 1e-5) -> float | None:
     """b's embedding output over a's when one constant factor (other than 1) maps every element of
     one onto the other (to `tolerance`, relative to the largest value); else None."""
@@ -81,11 +90,11 @@ def localize(a: Backend, b: Backend, request: Request, continuation_ids: list[in
     for side in (a, b):
         if not isinstance(side, LayerCapture):
             return Localization(status="unsupported", detail=f"{side.name}: this engine cannot capture its layers")
-    low = [f"{s.name} ({d})" for s, d in zip((a, b), dtypes) if d and "bf" in d]
+    low = [f"{s.name} ({d})" for s, d in zip((a, b), dtypes) if d and "16" in d]  # bfloat16, float16
     if low:
         return Localization(status="not-localisable", detail=(
-            f"not localisable at this precision: {', '.join(low)} computes in bfloat16, whose per-layer noise "
-            "(~1e-2 relative) hides the differences localisation looks for; compare in float32"))
+            f"not localisable at this precision: {', '.join(low)} computes in 16 bits, whose per-layer noise "
+            "(~1e-2 relative in bfloat16) hides the differences localisation looks for; compare in float32"))
     note = ""
     try:
         try:
@@ -107,6 +116,14 @@ def localize(a: Backend, b: Backend, request: Request, continuation_ids: list[in
         return Localization(status="error", seconds=seconds, detail=(
             f"the sides fed different sequences ({len(sa.ids)} vs {len(sb.ids)} ids, streams {sa.hidden.shape} vs "
             f"{sb.hidden.shape}): layers compare only on the same ids and architecture"))
+    for side, states in ((a, sa), (b, sb)):
+        broken = non_finite_row(states)
+        if broken is not None:
+            k, token = broken
+            return Localization(status="localised", reference=a.name, first_layer=k - 1, tokens=len(sa.ids),
+                                seconds=seconds, threshold=threshold, detail=(
+                                    f"{side.name}'s hidden states first hold inf or NaN at "
+                                    f"{_row_name(k, states.hidden.shape[0] - 2)}, token {token}"))
     rows = layer_rows(sa, sb)
     base = Localization(status="agree", threshold=threshold, reference=a.name, tokens=len(sa.ids), rows=rows,
                         seconds=seconds, detail=f"every row within {threshold:g} (relative max){note}")
