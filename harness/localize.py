@@ -66,6 +66,20 @@ def non_finite_row(states: LayerStates) -> tuple[int, int] | None:
     return k, int(np.nonzero(bad[k].any(axis=-1))[0][0])
 
 
+def _non_finite(sides: tuple[tuple[Backend, LayerStates], ...], seconds: dict[str, float],
+                threshold: float) -> Localization | None:
+    """Where the first side whose stream holds inf or NaN stops being finite (None: both finite)."""
+    for side, states in sides:
+        broken = non_finite_row(states)
+        if broken is not None:
+            k, token = broken
+            return Localization(status="localised", reference=sides[0][0].name, first_layer=k - 1,
+                                tokens=len(states.ids), seconds=seconds, threshold=threshold, detail=(
+                                    f"{side.name}'s hidden states first hold inf or NaN at "
+                                    f"{_row_name(k, states.hidden.shape[0] - 2)}, token {token}"))
+    return None
+
+
 def embedding_scale(ea: np.ndarray, eb: np.ndarray, tolerance: float = 1e-5) -> float | None:
     """b's embedding output over a's when one constant factor (other than 1) maps every element of
     one onto the other (to `tolerance`, relative to the largest value); else None."""
@@ -116,14 +130,9 @@ def localize(a: Backend, b: Backend, request: Request, continuation_ids: list[in
         return Localization(status="error", seconds=seconds, detail=(
             f"the sides fed different sequences ({len(sa.ids)} vs {len(sb.ids)} ids, streams {sa.hidden.shape} vs "
             f"{sb.hidden.shape}): layers compare only on the same ids and architecture"))
-    for side, states in ((a, sa), (b, sb)):
-        broken = non_finite_row(states)
-        if broken is not None:
-            k, token = broken
-            return Localization(status="localised", reference=a.name, first_layer=k - 1, tokens=len(sa.ids),
-                                seconds=seconds, threshold=threshold, detail=(
-                                    f"{side.name}'s hidden states first hold inf or NaN at "
-                                    f"{_row_name(k, states.hidden.shape[0] - 2)}, token {token}"))
+    broken = _non_finite(((a, sa), (b, sb)), seconds, threshold)
+    if broken is not None:
+        return broken
     rows = layer_rows(sa, sb)
     base = Localization(status="agree", threshold=threshold, reference=a.name, tokens=len(sa.ids), rows=rows,
                         seconds=seconds, detail=f"every row within {threshold:g} (relative max){note}")
