@@ -536,7 +536,8 @@ def engine_settings(arch: GemmaArch, convention: Convention, **known_more: Any) 
     from ._hfconfig import consumed_config
 
     rows = arch.vocab_size if convention == "gemma" else arch.hf_vocab_size
-    known_more.setdefault("config", consumed_config(arch.to_hf_text_config()))
+    full = arch.to_hf_text_config() if isinstance(arch, Gemma3nArch) else arch.to_hf_config()  # 3n's needs towers
+    known_more.setdefault("config", consumed_config(full))
     known: dict[str, Any] = {"convention": convention, "family": arch.family,
                              "final_logit_softcap": arch.final_logit_softcap, "logit_rows": rows,
                              **{f: getattr(arch, f) for f in (*SHAPE_FIELDS, *CONFIG_FIELDS)}, **known_more}

@@ -28,6 +28,11 @@ IGNORED = frozenset({
     "text_config", "vision_config", "audio_config", "initializer_factor", "torch_compile",
 })
 
+# of those, the ones a config file carries as bookkeeping (left out of `consumed_config` itself,
+# so that two files differing only there compare equal without transformers' help)
+BOOKKEEPING = frozenset({"_name_or_path", "architectures", "transformers_version", "dtype", "torch_dtype",
+                         "id2label", "label2id", "return_dict", "output_attentions", "output_hidden_states"})
+
 # config keys whose value an engine's `ModelSettings` already carries, under that field's name:
 # a difference there is named by the field's own cause, not twice
 SETTING_OF_KEY: dict[str, tuple[str, ...]] = {
@@ -63,7 +68,7 @@ def consumed_config(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("image_token_index", "mm_tokens_per_image"):
         if key in cfg:
             text[key] = cfg[key]
-    return text
+    return {k: v for k, v in text.items() if k not in BOOKKEEPING}
 
 
 @functools.cache
