@@ -125,7 +125,7 @@ def finite(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Finding | 
     if not bad:
         return None
     return Finding(check="non-finite", verdict="fail", causes=tuple(bad),
-                   reasons=tuple(f"cause ({c.name}): {c.detail}" for c in bad))
+                   reasons=tuple(c.reason for c in bad))
 
 
 def pixels(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Finding | None:
@@ -192,7 +192,7 @@ def decoding(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Finding 
     worst_gap = max(c.evidence["max_abs_dlogprob"] for c in inconsistent)
     fails = worst_gap > pair.tol.logprob_warn or any(c.evidence["greedy_not_top"] for c in inconsistent)
     return Finding(check="decoding", verdict="fail" if fails else "warn", causes=tuple(inconsistent),
-                   reasons=tuple(f"cause ({c.name}): {c.detail}" for c in inconsistent))
+                   reasons=tuple(c.reason for c in inconsistent))
 
 
 def settings(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Finding | None:
@@ -252,11 +252,10 @@ def localization(pair: Pair, case: PromptCase, found: Sequence[Finding]) -> Find
                           threshold=pair.localize_threshold)
     so_far = worst(*(f.verdict for f in found if f.verdict is not None))
     shown = loc.status == "localised" or so_far != "pass"
-    scale = () if loc.embedding_scale is None else (diagnosis.explain_embedding_scale(pair.a, pair.b,
-                                                                                        loc.embedding_scale),)
+    scale = () if loc.embedding_scale is None else (
+        diagnosis.explain_embedding_scale(pair.a, pair.b, loc.embedding_scale),)
     return Finding(check="localization", record={"localization": loc}, causes=scale,
-                   reasons=((f"layers: {loc.detail}",) if shown else ()) + tuple(f"cause ({c.name}): {c.detail}"
-                                                                                for c in scale))
+                   reasons=((f"layers: {loc.detail}",) if shown else ()) + tuple(c.reason for c in scale))
 
 
 CHECKS: tuple[Check, ...] = (prompt_ids, greedy, finite, pixels, teacher_forced, decoding, settings, images,

@@ -24,7 +24,7 @@ causes, and change nothing they are given.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -41,6 +41,7 @@ from backends import (
     ParitybenchError,
     Request,
     SettingsRescoring,
+    TokenScores,
     models,
 )
 from backends.models import BOS, START_OF_IMAGE
@@ -226,7 +227,7 @@ def explain_settings(a: Backend, b: Backend, request: Request, ga: Any, gb: Any,
     aligning them is a difference by design (it settles the prompt's failures into warnings) when
     every differing setting is a by-design one."""
     found, closed = explain(a, b, request, ga, gb, before, tol.logprob_pass, diffs)
-    reasons = [f"cause ({c.name}): {c.detail}" for c in found]
+    reasons = [c.reason for c in found]
     fields = ", ".join(d.field for d in diffs)
     by_design = closed and all(causes.kind(d.cause) == "by-design" for d in diffs)
     if by_design:
@@ -255,7 +256,7 @@ def reduced_precision(a: Backend, b: Backend, tol: Tolerance, diffs: Sequence[Se
     if not found:
         return None
     return Finding(check="precision", verdict="warn", causes=tuple(found),
-                   reasons=tuple(f"cause ({c.name}): {c.detail}" for c in found))
+                   reasons=tuple(c.reason for c in found))
 
 
 def standing_configuration(a: Backend, b: Backend, tol: Tolerance, diffs: Sequence[SettingDiff],
@@ -269,7 +270,7 @@ def standing_configuration(a: Backend, b: Backend, tol: Tolerance, diffs: Sequen
     if not found:
         return None
     return Finding(check="configuration", verdict="warn", causes=tuple(found),
-                   reasons=tuple(f"cause ({c.name}): {c.detail}" for c in found))
+                   reasons=tuple(c.reason for c in found))
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -329,9 +330,6 @@ def decode_consistency(side: Backend, gen: Any, own: Any, tol: Tolerance) -> Cau
 
 # ----------------------------------------------------------------------------- non-finite values
 
-_FINITE_MAX = {"float16": 65504.0, "bfloat16": 3.39e38, "float32": 3.40e38}
-
-
 def explain_non_finite(side: Backend, request: Request, continuation: Sequence[int], dtype: str | None,
                        where: str) -> Cause:
     """A side whose log-probs hold inf or NaN (`where`: which, in words): its hidden states layer by
@@ -355,7 +353,9 @@ def explain_non_finite(side: Backend, request: Request, continuation: Sequence[i
                      "the logits or the softmax become non-finite", evidence={"side": side.name, "where": where})
     k, token = broken
     largest = float(np.abs(h[:k]).max()) if k else 0.0
-    top = _FINITE_MAX.get(dtype or "", _FINITE_MAX["float32"])
+    import ml_dtypes
+
+    top = float(ml_dtypes.finfo(dtype if dtype in ("float16", "bfloat16") else "float32").max)
     overflow = bool(np.isinf(h[k]).any()) or largest > top ** 0.5
     row = "the embedding" if k == 0 else "the final norm" if k == h.shape[0] - 1 else f"layer {k - 1}"
     detail = (f"{head}; its hidden states first hold inf/NaN after {row}, at token {token} "
@@ -428,25 +428,15 @@ def explain_images(case: ImageCase, tol: Tolerance, earlier: Sequence[Cause]) ->
     inside images (`CausalImageScoring`) re-scores the other side's output (1) that way, (2) also fed
     the other side's resized pixels. A cause is named with the gap before and after; it explains
     the difference when the gap falls below a tenth. `earlier`: the causes named before."""
-    a, b = case.a, case.b
-    checks = [(cast(_CausalScorer, s), o, go) for s, o, go in ((a, b, case.gb), (b, a, case.ga))
-              if isinstance(s, CausalImageScoring)]
-    if not checks:
+    if not any(isinstance(s, CausalImageScoring) for s in (case.a, case.b)):
         return None
-    reasons: list[str] = []
-    best: tuple[float, _CausalScorer, Backend, Any] | None = None
-    for scorer, other, other_gen in checks:
-        try:
-            [causal] = scorer.score_causal_images([case.request], [other_gen.token_ids])
-        except ParitybenchError as e:
-            reasons.append(f"image cross-check on {scorer.name} unavailable: {e}")
-            continue
-        after = max_gap(causal, other_gen)
-        if best is None or after < best[0]:
-            best = (after, scorer, other, other_gen)
-    if best is None:
+    tries, reasons = _each_way(case, "image cross-check", lambda scorer, other, gen: cast(
+        _CausalScorer, scorer).score_causal_images([case.request], [gen.token_ids])
+        if isinstance(scorer, CausalImageScoring) else None)
+    if not tries:
         return Finding(check="images", reasons=tuple(reasons))
-    after, causal_scorer, other, _ = best
+    after, causal, other = tries[0]
+    causal_scorer = cast(_CausalScorer, causal)
     explains = after < case.before / 10
     attention = Cause(
         name="causal-image-attention", explains=explains,
@@ -457,11 +447,11 @@ def explain_images(case: ImageCase, tol: Tolerance, earlier: Sequence[Cause]) ->
         evidence={"max_abs_dlogprob_bidirectional": case.before, "max_abs_dlogprob_causal": after,
                   "rescored_by": causal_scorer.name, "odd_side": other.name if explains else None})
     found = [attention]
-    reasons.append(f"cause ({attention.name}): {attention.detail}")
+    reasons.append(attention.reason)
     across = None if explains or len(case.request.images) < 2 else _explain_across_images(case)
     if across is not None:
         found.append(across)
-        reasons.append(f"cause ({across.name}): {across.detail}")
+        reasons.append(across.reason)
         if across.explains:  # a mask bug, not an engine's known limitation: it stays a failure
             return Finding(check="images", causes=tuple(found), reasons=tuple(reasons))
     closed = after <= tol.logprob_pass
@@ -470,28 +460,38 @@ def explain_images(case: ImageCase, tol: Tolerance, earlier: Sequence[Cause]) ->
         reasons += more
         if resize is not None:
             found.append(resize)
-            reasons.append(f"cause ({resize.name}): {resize.detail}")
+            reasons.append(resize.reason)
             closed = resize.explains
     settles = closed and any(c.explains for c in [*earlier, *found])
     return Finding(check="images", causes=tuple(found), reasons=tuple(reasons), settles=settles)
+
+
+def _each_way(case: ImageCase, what: str, rescore: Callable[[Backend, Backend, Any], list[TokenScores] | None]
+              ) -> tuple[list[tuple[float, Backend, Backend]], list[str]]:
+    """Each side re-scoring the other side's output its own way (`rescore(scorer, other, other's
+    generation)`: one score, or None where that side cannot): (gap to the other's log-probs, scorer,
+    other), the smallest first; and why a re-score failed, per side."""
+    tries, reasons = [], []
+    for scorer, other, other_gen in ((case.a, case.b, case.gb), (case.b, case.a, case.ga)):
+        try:
+            scores = rescore(scorer, other, other_gen)
+        except ParitybenchError as e:
+            reasons.append(f"{what} on {scorer.name} unavailable: {e}")
+            continue
+        if scores is not None:
+            tries.append((max_gap(scores[0], other_gen), scorer, other))
+    return sorted(tries, key=lambda t: t[0]), reasons
 
 
 def _explain_across_images(case: ImageCase) -> Cause | None:
     """A prompt with several images: a side that can score with every image of the prompt mutually
     visible (`ImageAttentionScoring`) re-scores the other side's output that way; the gap falling
     below a tenth shows the other side lets its images see each other."""
-    tries = []
-    for scorer, other, other_gen in ((case.a, case.b, case.gb), (case.b, case.a, case.ga)):
-        if not isinstance(scorer, ImageAttentionScoring):
-            continue
-        try:
-            [sc] = scorer.score_with_image_attention([case.request], [other_gen.token_ids], attention="across-images")
-        except ParitybenchError:
-            continue
-        tries.append((max_gap(sc, other_gen), scorer, other))
+    tries, _ = _each_way(case, "mutual-image cross-check", lambda scorer, other, gen: scorer.score_with_image_attention(
+        [case.request], [gen.token_ids], attention="across-images") if isinstance(scorer, ImageAttentionScoring) else None)
     if not tries:
         return None
-    after, scorer, other = min(tries, key=lambda t: t[0])
+    after, scorer, other = tries[0]
     explains = after < case.before / 10
     return Cause(name="image-attention-across-images", explains=explains,
                  detail=(f"with every image of the prompt mutually visible on the {scorer.name} side the gap goes from "
@@ -508,21 +508,19 @@ def _explain_resize(case: ImageCase, tol: Tolerance, gap: float,
     """The sides feed their vision towers different pixels: re-score one side fed the other side's
     resized image (with causal image attention on `causal_scorer` when that cause was confirmed);
     the best of the two directions names `image-resize-rounding`, explaining when the gap closes."""
-    tries, reasons = [], []
-    for scorer, other, other_gen in ((case.a, case.b, case.gb), (case.b, case.a, case.ga)):
+    def fed_theirs(scorer: Backend, other: Backend, gen: Any) -> list[TokenScores] | None:
         theirs = case.pixels.get(other.name)
         if theirs is None or (causal_scorer is not None and scorer is not causal_scorer):
-            continue
+            return None
         fn = causal_scorer.score_causal_images if causal_scorer is not None else scorer.score
-        try:
-            [sc] = fn([with_images(case.request, theirs.resized)], [other_gen.token_ids])
-        except ParitybenchError as e:
-            reasons.append(f"pixel cross-check on {scorer.name} unavailable: {e}")
-            continue
-        tries.append((max_gap(sc, other_gen), scorer, other, theirs))
+        return fn([with_images(case.request, theirs.resized)], [gen.token_ids])
+
+    tries, reasons = _each_way(case, "pixel cross-check", fed_theirs)
     if not tries:
         return None, reasons
-    final, scorer, other, theirs = min(tries, key=lambda t: t[0])
+    final, scorer, other = tries[0]
+    theirs = case.pixels[other.name]
+    assert theirs is not None  # fed_theirs scored only with it
     resize = Cause(
         name="image-resize-rounding", explains=final <= tol.logprob_pass,
         detail=(f"{other.name}'s image preprocessing ({theirs.processor}) and {scorer.name}'s differ (max normalised "

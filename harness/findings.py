@@ -133,6 +133,13 @@ class Cause(BaseModel):
     def kind(self) -> causes.Kind:
         return causes.kind(self.name)
 
+    @property
+    def reason(self) -> str:
+        """The cause as a prompt's reason: "cause (name): detail", or "hint (...)" for a heuristic
+        one (and for `weights` named from a pattern, not from the tensors)."""
+        hint = self.kind == "heuristic" or (self.kind == "weights" and not self.explains)
+        return f"{'hint' if hint else 'cause'} ({self.name}): {self.detail}"
+
 
 class Side(BaseModel):
     prompt_ids: list[int]

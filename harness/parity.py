@@ -327,11 +327,6 @@ def _engine_noise(tol: Tolerance, *sides: Backend) -> Tolerance:
     return tol
 
 
-def _label(cause: Cause) -> str:
-    """How a reason introduces a cause: a heuristic one is a hint."""
-    return "hint" if cause.kind == "heuristic" or (cause.kind == "weights" and not cause.explains) else "cause"
-
-
 def _unsupported_by(pair: Pair, r: Request) -> list[str]:
     """Why a side cannot take the request (empty when both can)."""
     why = []
@@ -386,7 +381,7 @@ def _pair_diagnosis(pair: Pair, results: dict[str, PromptParity],
     add: list[tuple[str, Cause | None]] = []
     if weights is not None:
         found = diagnosis.explain_weights(pair.a, pair.b, weights)
-        add.append((f"{_label(found)} ({found.name}): {found.detail}" if found else
+        add.append((found.reason if found else
                     f"weights: identical tensor by tensor ({weights.tensors} tensors, compared in "
                     f"{weights.compared_in}): the weights are not the cause", found))
     try:
@@ -394,7 +389,7 @@ def _pair_diagnosis(pair: Pair, results: dict[str, PromptParity],
     except ParitybenchError as e:
         probe, cause = {"error": str(e)}, None
     if cause is not None and not (cause.name == "weights" and weights is not None):  # the direct check decides
-        add.append((f"{_label(cause)} ({cause.name}): {cause.detail}", cause))
+        add.append((cause.reason, cause))
     for pid in failing:
         res = results[pid]
         results[pid] = res.model_copy(update={"causes": [*res.causes, *(c for _, c in add if c is not None)],
